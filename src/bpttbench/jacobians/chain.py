@@ -1,0 +1,276 @@
+"""The adjoint chain: products of transposed Jacobians, tracked in log scale.
+
+BPTT propagates the error backward with the transposed Jacobians,
+
+    delta_t = J_{t+1}^T delta_{t+1} = P_{T,t}^T delta_T,    P_{T,t} = J_T ... J_{t+1},
+
+so the engine applies J_T^T, J_{T-1}^T, ..., J_1^T in that order to a frame of k
+orthonormal vectors. Every step the columns are rescaled to unit norm (the log of the
+scale goes into a float64 accumulator), and every ``qr_every`` steps (and at the
+last step) the frame is re-orthonormalised by a sign-fixed QR whose log|diag R| is
+added to the float64 totals. The totals after lag steps are the log stretching
+factors of the frame, i.e. estimates of the log singular values of P_{T,T-lag};
+their time averages are the (finite-time) Lyapunov exponents. See docs/NUMERICS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bpttbench.jacobians.analytic import Saved, forward_saved, step_jacobians
+from bpttbench.jacobians.backends import (
+    Array,
+    ArrayBackend,
+    NumpyBackend,
+    TorchBackend,
+    backend_for,
+)
+from bpttbench.models import check_model, state_size
+
+#: bytes of Jacobians built at once for the LSTM/GRU chains (time chunks of [n, B, D, D])
+CHUNK_BYTES = 64 * 2**20
+#: seed of the initial orthonormal frame (same frame for every batch element and backend)
+FRAME_SEED = 20240917
+
+
+@dataclass
+class ChainResult:
+    """What :func:`analyse_chain` measures (natural logs, per step).
+
+    exponents:     [k] float64 Lyapunov exponents (accumulated log|diag R| / T), each
+                   batch element's k values sorted descending, then the mean over the batch
+    exponents_std: [k] their standard deviation over the batch (ddof=0)
+    log_sv:        [T, k] float64, row lag-1: mean over the batch of the accumulated log
+                   stretching of the k-frame after ``lag`` steps of the adjoint chain, i.e.
+                   the QR-frame estimate of the log singular values of P_{T,T-lag}
+                   (columns in frame order)
+    backend:       the backend actually used ("numpy", "torch", "cupy")
+    steps:         T
+    """
+
+    exponents: np.ndarray
+    exponents_std: np.ndarray
+    log_sv: np.ndarray
+    backend: str
+    steps: int
+
+
+def initial_frame(dim: int, k: int, seed: int = FRAME_SEED) -> np.ndarray:
+    """A fixed random orthonormal [dim, k] frame (float64, sign-fixed QR of a Gaussian)."""
+    a = np.random.default_rng(seed).standard_normal((dim, k))
+    q, r = np.linalg.qr(a)
+    return q * np.where(np.diag(r) < 0, -1.0, 1.0)
+
+
+def check_k(model: str, hidden: int, k: int) -> int:
+    dim = state_size(model, hidden)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= dim:
+        raise ValueError(
+            f"k={k!r} is out of range: the frame size k must be an integer in 1..{dim} "
+            f"(the state dimension D of {model} with hidden size {hidden})"
+        )
+    return int(k)
+
+
+def _chunk_steps(batch: int, dim: int, itemsize: int, budget: int = CHUNK_BYTES) -> int:
+    return max(1, budget // max(1, batch * dim * dim * itemsize))
+
+
+def run_chain(
+    saved: Saved, bk: ArrayBackend, k: int, qr_every: int = 1, frame0: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adjoint chain over all T steps of ``saved``.
+
+    Returns (totals [B, k], log_sv rows [T, k]) as float64 NumPy arrays; totals are the
+    accumulated log stretching of each batch element's frame after the final QR.
+    """
+    if hasattr(bk, "run_chain"):  # backends with fused kernels (cupy)
+        return bk.run_chain(saved, k, qr_every, frame0)
+    steps, batch, dim = saved.steps, saved.batch, saved.dim
+    if frame0 is None:
+        frame0 = initial_frame(dim, k)
+    w = saved.w_hh
+    q = bk.zeros((batch, dim, k), w) + bk.like(bk.asarray(frame0), w)
+    scale = bk.zeros64((batch, k), w)  # log column scales since the last QR
+    total = bk.zeros64((batch, k), w)  # log|diag R| (+ scales) up to the last QR
+    rows = []
+    rnn = saved.model.startswith("rnn_")
+    w_t = bk.mT(w)
+    itemsize = int(getattr(w, "itemsize", None) or w.element_size())
+    chunk = _chunk_steps(batch, dim, itemsize)
+    with bk.small_problem(batch * dim * k):
+        lag = 0
+        for hi in range(steps, 0, -chunk):
+            lo = max(0, hi - chunk)
+            jac = None if rnn else step_jacobians(saved, bk, lo, hi)
+            for i in range(hi - 1, lo - 1, -1):
+                if rnn:  # J^T Q = W^T (phi'(a) * Q): no D x D matrix per step
+                    m = w_t @ (saved.deriv[i][..., :, None] * q)
+                else:
+                    m = bk.mT(jac[i - lo]) @ q
+                lag += 1
+                if lag % qr_every == 0 or lag == steps:
+                    # one step of growth since the last rescale cannot overflow: QR directly
+                    q, logd = bk.qr_logdiag(m)
+                    total = total + logd + scale
+                    scale = bk.zeros64((batch, k), w)
+                    rows.append(bk.mean(total, 0))
+                else:  # rescale the columns to unit norm, keep the log scales in float64
+                    nrm = bk.colnorm64(m)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        scale = scale + bk.log(nrm)
+                        inv = bk.where(nrm > 0, 1.0 / nrm, 0.0 * nrm)
+                    q = m * bk.like(inv, m)[..., None, :]
+                    rows.append(bk.mean(total + scale, 0))
+    return bk.to_numpy(total).astype(np.float64), bk.to_numpy(bk.stack(rows, 0)).astype(np.float64)
+
+
+def _cuda_params(params: Mapping[str, torch.Tensor]) -> bool:
+    return params["weight_hh_l0"].device.type == "cuda"
+
+
+def resolve_backend(backend: str, params: Mapping[str, torch.Tensor]) -> str:
+    """'auto' -> 'cupy' when params live on CUDA and CuPy with a GPU is usable, else 'torch'."""
+    if backend not in ("auto", "numpy", "torch", "cupy"):
+        raise ValueError(f"unknown backend {backend!r}; allowed: auto, numpy, torch, cupy")
+    if backend != "auto":
+        return backend
+    if _cuda_params(params):
+        from bpttbench.jacobians import cupy_backend
+
+        if cupy_backend.cupy_available()[0]:
+            return "cupy"
+    return "torch"
+
+
+def analyse_chain(
+    model: str,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    state0: tuple[torch.Tensor, ...] | None = None,
+    *,
+    k: int,
+    qr_every: int = 1,
+    backend: str = "auto",
+) -> ChainResult:
+    """Lyapunov exponents and log singular values of the adjoint (BPTT) chain.
+
+    x is [T, B, input_size] (time-major); params use torch names. The forward pass
+    that saves the gates runs in the params' dtype and device (numpy backend:
+    float64 on the CPU); the log accumulators are float64 on every backend.
+    """
+    check_model(model)
+    hidden = int(params["weight_hh_l0"].shape[1])
+    k = check_k(model, hidden, k)
+    if isinstance(qr_every, bool) or not isinstance(qr_every, int | np.integer) or qr_every < 1:
+        raise ValueError(f"qr_every={qr_every!r} must be an integer >= 1")
+    if x.shape[0] < 1:
+        raise ValueError("x has no time steps (T = 0); the chain needs T >= 1")
+    name = resolve_backend(backend, params)
+    if name == "numpy":
+        bk: ArrayBackend = NumpyBackend()
+        saved = forward_saved(model, params, x, state0, bk)
+    elif name == "torch":
+        w = params["weight_hh_l0"]
+        bk = TorchBackend(w.device, w.dtype)
+        saved = forward_saved(model, params, x, state0, bk)
+    else:
+        from bpttbench.jacobians import cupy_backend
+
+        ok, why = cupy_backend.cupy_available()
+        if not ok:
+            raise RuntimeError(f"backend 'cupy' is not usable here: {why}")
+        if not _cuda_params(params):
+            raise ValueError("backend 'cupy' needs params on a CUDA device")
+        w = params["weight_hh_l0"]
+        tbk = TorchBackend(w.device, w.dtype)
+        saved_t = forward_saved(model, params, x, state0, tbk)  # forward in torch on the GPU
+        bk = cupy_backend.CupyBackend(dtype=cupy_backend.cupy_dtype(w.dtype))
+        saved = cupy_backend.saved_to_cupy(saved_t)
+    totals, rows = run_chain(saved, bk, k, int(qr_every))
+    steps = saved.steps
+    per_elem = -np.sort(-(totals / steps), axis=1)
+    return ChainResult(
+        exponents=per_elem.mean(axis=0),
+        exponents_std=per_elem.std(axis=0),
+        log_sv=rows,
+        backend=name,
+        steps=steps,
+    )
+
+
+def exponents_after_warmup(result: ChainResult, warmup: int) -> np.ndarray:
+    """Slopes (log_sv[T-1] - log_sv[warmup-1]) / (T - warmup): exponents with the first
+    ``warmup`` lags (frame alignment transient) discarded; column (frame) order."""
+    steps = result.steps
+    if not 0 <= warmup < steps:
+        raise ValueError(f"warmup={warmup} must be in 0..{steps - 1}")
+    start = result.log_sv[warmup - 1] if warmup > 0 else 0.0
+    return (result.log_sv[-1] - start) / (steps - warmup)
+
+
+# ---------------------------------------------------------------------------------------------
+# explicit chains over a given Jacobian array (for delta checks)
+
+
+def _batched(jac: Array, v: Array) -> tuple[Array, Array, bool]:
+    if len(jac.shape) == 3:  # [T, D, D] with v [D]
+        return jac[:, None], v[None], True
+    return jac, v, False
+
+
+def apply_adjoint_chain(jac: Array, v: Array) -> Array:
+    """delta_t = P_{T,t}^T v for t = 0..T: [T+1, B, D] (row T is v itself).
+
+    ``jac`` is [T, B, D, D] (or [T, D, D] with v [D]); numpy or torch. No rescaling:
+    meant for short chains; use :func:`log_norm_adjoint_chain` for long ones.
+    """
+    bk = backend_for(jac)
+    j, vv, unb = _batched(jac, v)
+    steps = int(j.shape[0])
+    out = [vv]
+    for i in range(steps - 1, -1, -1):
+        out.append((bk.mT(j[i]) @ out[-1][..., None])[..., 0])
+    res = bk.stack(out[::-1], 0)
+    return res[:, 0] if unb else res
+
+
+def log_norm_adjoint_chain(jac: Array, v: Array) -> np.ndarray:
+    """log ||P_{T,T-lag}^T v||_2 for lag = 0..T: float64 [T+1, B] (or [T+1] for unbatched).
+
+    The vector is renormalised every step and the logs summed in float64, so any
+    chain length is safe from overflow and underflow.
+    """
+    bk = backend_for(jac)
+    j, vv, unb = _batched(jac, v)
+    steps = int(j.shape[0])
+    u = vv
+    nrm = bk.colnorm64(u[..., :, None])[..., 0]
+    acc = bk.log(nrm)
+    logs = [acc]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = u * bk.like(1.0 / nrm, u)[..., None]
+        for i in range(steps - 1, -1, -1):
+            u = (bk.mT(j[i]) @ u[..., None])[..., 0]
+            nrm = bk.colnorm64(u[..., :, None])[..., 0]
+            acc = acc + bk.log(nrm)
+            logs.append(acc)
+            u = u * bk.like(bk.where(nrm > 0, 1.0 / nrm, 0.0 * nrm), u)[..., None]
+    res = bk.to_numpy(bk.stack(logs, 0)).astype(np.float64)
+    return res[:, 0] if unb else res
+
+
+def growth_rate(log_norms: np.ndarray, start: int = 0) -> float:
+    """Least-squares slope of log-norm against lag (natural log per step), from lag ``start``."""
+    y = np.asarray(log_norms, dtype=np.float64)
+    if y.ndim > 1:
+        y = y.mean(axis=tuple(range(1, y.ndim)))
+    lags = np.arange(y.shape[0], dtype=np.float64)
+    if y.shape[0] - start < 2:
+        return math.nan
+    return float(np.polyfit(lags[start:], y[start:], 1)[0])
