@@ -138,9 +138,11 @@ def forward_saved(
                 h = o * tc
                 gates.append(bk.cat([i, f, g, o], axis=-1))
                 dgates.append(
-                    bk.cat([dsigmoid(bk, a_i), dsigmoid(bk, a_f), sech2(bk, a_g),
-                            dsigmoid(bk, a_o)], axis=-1)
-                )  # fmt: skip
+                    bk.cat(
+                        [dsigmoid(bk, a_i), dsigmoid(bk, a_f), sech2(bk, a_g), dsigmoid(bk, a_o)],
+                        axis=-1,
+                    )
+                )
                 aux.append(tc)
                 aux2.append(sech2(bk, c))
             else:  # gru
@@ -162,11 +164,19 @@ def forward_saved(
             return bk.stack(xs_, axis=0) if xs_ else None
 
         return Saved(
-            model, hidden, steps, batch, w_hh,
-            deriv=stk(deriv), gates=stk(gates), dgates=stk(dgates), prev=stk(prev),
-            aux=stk(aux), aux2=stk(aux2),
+            model,
+            hidden,
+            steps,
+            batch,
+            w_hh,
+            deriv=stk(deriv),
+            gates=stk(gates),
+            dgates=stk(dgates),
+            prev=stk(prev),
+            aux=stk(aux),
+            aux2=stk(aux2),
             final_state=final,
-        )  # fmt: skip
+        )
 
 
 def sech2(bk: ArrayBackend, a: Array) -> Array:

@@ -195,9 +195,11 @@ def analyse_chain(
     totals, rows = run_chain(saved, bk, k, int(qr_every))
     steps = saved.steps
     per_elem = -np.sort(-(totals / steps), axis=1)
+    with np.errstate(invalid="ignore"):  # -inf/NaN exponents (dead or exploding) are data
+        mean, std = per_elem.mean(axis=0), per_elem.std(axis=0)
     return ChainResult(
-        exponents=per_elem.mean(axis=0),
-        exponents_std=per_elem.std(axis=0),
+        exponents=mean,
+        exponents_std=std,
         log_sv=rows,
         backend=name,
         steps=steps,
