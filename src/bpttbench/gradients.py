@@ -1,0 +1,148 @@
+"""BPTT gradient flow: the total derivative delta_t = dL/dh_t at every step, by autograd.
+
+The loss sits at the last step only, L = 1/2 sum_b ||W_out h_T^b - y^b||^2, so
+delta_T = W_out^T (W_out h_T - y) and, going back, delta_t = P_{T,t}^T delta_T with
+P_{T,t} = J_T ... J_{t+1}. Autograd gives delta_t for every t as the gradient of L with
+respect to the intermediate node h_t. Norms are taken in float64 so that a float32
+delta near its overflow threshold does not overflow only because it is squared.
+
+Exploding gradients are data: non-finite values are recorded with the lag where
+they first appear, never raised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .models import Params, State, unroll
+
+QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+HORIZON_RATIO = 1e-6  # horizon: first lag where ||delta_{T-k}|| / ||delta_T|| < this
+
+
+@dataclass
+class GradientFlow:
+    """ln||delta_{T-k}|| for lags k = 0..T (rows) and batch elements (columns)."""
+
+    log_norm_h: np.ndarray  # [T+1, B] float64, row k is lag k (t = T - k)
+    log_norm_c: np.ndarray | None  # LSTM only: ln||dL/dc_{T-k}||
+    first_nonfinite_step: int | None  # forward pass: first t with a non-finite state
+    loss: float
+
+    @property
+    def lags(self) -> np.ndarray:
+        return np.arange(self.log_norm_h.shape[0])
+
+
+def readout_problem(
+    hidden: int, batch: int, *, outputs: int = 10, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A fixed random linear readout W_out [O, H] ~ N(0, 1/H) and targets y [B, O] ~ N(0, 1)."""
+    gen = torch.Generator().manual_seed(10_007 + int(seed))
+    w_out = torch.randn(outputs, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
+    target = torch.randn(batch, outputs, generator=gen, dtype=torch.float64)
+    return w_out, target
+
+
+def _log_norms(grads: list[Tensor | None]) -> np.ndarray:
+    rows = []
+    for g in grads:
+        if g is None:  # h_t not on any path to L (cannot happen for t <= T, kept for safety)
+            raise RuntimeError("a hidden state is disconnected from the loss")
+        norm = torch.linalg.vector_norm(g.detach().to(torch.float64), dim=-1)
+        with np.errstate(divide="ignore"):
+            rows.append(np.log(norm.cpu().numpy()))
+    return np.stack(rows)
+
+
+def measure_gradient_flow(
+    model: str, params: Params, x: Tensor, state0: State, w_out: Tensor, target: Tensor
+) -> GradientFlow:
+    """Run BPTT for one batch and return ln||dL/dh_t|| (and ln||dL/dc_t||) for every step.
+
+    ``state0`` tensors are made leaves that require grad so that delta_0 is measured too.
+    """
+    state0 = tuple(s.detach().clone().requires_grad_(True) for s in state0)
+    states = unroll(model, params, x, state0)
+    first_bad = None
+    for t, s in enumerate(states):
+        if not all(torch.isfinite(v).all() for v in s):
+            first_bad = t
+            break
+    h_T = states[-1][0]
+    w_out = w_out.to(dtype=h_T.dtype, device=h_T.device)
+    target = target.to(dtype=h_T.dtype, device=h_T.device)
+    loss = 0.5 * ((h_T @ w_out.T - target) ** 2).sum()
+    hs = [s[0] for s in reversed(states)]  # lag 0 first
+    cs = [s[1] for s in reversed(states)] if model == "lstm" else []
+    grads = torch.autograd.grad(loss, hs + cs, allow_unused=False)
+    log_h = _log_norms(list(grads[: len(hs)]))
+    log_c = _log_norms(list(grads[len(hs) :])) if cs else None
+    return GradientFlow(log_h, log_c, first_bad, float(loss.detach()))
+
+
+def lag_statistics(log_norms: np.ndarray) -> dict[str, np.ndarray]:
+    """Per lag: mean, std and quantiles of ln||delta|| over the batch (natural log).
+
+    Rows with a NaN anywhere give NaN; -inf (a float underflow to exactly 0) and +inf
+    propagate as they are, because they are what the float arithmetic produced.
+    """
+    with np.errstate(invalid="ignore"):
+        stats = {
+            "log_grad_norm": log_norms.mean(axis=1),
+            "log_grad_norm_std": log_norms.std(axis=1),
+        }
+        qs = np.quantile(log_norms, QUANTILES, axis=1)
+    for q, values in zip(QUANTILES, qs, strict=True):
+        stats[f"log_grad_norm_q{round(q * 100):02d}"] = values
+    stats["n_finite"] = np.isfinite(log_norms).sum(axis=1)
+    return stats
+
+
+def growth_rate(mean_log_norm: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope (per step, natural log) of mean ln||delta_{T-k}|| against k, and R^2.
+
+    Only finite lags enter the fit. NaN when fewer than 2 finite lags remain.
+    """
+    lags = np.arange(mean_log_norm.shape[0], dtype=np.float64)
+    ok = np.isfinite(mean_log_norm)
+    if ok.sum() < 2:
+        return math.nan, math.nan
+    k, y = lags[ok], mean_log_norm[ok]
+    slope, intercept = np.polyfit(k, y, 1)
+    resid = y - (slope * k + intercept)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    return float(slope), r2
+
+
+def horizon(mean_log_norm: np.ndarray, ratio: float = HORIZON_RATIO) -> int | None:
+    """First lag k with mean ln||delta_{T-k}|| - mean ln||delta_T|| < ln(ratio); None if never."""
+    drop = mean_log_norm - mean_log_norm[0]
+    below = np.flatnonzero(drop < math.log(ratio))
+    return int(below[0]) if below.size else None
+
+
+def first_lag_where(mask: np.ndarray) -> int | None:
+    """First row (lag) where any batch element satisfies ``mask``; None if none does."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(rows[0]) if rows.size else None
+
+
+def flow_status(flow: GradientFlow) -> tuple[str, int | None]:
+    """(status, first lag with a non-finite delta): ok, overflow (inf only) or nan."""
+    logs = [flow.log_norm_h] + ([flow.log_norm_c] if flow.log_norm_c is not None else [])
+    nan_lag = min((v for v in (first_lag_where(np.isnan(a)) for a in logs) if v is not None),
+                  default=None)
+    inf_lag = min((v for v in (first_lag_where(np.isposinf(a)) for a in logs) if v is not None),
+                  default=None)
+    if nan_lag is not None:
+        return "nan", nan_lag if inf_lag is None else min(nan_lag, inf_lag)
+    if inf_lag is not None or flow.first_nonfinite_step is not None:
+        return "overflow", inf_lag
+    return "ok", None

@@ -1,0 +1,151 @@
+"""What machine and software a run used: device facts, the hardware tag, precision settings."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config device: cuda, but torch sees no CUDA GPU; use device: auto or cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda")
+    return device
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@", " ", text.lower())
+    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-.")
+
+
+def hardware_tag(cfg: Mapping[str, Any]) -> str:
+    """The result-set name: the config's hardware_tag, or one derived from the device.
+
+    GPU: its name ("nvidia-h200"); CPU: "cpu-" and the CPU model ("cpu-intel-xeon-2.50ghz").
+    """
+    tag = cfg.get("hardware_tag", "auto")
+    if tag != "auto":
+        return tag
+    if resolve_device(cfg.get("device", "auto")) == "cuda":
+        name = torch.cuda.get_device_name(0)
+        return _slug(re.sub(r"\b(\d+gb|hbm\d*e?|sxm\d*|pcie|nvl)\b", " ", name.lower()))
+    return "cpu-" + _slug(cpu_model())
+
+
+def apply_precision(allow_tf32: bool, deterministic: bool) -> dict[str, Any]:
+    """Set TF32 and determinism switches for this process and return what was set.
+
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first use to be deterministic.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return {
+        "allow_tf32": allow_tf32,
+        "deterministic": deterministic,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cupy_version() -> str | None:
+    for dist in ("cupy-cuda13x", "cupy-cuda12x", "cupy"):
+        v = _version(dist)
+        if v:
+            return f"{dist} {v}"
+    return None
+
+
+def nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def device_facts(device: str) -> dict[str, Any]:
+    """The hardware a run used (GPU name, memory, driver, CUDA; CPU model and cores)."""
+    facts: dict[str, Any] = {
+        "device": device,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        facts.update(
+            gpu_name=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_multiprocessors=props.multi_processor_count,
+            gpu_compute_capability=f"{props.major}.{props.minor}",
+            cuda_runtime=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            driver=nvidia_driver(),
+        )
+    return facts
+
+
+def software_versions() -> dict[str, str | None]:
+    return {
+        "python": platform.python_version(),
+        "bpttbench": _version("bpttbench"),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "pandas": _version("pandas"),
+        "scipy": _version("scipy"),
+        "seaborn": _version("seaborn"),
+        "matplotlib": _version("matplotlib"),
+        "snakemake": _version("snakemake"),
+        "cupy": cupy_version(),
+    }
+
+
+def git_commit(repo: str | Path = ".") -> str | None:
+    """HEAD's commit (with '-dirty' if the tree has changes), or None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+        return head + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,131 @@
+"""A self-contained HTML report of a result set: figures embedded, key tables, the manifest."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .io import read_json, write_text
+from .tables import read_table
+
+
+@dataclass
+class Section:
+    title: str
+    intro: str
+    figures: list[str] = field(default_factory=list)  # figure names (figures/<name>.png)
+    tables: list[str] = field(default_factory=list)  # table files under tables/
+
+
+# Order is the report's order; a section whose files are all absent is left out.
+SECTIONS: list[Section] = [
+    Section("Claims", "Each claim of the source texts and of the theory, measured against its "
+            "prediction with a tolerance from the statistics. A failing claim is shown as failing.",
+            ["claims_overview"], ["claims.csv"]),
+    Section("Gradient flow through time", "BPTT with a loss at the last step: the norm of the "
+            "total derivative ∂L/∂h_t at every lag, its per-step growth rate and the horizon "
+            "where it has fallen a million-fold.",
+            ["gradient_norm_by_lag", "growth_rate_by_scale", "horizon_heatmap"], ["summary.csv"]),
+    Section("Jacobian products and Lyapunov spectra", "The chain J_T⋯J_{t+1} of per-step "
+            "Jacobians, tracked in log scale with QR re-orthonormalisation.",
+            ["lyapunov_spectrum", "chain_singular_values"], []),
+    Section("Long-range dependencies in training", "What the gradients mean in practice: "
+            "training on the adding and copy tasks, with and without clipping.",
+            ["long_range_solved", "long_range_curves", "long_range_vs_horizon"],
+            ["long_range_summary.csv"]),
+    Section("Performance", "The Jacobian engine against the alternatives, and against the "
+            "machine's measured peak.", ["bench_speedup", "bench_roofline"], ["bench.csv"]),
+    Section("Validation of the kernels", "Every custom kernel against the float64 reference.",
+            [], ["validation.csv"]),
+]
+
+
+def caption_text(captions_dir: Path | None, name: str) -> str:
+    """The caption of a figure from workflow/report/<name>.rst, with the RST markup removed."""
+    if captions_dir is None or not (captions_dir / f"{name}.rst").exists():
+        return ""
+    text = (captions_dir / f"{name}.rst").read_text()
+    text = re.sub(r"``?([^`]+)``?", r"\1", text)
+    text = re.sub(r":math:", "", text)
+    return " ".join(text.split())
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table_html(path: Path, max_rows: int = 60) -> str:
+    df = read_table(path)
+    note = ""
+    if len(df) > max_rows:
+        note = f"<p class=note>First {max_rows} of {len(df)} rows; the full table is {path.name}.</p>"
+        df = df.head(max_rows)
+    fmt = {c: "{:.4g}".format for c in df.columns if pd.api.types.is_float_dtype(df[c])}
+    body = df.to_html(index=False, formatters=fmt, na_rep="", border=0, classes="tbl")
+    return f"<h4>{html.escape(path.name)}</h4>{note}<div class=scroll>{body}</div>"
+
+
+def _manifest_html(manifest: Mapping[str, Any]) -> str:
+    rows = []
+    for key in ("hardware_tag", "git_commit", "config_hash", "started_at", "finished_at"):
+        rows.append((key, manifest.get(key)))
+    for group in ("hardware", "software", "precision", "jacobian_backend", "seeds", "cells"):
+        for k, v in (manifest.get(group) or {}).items():
+            rows.append((f"{group}.{k}", v))
+    trs = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    cfg = html.escape(json.dumps(manifest.get("config", {}), indent=1, default=str))
+    return (f"<table class=kv>{trs}</table><details><summary>Full config</summary>"
+            f"<pre>{cfg}</pre></details>")
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}
+figure{margin:1.5em 0}figure img{max-width:100%}figcaption{color:#444;font-size:.92em}
+.scroll{overflow-x:auto}.tbl{border-collapse:collapse;font-size:.8em}
+.tbl td,.tbl th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:right}
+.kv th{text-align:left;padding-right:1em;font-weight:500;color:#555}.note{color:#666;font-size:.85em}
+"""
+
+
+def build_report(result_dir: str | Path, out: str | Path, captions_dir: str | Path | None = None,
+                 title: str | None = None) -> Path:
+    """Write ``out`` (HTML, figures inlined) from ``result_dir``/{manifest.json,tables,figures}."""
+    result_dir = Path(result_dir)
+    captions = Path(captions_dir) if captions_dir else None
+    manifest = read_json(result_dir / "manifest.json")
+    tag = manifest.get("hardware_tag", result_dir.name)
+    parts = [
+        f"<h1>{html.escape(title or 'bpttbench: gradient flow through time')}</h1>",
+        f"<p class=sub>Result set <b>{html.escape(tag)}</b> · commit "
+        f"{html.escape(str(manifest.get('git_commit')))} · config {manifest.get('config_hash')}"
+        f" · {html.escape(str(manifest.get('finished_at')))}</p>",
+        "<p>All logarithms are natural logs. A growth rate is the slope of ln‖∂L/∂h_{T−k}‖ "
+        "against the lag k: negative means vanishing, positive exploding gradients.</p>",
+    ]
+    for sec in SECTIONS:
+        figs = [result_dir / "figures" / f"{n}.png" for n in sec.figures]
+        tabs = [result_dir / "tables" / t for t in sec.tables]
+        figs, tabs = [f for f in figs if f.exists()], [t for t in tabs if t.exists()]
+        if not figs and not tabs:
+            continue
+        parts.append(f"<h2>{html.escape(sec.title)}</h2><p>{html.escape(sec.intro)}</p>")
+        for f in figs:
+            cap = html.escape(caption_text(captions, f.stem))
+            parts.append(f"<figure>{_img(f)}<figcaption>{cap}</figcaption></figure>")
+        parts.extend(_table_html(t) for t in tabs)
+    parts.append("<h2>Manifest</h2>" + _manifest_html(manifest))
+    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>bpttbench {tag}"
+            f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return write_text(out, page)

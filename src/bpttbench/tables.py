@@ -1,0 +1,178 @@
+"""Tidy tables of a result set: one observation per row, Parquet (plus a CSV twin when small).
+
+``COLUMNS`` documents every column of every contract table; the docs are written next to
+the tables (``tables/COLUMNS.md``) and into the Parquet schema metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .io import read_json, write_text, write_with
+
+CELL_KEYS = ["model", "init", "hidden", "seq_len", "weight_scale", "seed"]
+CSV_TWIN_MAX_ROWS = 20_000
+
+_CELL_DOCS = {
+    "model": "recurrent cell: rnn_tanh, rnn_relu, rnn_linear, lstm or gru",
+    "init": "initialisation of W_hh: orthogonal, gaussian or torch_default",
+    "hidden": "hidden size H",
+    "seq_len": "sequence length T (steps of BPTT)",
+    "weight_scale": "recurrent weight scale s (orthogonal: every singular value of W_hh is s)",
+    "seed": "random seed of weights, inputs and readout",
+}
+
+COLUMNS: dict[str, dict[str, str]] = {
+    "gradient_flow": {
+        **_CELL_DOCS,
+        "lag": "k = T - t, steps back from the loss (0 = the last step)",
+        "log_grad_norm": "mean over the batch of ln||dL/dh_{T-k}||_2 (natural log; -inf = float "
+        "underflow to 0, +inf = overflow, NaN = NaN)",
+        "log_grad_norm_std": "standard deviation over the batch of ln||dL/dh_{T-k}||_2",
+        "log_grad_norm_q05": "5% quantile over the batch of ln||dL/dh_{T-k}||_2",
+        "log_grad_norm_q25": "25% quantile over the batch of ln||dL/dh_{T-k}||_2",
+        "log_grad_norm_q50": "median over the batch of ln||dL/dh_{T-k}||_2",
+        "log_grad_norm_q75": "75% quantile over the batch of ln||dL/dh_{T-k}||_2",
+        "log_grad_norm_q95": "95% quantile over the batch of ln||dL/dh_{T-k}||_2",
+        "n_finite": "batch elements whose ln||dL/dh_{T-k}|| is finite",
+        "log_grad_norm_c": "LSTM only: mean over the batch of ln||dL/dc_{T-k}||_2 (natural log)",
+    },
+    "summary": {
+        **_CELL_DOCS,
+        "growth_rate": "least-squares slope of mean ln||dL/dh_{T-k}|| against k, natural log per "
+        "step (negative = vanishing, positive = exploding); finite lags only",
+        "growth_fit_r2": "R^2 of that linear fit (1 = exactly exponential in the lag)",
+        "horizon": "first lag k where ||dL/dh_{T-k}|| / ||dL/dh_T|| < 1e-6 (batch mean of logs); "
+        "empty if never within T",
+        "lyapunov_max": "largest Lyapunov exponent of the Jacobian chain, natural log per step",
+        "spectral_norm_whh": "largest singular value of W_hh (max over gate blocks)",
+        "spectral_radius_whh": "largest |eigenvalue| of W_hh (max over gate blocks)",
+        "status": "ok, overflow (inf appeared), nan (NaN appeared) or error (see the cell log)",
+        "first_nonfinite_lag": "first lag where some dL/dh_{T-k} or dL/dc_{T-k} is inf or NaN",
+        "first_nonfinite_step": "first forward step t where a state h_t (or c_t) is inf or NaN",
+        "underflow_lag": "first lag where some ||dL/dh_{T-k}|| underflowed to exactly 0",
+        "loss": "loss L at step T summed over the batch",
+        "jacobian_backend": "engine that computed the Jacobian chain: numpy, torch or cupy",
+        "device": "cpu or cuda",
+        "wall_s": "wall time of the cell in seconds (BPTT + Jacobian chain)",
+        "error": "error message when status is error, or when only the Jacobian chain failed",
+    },
+    "lyapunov": {
+        **_CELL_DOCS,
+        "index": "1 = largest exponent",
+        "exponent": "Lyapunov exponent of the Jacobian chain, natural log per step, batch mean",
+        "exponent_std": "standard deviation of the exponent over the batch",
+    },
+    "chain_spectrum": {
+        **_CELL_DOCS,
+        "lag": "k: the chain P_{T,T-k} = J_T ... J_{T-k+1}",
+        "index": "1 = largest singular value",
+        "log_sv": "ln sigma_index(P_{T,T-k}) estimated by the QR frame, batch mean (natural log)",
+    },
+}
+
+
+def _cell_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    spec = record["spec"]
+    return {k: spec[k] for k in CELL_KEYS}
+
+
+def _frame(records: Iterable[Mapping[str, Any]], part: str) -> pd.DataFrame:
+    frames = []
+    for rec in records:
+        if part in rec:
+            df = pd.DataFrame(rec[part])
+            for key, value in reversed(list(_cell_values(rec).items())):
+                df.insert(0, key, value)
+            frames.append(df)
+    columns = list(COLUMNS[part])
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(frames, ignore_index=True)
+    return out[[c for c in columns if c in out.columns]]
+
+
+def read_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Cell records from files that each hold one record or a list of them (a block)."""
+    records: list[dict[str, Any]] = []
+    for p in paths:
+        data = read_json(p)
+        records.extend(data if isinstance(data, list) else [data])
+    return records
+
+
+def collect_cells(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
+    """Read finished cell records and return the contract tables, sorted by cell and lag/index."""
+    records = read_records(paths)
+    summary_rows = []
+    for rec in records:
+        row = {**_cell_values(rec), **rec["summary"]}
+        row.update(
+            jacobian_backend=rec.get("jacobian_backend"),
+            device=rec.get("device"),
+            wall_s=rec.get("wall_s"),
+            error=rec.get("error") or rec.get("chain_error"),
+        )
+        summary_rows.append(row)
+    summary = pd.DataFrame(summary_rows, columns=list(COLUMNS["summary"]))
+    for col in ("horizon", "first_nonfinite_lag", "first_nonfinite_step", "underflow_lag"):
+        summary[col] = summary[col].astype("Int64")  # nullable: empty means "never"
+    tables = {
+        "gradient_flow": _frame(records, "gradient_flow"),
+        "summary": summary,
+        "lyapunov": _frame(records, "lyapunov"),
+        "chain_spectrum": _frame(records, "chain_spectrum"),
+    }
+    order = {"gradient_flow": ["lag"], "lyapunov": ["index"], "chain_spectrum": ["lag", "index"]}
+    for name, df in tables.items():
+        if len(df):
+            tables[name] = df.sort_values(CELL_KEYS + order.get(name, [])).reset_index(drop=True)
+    return tables
+
+
+def write_table(df: pd.DataFrame, path: str | Path, name: str | None = None,
+                csv_twin: bool | None = None) -> Path:
+    """Write ``df`` atomically as Parquet (or CSV when ``path`` ends in .csv).
+
+    Parquet files carry the column docs of ``COLUMNS[name]`` in their field metadata;
+    a CSV twin is written next to a Parquet file of at most CSV_TWIN_MAX_ROWS rows.
+    """
+    path = Path(path)
+    docs = COLUMNS.get(name or path.stem.split(".")[0], {})
+    if path.suffix == ".csv":
+        return write_with(path, lambda tmp: df.to_csv(tmp, index=False))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    fields = [
+        f.with_metadata({"description": docs[f.name]}) if f.name in docs else f
+        for f in table.schema
+    ]
+    table = table.cast(pa.schema(fields, metadata=table.schema.metadata))
+    write_with(path, lambda tmp: pq.write_table(table, tmp))
+    if csv_twin if csv_twin is not None else len(df) <= CSV_TWIN_MAX_ROWS:
+        write_with(path.with_suffix(".csv"), lambda tmp: df.to_csv(tmp, index=False))
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+def columns_markdown(names: Iterable[str] | None = None) -> str:
+    """The column docs as Markdown, one section per table."""
+    lines = ["# Columns of the bpttbench tables", "", "All logarithms are natural logs.", ""]
+    for name in names or COLUMNS:
+        lines += [f"## {name}", "", "| column | meaning |", "| --- | --- |"]
+        lines += [f"| `{col}` | {doc} |" for col, doc in COLUMNS[name].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_columns_doc(path: str | Path, names: Iterable[str] | None = None) -> Path:
+    return write_text(path, columns_markdown(names))

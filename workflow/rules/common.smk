@@ -1,0 +1,53 @@
+# Helpers shared by the stage files: config validation, the hardware tag, target lists.
+import json
+
+from snakemake.utils import validate
+
+from bpttbench.config import ConfigError, block_to_json, blocks_by_id
+from bpttbench.config import validate as validate_config
+from bpttbench.hardware import hardware_tag
+
+# Our validator first: it names the bad key and the allowed values. Then Snakemake's,
+# the standard one, against the same schema.
+try:
+    config.update(validate_config(config))
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+validate(config, "../schemas/config.schema.yaml")
+
+HW = hardware_tag(config)
+BLOCKS = blocks_by_id(config)
+HW_TAG_IS_EXPLICIT = config['hardware_tag'] != 'auto'
+CONFIG_JSON = json.dumps(config, sort_keys=True)
+
+
+wildcard_constraints:
+    hw=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    block=r"[A-Za-z0-9._-]+",
+
+
+def block_spec(wildcards):
+    if wildcards.block not in BLOCKS:
+        raise WorkflowError(
+            f"block {wildcards.block} is not in the current config's sweep; "
+            f"blocks: {', '.join(BLOCKS)}"
+        )
+    return block_to_json(BLOCKS[wildcards.block])
+
+
+def gradient_flow_block_files(wildcards):
+    return expand(
+        "results/{hw}/cells/gradient_flow/{block}.json", hw=wildcards.hw, block=sorted(BLOCKS)
+    )
+
+
+# Each stage file appends the results/<hw>/... paths (with {hw}) the report embeds.
+REPORT_INPUTS = []
+
+
+def report_inputs(wildcards):
+    return [p.format(hw=wildcards.hw) for p in REPORT_INPUTS]
+
+
+def all_targets():
+    return [f"results/{HW}/report.html"]

@@ -1,0 +1,32 @@
+# Stage: the manifest and the self-contained HTML report of a result set.
+
+
+rule manifest:
+    input:
+        gradient_flow_block_files,
+    output:
+        "results/{hw}/manifest.json",
+    params:
+        cfg=CONFIG_JSON,
+    log:
+        "logs/{hw}/manifest.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    shell:
+        "bpttbench manifest --config-json {params.cfg:q} --hw-tag {wildcards.hw}"
+        " --out {output} {input} > {log} 2>&1"
+
+
+rule report_html:
+    input:
+        manifest="results/{hw}/manifest.json",
+        parts=report_inputs,
+    output:
+        "results/{hw}/report.html",
+    log:
+        "logs/{hw}/report_html.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    shell:
+        "bpttbench report results/{wildcards.hw} --out {output} --captions workflow/report"
+        " > {log} 2>&1"
