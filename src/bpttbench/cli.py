@@ -34,19 +34,6 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_tag(hw_tag: str | None, device: str, allow_foreign: bool) -> None:
-    """Refuse to write results of this machine into another machine's result set."""
-    from .hardware import hardware_tag
-
-    if hw_tag and not allow_foreign:
-        here = hardware_tag({"device": device})
-        if here != hw_tag:
-            raise SystemExit(
-                f"refusing to compute into result set {hw_tag!r}: this machine's tag is {here!r}."
-                " Set hardware_tag in the config (or --allow-foreign-tag) to name a set on purpose."
-            )
-
-
 def _cmd_cell(args: argparse.Namespace) -> int:
     from .cells import run_cell
     from .config import cells_by_id, load
@@ -67,13 +54,14 @@ def _cmd_block(args: argparse.Namespace) -> int:
 
     from .cells import run_block
     from .config import block_from_json
+    from .hardware import check_result_set_tag
     from .io import write_json
 
     cells = block_from_json(args.spec)
     if not cells:
         raise ValueError("--spec holds no cells")
-    if not args.hw_tag_is_explicit:
-        _check_tag(args.hw_tag, cells[0].device, args.allow_foreign_tag)
+    if args.hw_tag:
+        check_result_set_tag(args.hw_tag, cells[0].device, args.hw_tag_is_explicit)
     out = Path(args.out)
     checkpoints = out.with_name(out.stem + ".partial")
     print(f"block {cells[0].block_id}: {len(cells)} cells", flush=True)
@@ -159,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw-tag", help="result set the cells are for; must match this machine")
     p.add_argument("--hw-tag-is-explicit", action="store_true",
                    help="the tag was set in the config, so it need not match the machine")
-    p.add_argument("--allow-foreign-tag", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_block)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,6 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from .io import write_with  # noqa: E402
 
+LOG_FLOAT32_SUBNORMAL = math.log(float(np.finfo(np.float32).smallest_subnormal))
 MODEL_ORDER = ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"]
 DPI = 110
 
@@ -65,6 +67,10 @@ def gradient_norm_by_lag(gf: pd.DataFrame) -> plt.Figure:
         palette="viridis", errorbar=("pi", 100), height=3.2, aspect=1.2,
         facet_kws={"sharey": False},
     )
+    for ax in g.axes.flat:
+        ax.axhline(LOG_FLOAT32_SUBNORMAL, color="grey", ls=":", lw=1)
+    g.axes.flat[0].annotate("float32 underflow", (0, LOG_FLOAT32_SUBNORMAL), fontsize=8,
+                            color="grey", xytext=(2, 3), textcoords="offset points")
     g.set_axis_labels("lag k = T − t (steps back from the loss)", "ln ‖∂L/∂h_{T−k}‖₂ (natural log)")
     g.legend.set_title("weight scale s")
     g.figure.suptitle(f"Gradient norm against lag ({where}; band: range over seeds)", y=1.03)
@@ -83,6 +89,9 @@ def growth_rate_by_scale(summary: pd.DataFrame) -> plt.Figure:
     ax.plot(scales, np.log(scales), "k--", lw=1, label="ln s (linear RNN, orthogonal W)")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
+    ax.set_xticks(sorted(sel["weight_scale"].unique()))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("recurrent weight scale s (log scale)")
     ax.set_ylabel("growth rate of ln‖δ‖ (natural log per step)")
     ax.set_title("Vanishing (< 0) or exploding (> 0) gradients, per step back in time")
@@ -103,9 +112,10 @@ def horizon_heatmap(summary: pd.DataFrame) -> plt.Figure:
         grid = m.pivot_table(index="seq_len", columns="weight_scale", values="horizon_f",
                              aggfunc="median", dropna=False)
         labels = grid.map(lambda v: "never" if not np.isfinite(v) else f"{v:.0f}")
-        sns.heatmap(grid.fillna(grid.max().max() if grid.notna().any().any() else 0), annot=labels,
-                    fmt="", cmap="magma", cbar_kws={"label": "horizon (steps)"}, ax=ax,
-                    mask=False, linewidths=0.5)
+        ax.set_facecolor("#dddddd")  # masked cells: the gradient never fell 1e6-fold within T
+        sns.heatmap(grid, annot=labels, fmt="", cmap="magma", mask=grid.isna(),
+                    cbar_kws={"label": "horizon (steps)"}, ax=ax, linewidths=0.5,
+                    annot_kws={"fontsize": 8})
         ax.set_title(model)
         ax.set_xlabel("weight scale s")
         ax.set_ylabel("sequence length T (steps)")

@@ -54,6 +54,21 @@ def hardware_tag(cfg: Mapping[str, Any]) -> str:
     return "cpu-" + _slug(cpu_model())
 
 
+def check_result_set_tag(hw_tag: str, device: str, explicit: bool = False) -> None:
+    """Refuse to compute into another machine's result set (unless the tag was set on purpose).
+
+    Regenerating figures from a committed set never calls this; computing does.
+    """
+    if explicit:
+        return
+    here = hardware_tag({"device": device})
+    if here != hw_tag:
+        raise SystemExit(
+            f"refusing to compute into result set {hw_tag!r}: this machine's tag is {here!r}. "
+            "Set hardware_tag in the config to write a set under another name on purpose."
+        )
+
+
 def apply_precision(allow_tf32: bool, deterministic: bool) -> dict[str, Any]:
     """Set TF32 and determinism switches for this process and return what was set.
 

@@ -1,5 +1,6 @@
 # Helpers shared by the stage files: config validation, the hardware tag, target lists.
 import json
+import os
 
 from snakemake.utils import validate
 
@@ -19,6 +20,8 @@ HW = hardware_tag(config)
 BLOCKS = blocks_by_id(config)
 HW_TAG_IS_EXPLICIT = config['hardware_tag'] != 'auto'
 CONFIG_JSON = json.dumps(config, sort_keys=True)
+# Absolute, so the workflow also runs with --directory elsewhere (tests do).
+REPORT_CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
 
 
 wildcard_constraints:

@@ -23,10 +23,12 @@ rule report_html:
         parts=report_inputs,
     output:
         "results/{hw}/report.html",
+    params:
+        captions=REPORT_CAPTIONS,
     log:
         "logs/{hw}/report_html.log",
     conda:
         "../envs/bpttbench.yaml"
     shell:
-        "bpttbench report results/{wildcards.hw} --out {output} --captions workflow/report"
+        "bpttbench report results/{wildcards.hw} --out {output} --captions {params.captions}"
         " > {log} 2>&1"
