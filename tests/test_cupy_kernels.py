@@ -18,9 +18,14 @@ from bpttbench.jacobians import analyse_chain, cupy_backend
 from bpttbench.models import RecurrentCell, init_parameters
 
 AVAILABLE, REASON = cupy_backend.cupy_available()
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not AVAILABLE, reason=REASON)]
 
 
+def gpu(test):
+    """Mark a test as needing CuPy and a GPU (skipped with the reason otherwise)."""
+    return pytest.mark.cuda(pytest.mark.skipif(not AVAILABLE, reason=REASON)(test))
+
+
+@gpu
 @pytest.mark.parametrize("kernel", list(cupy_backend.KERNEL_SHAPES))
 def test_kernel_matches_numpy_reference(kernel):
     results = cupy_backend.validate_kernels([kernel])
@@ -29,6 +34,7 @@ def test_kernel_matches_numpy_reference(kernel):
     assert not bad, "\n".join(str(r) for r in bad)
 
 
+@gpu
 def test_validation_csv(tmp_path):
     results = cupy_backend.validate_kernels(["mgs_qr_logdiag"], dtypes=("float32",))
     path = cupy_backend.write_validation_csv(results, tmp_path / "validation.csv")
@@ -48,6 +54,7 @@ def _cuda_case(model, dtype, hidden=16, steps=40, batch=3):
     return params, x, cuda, x.to("cuda", dtype)
 
 
+@gpu
 @pytest.mark.parametrize("model", ["rnn_tanh", "lstm", "gru"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_analyse_chain_cupy_matches_numpy(model, dtype):
@@ -60,6 +67,7 @@ def test_analyse_chain_cupy_matches_numpy(model, dtype):
     assert np.all(np.abs(got.log_sv - ref.log_sv) <= tol * np.maximum(1.0, np.abs(ref.log_sv)))
 
 
+@gpu
 def test_cupy_ten_thousand_steps_at_scale_two_float32():
     cell = RecurrentCell("rnn_linear", 2, 32, dtype=torch.float32, device="cuda")
     init_parameters(cell, "orthogonal", 2.0, seed=5)
@@ -70,7 +78,130 @@ def test_cupy_ten_thousand_steps_at_scale_two_float32():
     assert np.abs(res.exponents - math.log(2.0)).max() < 1e-5
 
 
+@gpu
 def test_dlpack_shares_memory_with_torch():
     t = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
     a = cupy_backend.CupyBackend(np.float32).asarray(t)
     assert a.data.ptr == t.data_ptr()
+
+
+# ------------------------------------------------------------------------------------------
+# Without a GPU: the wrapper's orchestration (argument packing, shape checks, time chunking,
+# QR / rescale schedule) with NumPy stand-ins that do what each kernel's comment block says.
+
+
+def _mgs2(a, logacc):
+    for _ in range(2):
+        for j in range(a.shape[-1]):
+            nrm = np.linalg.norm(a[..., j], axis=-1)
+            logacc[..., j] += np.log(nrm)
+            a[..., j] /= nrm[..., None]
+            for p in range(j + 1, a.shape[-1]):
+                dot = (a[..., j] * a[..., p]).sum(-1)
+                a[..., p] -= dot[..., None] * a[..., j]
+
+
+def _standin(base):
+    def persistent(grid, block, args, shared_mem=0):
+        deriv, w, frame, scale, total, rows, *ints = args
+        assert all(isinstance(i, np.int32) for i in ints) and shared_mem > 0
+        batch, hidden, k, t_first, n_steps, lag0, qr_every, total_steps = map(int, ints)
+        assert grid == (batch,) and block == (cupy_backend.NTHREADS,)
+        for step in range(n_steps):
+            m = w.T @ (deriv[t_first - step][..., None] * frame)
+            lag = lag0 + step + 1
+            if lag % qr_every and lag != total_steps:
+                nrm = np.linalg.norm(m, axis=1)
+                scale += np.log(nrm)
+                frame[...] = m / nrm[:, None, :]
+                rows[step] = total + scale
+            else:
+                _mgs2(m, total)
+                frame[...] = m
+                total += scale
+                scale[...] = 0.0
+                rows[step] = total
+
+    def tiled(grid, block, args, shared_mem=0):
+        deriv_t, w, frame, out, *ints = args
+        assert block == (16, 16) and all(isinstance(i, np.int32) for i in ints)
+        out[...] = w.T @ (deriv_t[..., None] * frame)
+
+    def colnorm(grid, block, args, shared_mem=0):
+        mat, scale, total, row_out, *_ = args
+        nrm = np.linalg.norm(mat, axis=1)
+        mat /= nrm[:, None, :]
+        scale += np.log(nrm)
+        row_out[...] = total + scale
+
+    def qr(grid, block, args, shared_mem=0):
+        a, logacc, *ints = args
+        assert all(isinstance(i, np.int32) for i in ints)
+        _mgs2(a, logacc)
+
+    def lstm(grid, block, args, shared_mem=0):
+        gates, dgates, c, tc, dtc, w, out, n, hidden = args
+        assert isinstance(n, np.int64) and isinstance(hidden, np.int32)
+        h = int(hidden)
+        i, f, g, o = np.split(gates, 4, -1)
+        di, df, dg, do = np.split(dgates, 4, -1)
+        wi, wf, wg, wo = np.split(w, 4, 0)
+        dcdh = (c * df)[..., None] * wf + (g * di)[..., None] * wi + (i * dg)[..., None] * wg
+        oc = o * dtc
+        out[:, :h, :h] = (tc * do)[..., None] * wo + oc[..., None] * dcdh
+        out[:, :h, h:] = (oc * f)[..., None] * np.eye(h)
+        out[:, h:, :h] = dcdh
+        out[:, h:, h:] = f[..., None] * np.eye(h)
+
+    def gru(grid, block, args, shared_mem=0):
+        gates, dgates, hp, hn, omz, w, out, n, hidden = args
+        r, z, nn = np.split(gates, 3, -1)
+        dr, dz, dn = np.split(dgates, 3, -1)
+        wr, wz, wn = np.split(w, 3, 0)
+        u = omz * dn
+        out[...] = (z[..., None] * np.eye(int(hidden)) + ((hp - nn) * dz)[..., None] * wz
+                    + (u * r)[..., None] * wn + (u * hn * dr)[..., None] * wr)  # fmt: skip
+
+    return {"rnn_chain_persistent": persistent, "rnn_adjoint_step_tiled": tiled,
+            "colnorm_rescale": colnorm, "mgs_qr_logdiag": qr, "lstm_jacobians": lstm,
+            "gru_jacobians": gru}[base]  # fmt: skip
+
+
+@pytest.fixture
+def numpy_as_cupy(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("_")})
+    fake.asnumpy = np.asarray
+    monkeypatch.setattr(cupy_backend, "cp", fake)
+    monkeypatch.setattr(cupy_backend, "cupy_available", lambda: (True, "numpy stand-in"))
+    monkeypatch.setattr(cupy_backend, "max_optin_smem", lambda: 100 * 1024)
+    monkeypatch.setattr(cupy_backend, "_kernel", lambda fname, base, dtype: _standin(base))
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("model", "hidden", "path", "qr_every"),
+    [("rnn_tanh", 8, "persistent", 1), ("rnn_tanh", 8, "persistent", 3),
+     ("rnn_tanh", 8, "tiled", 2), ("rnn_relu", 200, "auto", 1), ("lstm", 5, "auto", 2),
+     ("gru", 6, "auto", 1)],
+)  # fmt: skip
+def test_wrapper_orchestration_with_numpy_standins(numpy_as_cupy, monkeypatch, model, hidden,
+                                                   path, qr_every):  # fmt: skip
+    from bpttbench.jacobians import chain
+    from bpttbench.jacobians.analytic import forward_saved
+    from bpttbench.jacobians.backends import NumpyBackend
+
+    cell = RecurrentCell(model, 3, hidden, dtype=torch.float64)
+    init_parameters(cell, "gaussian", 1.2, bias_scale=0.3, seed=7)
+    params = {n: p.detach() for n, p in cell.params().items()}
+    x = torch.randn(23, 2, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    saved = forward_saved(model, params, x, None, NumpyBackend())
+    k = 3
+    tot_ref, rows_ref = chain.run_chain(saved, NumpyBackend(), k, qr_every)
+    monkeypatch.setattr(cupy_backend, "ROWS_CHUNK_BYTES", 5 * 2 * k * 8)  # 5 steps per launch
+    monkeypatch.setattr(cupy_backend, "JAC_CHUNK_BYTES", 7 * 2 * (2 * hidden) ** 2 * 8)
+    bk = cupy_backend.CupyBackend(np.float64, rnn_path=path)
+    tot, rows = chain.run_chain(saved, bk, k, qr_every)
+    np.testing.assert_allclose(rows, rows_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(tot, tot_ref, rtol=0, atol=1e-10)
