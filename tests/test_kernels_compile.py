@@ -66,3 +66,45 @@ def test_kernel_compiles_to_cubin(path, arch, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, f"nvcc failed for {path.name} ({arch}):\n{proc.stderr}"
     assert out.stat().st_size > 0
+
+
+def _libnvrtc() -> str | None:
+    """libnvrtc (what cupy.RawModule compiles with): $BPTTBENCH_NVRTC, the CUDA toolkit, or
+    the loader's search path."""
+    import ctypes.util
+    import glob
+
+    explicit = os.environ.get("BPTTBENCH_NVRTC")
+    if explicit and Path(explicit).is_file():
+        return explicit
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            hits = sorted(glob.glob(str(Path(root) / "lib64" / "libnvrtc.so*")))
+            if hits:
+                return hits[0]
+    return ctypes.util.find_library("nvrtc")
+
+
+@pytest.mark.skipif(_libnvrtc() is None, reason="libnvrtc not found (set BPTTBENCH_NVRTC)")
+@pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
+def test_kernel_compiles_with_nvrtc(path):
+    """The runtime compiler CuPy uses has no C++ standard headers: check the sources build."""
+    import ctypes
+
+    where = Path(_libnvrtc())
+    for builtins in sorted(where.parent.glob("libnvrtc-builtins.so*")):  # loaded by name later
+        ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(where))
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), path.read_bytes(), path.name.encode(),
+                                  0, None, None) == 0  # fmt: skip
+    try:
+        opts = [b"-std=c++17", b"--gpu-architecture=compute_80"]
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        assert rc == 0, f"NVRTC failed for {path.name}:\n{log.value.decode()}"
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
