@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in STAGE_MODULES:
         if importlib.util.find_spec(f"bpttbench.{name}") is not None:
-            importlib.import_module(f"bpttbench.{name}").register(sub)
+            register = getattr(importlib.import_module(f"bpttbench.{name}"), "register", None)
+            if register is not None:  # a stage module adds its subcommands itself
+                register(sub)
     return parser
 
 

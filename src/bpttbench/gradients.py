@@ -116,8 +116,9 @@ def growth_rate(mean_log_norm: np.ndarray) -> tuple[float, float]:
     k, y = lags[ok], mean_log_norm[ok]
     slope, intercept = np.polyfit(k, y, 1)
     resid = y - (slope * k + intercept)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    ss_tot, ss_res = float(((y - y.mean()) ** 2).sum()), float((resid**2).sum())
+    # A flat line (slope ~0) fitted to rounding noise is still a perfect fit.
+    r2 = 1.0 if ss_res <= 1e-20 * y.size else 1.0 - ss_res / ss_tot
     return float(slope), r2
 
 

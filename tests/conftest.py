@@ -1,0 +1,35 @@
+"""Shared fixtures: float64 by default for reference checks, fresh random seeds per test."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def rng_seed() -> int:
+    """A fresh seed per test (printed on failure through pytest's -ra summary of the id)."""
+    return random.SystemRandom().randrange(2**31)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def snakemake_env() -> dict[str, str]:
+    """Environment in which Snakemake rules find the bpttbench CLI of this interpreter."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    if shutil.which("snakemake", path=env["PATH"]) is None:
+        pytest.skip("snakemake is not installed in this environment")
+    return env
