@@ -158,7 +158,8 @@ def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
         col="model", col_order=_models(sel), col_wrap=min(3, len(_models(sel))), kind="line",
         palette="viridis", errorbar=None, height=3.2, aspect=1.2, facet_kws={"sharey": False},
     )
-    g.set_axis_labels("lag k (steps)", "ln σ_i(J_T ⋯ J_{T−k+1}) (natural log)")
+    g.set_axis_labels("lag k (steps)", "ln σ_i of J_T⋯J_{T−k+1}")
+    g.legend.set_title("weight scale s / singular value")
     g.figure.suptitle(f"Singular values of the Jacobian product against lag ({where})", y=1.03)
     return g.figure
 
