@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from bpttbench.config import ConfigError, block_to_json, blocks_by_id
 from bpttbench.config import validate as validate_config
-from bpttbench.hardware import hardware_tag
+from bpttbench.hardware import hardware_tag, resolve_device
 
 # Our validator first: it names the bad key and the allowed values. Then Snakemake's,
 # the standard one, against the same schema.
@@ -54,3 +54,8 @@ def report_inputs(wildcards):
 
 def all_targets():
     return [f"results/{HW}/report.html"]
+
+
+# Kernel validation runs only where the CUDA kernels are used (a CUDA device).
+if resolve_device(config["device"]) == "cuda":
+    REPORT_INPUTS.append("results/{hw}/tables/validation.csv")

@@ -1,0 +1,15 @@
+# Stage: every custom CUDA kernel against the float64 reference (only where a GPU is used).
+
+
+rule validate_kernels:
+    output:
+        "results/{hw}/tables/validation.csv",
+    log:
+        "logs/{hw}/validate_kernels.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    resources:
+        gpu=1,
+        runtime=20,
+    shell:
+        "bpttbench validate-kernels --out {output} > {log} 2>&1"
