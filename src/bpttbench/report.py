@@ -38,8 +38,11 @@ SECTIONS: list[Section] = [
             "Jacobians, tracked in log scale with QR re-orthonormalisation.",
             ["lyapunov_spectrum", "chain_singular_values"], []),
     Section("Long-range dependencies in training", "What the gradients mean in practice: "
-            "training on the adding and copy tasks, with and without clipping.",
-            ["long_range_solved", "long_range_curves", "long_range_vs_horizon"],
+            "an unrolled cell plus a linear readout trained with a fixed budget on the adding "
+            "and copy-memory tasks, with and without gradient clipping. Solved: final loss "
+            "below 10% of the best memoryless predictor's loss.",
+            ["long_range_solved", "long_range_curves", "long_range_grad_norm",
+             "long_range_vs_horizon"],
             ["long_range_summary.csv"]),
     Section("Performance", "The Jacobian engine against the alternatives, and against the "
             "machine's measured peak.", ["bench_speedup", "bench_roofline"], ["bench.csv"]),

@@ -1,0 +1,359 @@
+"""Train one unrolled recurrent cell plus a linear readout on a long-range task.
+
+A run is fully defined by its ``RunSpec``. The model under study is
+``bpttbench.models.RecurrentCell`` (unrolled step by step, the same cell whose gradients the
+gradient-flow stage measures) followed by a linear readout. Training uses a fixed budget:
+``steps`` updates of Adam (or SGD) at learning rate ``lr`` on fresh batches of ``batch``
+sequences; every ``eval_every`` steps the loss is measured on a fixed evaluation set.
+
+Per update the total gradient norm ||g||_2 (over all parameters, before clipping) is recorded.
+A non-finite loss or gradient skips the update (counted in ``n_skipped``): exploding
+gradients are data, not crashes. With ``clip`` set, g is rescaled to norm ``clip`` when
+||g|| > clip (clipping by global norm, Pascanu et al. 2013) before the optimizer sees it.
+
+Solved: the evaluation loss at the end of training is below ``solved_fraction`` (0.1) times
+the task's baseline loss (the best memoryless predictor). Steps to solve: the first
+evaluation step at which that held.
+
+Random streams: weights and readout from ``seed``; training batches and the evaluation set
+from separate generators keyed by (seed, task, seq_len), so every model and clip setting of
+a seed sees the same data. All draws are float64 on the CPU, cast afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..gradients import growth_rate, horizon, lag_statistics, measure_gradient_flow, readout_problem
+from ..hardware import apply_precision, resolve_device
+from ..io import read_json, write_json
+from ..models import INITS, RecurrentCell, gate_count, init_parameters
+from .tasks import Task, check_seq_len, get_task
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LONG_RANGE_INITS: tuple[str, ...] = (*INITS, "identity")
+OPTIMIZERS = ("adam", "sgd")
+FLOW_BATCH = 16  # sequences of the evaluation set used for the gradient horizon of a run
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def clip_label(clip: float | None) -> str:
+    return "none" if clip is None else f"{clip:g}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training run of the long-range benchmark."""
+
+    task: str
+    model: str
+    init: str
+    hidden: int
+    seq_len: int
+    clip: float | None  # None: no clipping
+    seed: int
+    weight_scale: float
+    input_scale: float
+    forget_bias: float
+    optimizer: str
+    lr: float
+    steps: int
+    batch: int
+    eval_every: int
+    eval_batch: int
+    solved_fraction: float
+    device: str
+    dtype: str
+    allow_tf32: bool
+    deterministic: bool
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.block_id}-clip{clip_label(self.clip)}-seed{self.seed}"
+
+    @property
+    def block_id(self) -> str:
+        """Runs of one task, model and seq_len form one pipeline job."""
+        return f"{self.task}-{self.model}-T{self.seq_len}"
+
+    def check(self) -> None:
+        get_task(self.task)
+        check_seq_len(self.task, self.seq_len)
+        if self.init not in LONG_RANGE_INITS:
+            raise ValueError(f"long_range.init: unknown init {self.init!r}; allowed: "
+                             f"{', '.join(LONG_RANGE_INITS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"long_range.optimizer: {self.optimizer!r}; allowed: "
+                             f"{', '.join(OPTIMIZERS)}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be None or > 0, got {self.clip}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def runs_to_json(runs: list[RunSpec]) -> str:
+    return json.dumps([asdict(r) for r in runs], sort_keys=True)
+
+
+def runs_from_json(text: str) -> list[RunSpec]:
+    return [RunSpec(**d) for d in json.loads(text)]
+
+
+def _stream(seed: int, task: str, seq_len: int, purpose: int) -> int:
+    """A generator seed per (seed, task, seq_len, purpose); purposes: 1 train, 2 eval."""
+    task_code = sum((i + 1) * ord(c) for i, c in enumerate(task))
+    return (1_000_003 * (int(seed) + 1) + 7919 * int(seq_len) + 104_729 * task_code
+            + 15_485_863 * purpose) % (2**63 - 1)
+
+
+@torch.no_grad()
+def init_cell(cell: RecurrentCell, init: str, weight_scale: float, *, input_scale: float = 1.0,
+              forget_bias: float = 0.0, seed: int = 0) -> RecurrentCell:
+    """``models.init_parameters``, plus ``identity``: orthogonal with Q = I (W_hh = s I per gate).
+
+    ``identity`` with rnn_relu is the IRNN of Le, Jaitly and Hinton (2015).
+    """
+    if init not in LONG_RANGE_INITS:
+        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(LONG_RANGE_INITS)}")
+    base = "orthogonal" if init == "identity" else init
+    init_parameters(cell, base, weight_scale, input_scale=input_scale, forget_bias=forget_bias,
+                    seed=seed)
+    if init == "identity":
+        eye = torch.eye(cell.hidden_size, dtype=torch.float64) * weight_scale
+        w_hh = torch.cat([eye] * gate_count(cell.model))
+        cell.weight_hh_l0.copy_(w_hh.to(cell.weight_hh_l0))
+    return cell
+
+
+class SequenceModel(nn.Module):
+    """The unrolled RecurrentCell plus a linear readout (of h_T, or of every h_t)."""
+
+    def __init__(self, spec: RunSpec, task: Task, device: str) -> None:
+        super().__init__()
+        dtype = DTYPES[spec.dtype]
+        self.per_step = task.per_step
+        self.cell = RecurrentCell(spec.model, task.input_size, spec.hidden, dtype=dtype,
+                                  device=device)
+        init_cell(self.cell, spec.init, spec.weight_scale, input_scale=spec.input_scale,
+                  forget_bias=spec.forget_bias, seed=spec.seed)
+        self.readout = nn.Linear(spec.hidden, task.output_size, dtype=dtype, device=device)
+        gen = torch.Generator().manual_seed(20_011 + int(spec.seed))
+        with torch.no_grad():
+            w = torch.randn(task.output_size, spec.hidden, generator=gen, dtype=torch.float64)
+            self.readout.weight.copy_(w / math.sqrt(spec.hidden))
+            self.readout.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs, _ = self.cell(x)
+        return self.readout(outputs if self.per_step else outputs[-1])
+
+
+def grad_norm(params: list[nn.Parameter]) -> float:
+    """Global L2 norm of the gradients, accumulated in float64 (inf/NaN pass through)."""
+    grads = [p.grad.detach().to(torch.float64) for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
+                                                       for g in grads])))
+
+
+@torch.no_grad()
+def clip_gradients(params: list[nn.Parameter], norm: float, clip: float | None) -> bool:
+    """Rescale the gradients to global norm ``clip`` when ``norm`` exceeds it; True if clipped."""
+    if clip is None or not norm > clip:
+        return False
+    scale = clip / norm
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(scale)
+    return True
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"long_range.optimizer: {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, task: Task, x: Tensor, y: Tensor,
+               clip: float | None) -> tuple[float, float, str]:
+    """One update: (training loss, gradient norm before clipping, outcome).
+
+    outcome is ``skipped`` (non-finite loss or gradient: no update), ``clipped`` or ``ok``.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    loss = task.loss(net(x), y)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        return loss_value, math.nan, "skipped"
+    loss.backward()
+    norm = grad_norm(params)
+    if not math.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return loss_value, norm, "skipped"
+    clipped = clip_gradients(params, norm, clip)
+    opt.step()
+    return loss_value, norm, "clipped" if clipped else "ok"
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, task: Task, x: Tensor, y: Tensor) -> float:
+    return float(task.loss(net(x), y))
+
+
+def gradient_horizon(net: SequenceModel, x: Tensor, seed: int) -> tuple[int | None, float]:
+    """(horizon, growth rate) of ln||dL/dh_{T-k}|| for this network on task inputs ``x``.
+
+    The same measurement as the gradient-flow stage (random fixed readout, loss at the last
+    step), so the numbers are comparable with ``summary.csv``.
+    """
+    cell = net.cell
+    w_out, target = readout_problem(cell.hidden_size, x.shape[1], seed=seed)
+    with torch.enable_grad():
+        flow = measure_gradient_flow(cell.model, cell.params(), x,
+                                     cell.initial_state(x.shape[1]), w_out, target)
+    mean = lag_statistics(flow.log_norm_h)["log_grad_norm"]
+    return horizon(mean), growth_rate(mean)[0]
+
+
+def _window_row(step: int, eval_loss: float, losses: list[float], norms: list[float],
+                n_clipped: int, n_skipped: int) -> dict[str, Any]:
+    finite = np.asarray([n for n in norms if math.isfinite(n) and n > 0], dtype=np.float64)
+    finite_losses = [v for v in losses if math.isfinite(v)]
+    return {
+        "step": step,
+        "eval_loss": eval_loss,
+        "train_loss": float(np.mean(finite_losses)) if finite_losses else math.nan,
+        "log_grad_norm_mean": float(np.log(finite).mean()) if finite.size else math.nan,
+        "grad_norm_max": float(max(norms)) if norms else math.nan,
+        "n_updates": len(losses),
+        "n_clipped": n_clipped,
+        "n_skipped": n_skipped,
+    }
+
+
+def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
+    """Train one run; returns its record (spec, summary, trace). Never raises for a blow-up."""
+    spec.check()
+    started, t0 = now_iso(), time.perf_counter()
+    record: dict[str, Any] = {"run_id": spec.run_id, "spec": spec.to_dict(),
+                              "started_at": started}
+    task = get_task(spec.task)
+    baseline = task.baseline(spec.seq_len)
+    threshold = spec.solved_fraction * baseline
+    summary: dict[str, Any] = {"status": "error", "baseline_loss": baseline,
+                               "solved_threshold": threshold}
+    try:
+        device = resolve_device(spec.device)
+        record["device"] = device
+        record["precision"] = apply_precision(spec.allow_tf32, spec.deterministic)
+        dtype = DTYPES[spec.dtype]
+        net = SequenceModel(spec, task, device)
+        opt = make_optimizer(spec.optimizer, list(net.parameters()), spec.lr)
+        gen_train = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 1))
+        gen_eval = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 2))
+        x_eval, y_eval = task.sample(spec.seq_len, spec.eval_batch, gen_eval)
+        x_eval = x_eval.to(device=device, dtype=dtype)
+        y_eval = y_eval.to(device=device, dtype=dtype if not task.per_step else torch.int64)
+        x_flow = x_eval[:, :FLOW_BATCH]
+        summary["horizon_init"], summary["growth_rate_init"] = gradient_horizon(
+            net, x_flow, spec.seed)
+
+        trace = [_window_row(0, evaluate(net, task, x_eval, y_eval), [], [], 0, 0)]
+        losses: list[float] = []
+        norms: list[float] = []
+        n_clipped = n_skipped = w_clipped = w_skipped = 0
+        steps_to_solve = None
+        bar = tqdm(range(1, spec.steps + 1), desc=spec.run_id, unit="step", mininterval=5,
+                   disable=not progress)
+        for step in bar:
+            x, y = task.sample(spec.seq_len, spec.batch, gen_train)
+            x = x.to(device=device, dtype=dtype)
+            y = y.to(device=device, dtype=dtype if not task.per_step else torch.int64)
+            loss, norm, outcome = train_step(net, opt, task, x, y, spec.clip)
+            losses.append(loss)
+            norms.append(norm)
+            w_clipped += outcome == "clipped"
+            w_skipped += outcome == "skipped"
+            if step % spec.eval_every == 0 or step == spec.steps:
+                eval_loss = evaluate(net, task, x_eval, y_eval)
+                trace.append(_window_row(step, eval_loss, losses, norms, w_clipped, w_skipped))
+                n_clipped += w_clipped
+                n_skipped += w_skipped
+                losses, norms, w_clipped, w_skipped = [], [], 0, 0
+                if steps_to_solve is None and eval_loss < threshold:
+                    steps_to_solve = step
+                bar.set_postfix(eval_loss=f"{eval_loss:.4g}", baseline=f"{baseline:.4g}",
+                                refresh=False)
+        bar.close()
+        final = trace[-1]["eval_loss"]
+        params_finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
+        summary["horizon_final"], summary["growth_rate_final"] = gradient_horizon(
+            net, x_flow, spec.seed)
+        all_norms = [r for r in trace[1:] if math.isfinite(r["grad_norm_max"])]
+        summary.update(
+            status="ok" if params_finite and math.isfinite(final) else "diverged",
+            final_loss=final,
+            final_loss_ratio=final / baseline,
+            best_loss=float(np.nanmin([r["eval_loss"] for r in trace])),
+            solved=bool(math.isfinite(final) and final < threshold),
+            steps_to_solve=steps_to_solve,
+            n_updates=spec.steps,
+            n_clipped=n_clipped,
+            n_skipped=n_skipped,
+            grad_norm_max=max((r["grad_norm_max"] for r in all_norms), default=math.nan),
+        )
+        record["trace"] = {k: [r[k] for r in trace] for k in trace[0]}
+    except Exception as exc:
+        summary["status"] = "error"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    record["summary"] = summary
+    record["finished_at"] = now_iso()
+    record["wall_s"] = time.perf_counter() - t0
+    return record
+
+
+def run_block(runs: list[RunSpec], checkpoint_dir: Path | None = None, progress: bool = True
+              ) -> list[dict[str, Any]]:
+    """Train the runs of one job, keeping each finished run in ``checkpoint_dir``.
+
+    A rerun after an interruption reuses every checkpoint whose spec equals the run's.
+    """
+    records = []
+    for spec in runs:
+        path = checkpoint_dir / f"{spec.run_id}.json" if checkpoint_dir else None
+        if path is not None and path.exists():
+            done = read_json(path)
+            if done.get("spec") == spec.to_dict():
+                records.append(done)
+                continue
+        record = train_run(spec, progress=progress)
+        if path is not None:
+            write_json(path, record)
+        s = record["summary"]
+        tqdm.write(f"{spec.run_id}: status={s['status']} final_loss={s.get('final_loss', math.nan):.4g}"
+                   f" baseline={s['baseline_loss']:.4g} solved={s.get('solved')}"
+                   f" steps_to_solve={s.get('steps_to_solve')} skipped={s.get('n_skipped')}"
+                   f" ({record['wall_s']:.1f}s)")
+        records.append(record)
+    return records

@@ -1,0 +1,105 @@
+# Stage: the long-range benchmark. Train an unrolled cell on the adding and copy tasks
+# (one job per task x model x seq_len), gather the tables, draw the figures.
+from bpttbench import cluster
+from bpttbench.long_range.sweep import block_record_files, block_spec_json, long_range_blocks
+
+try:
+    LONG_RANGE_BLOCKS = long_range_blocks(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+LONG_RANGE_THREADS = config["long_range"]["threads"]
+LONG_RANGE_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
+LONG_RANGE_TABLES = {
+    "runs": "results/{hw}/tables/long_range.parquet",
+    "trace": "results/{hw}/tables/long_range_trace.parquet",
+    "summary": "results/{hw}/tables/long_range_summary.csv",
+}
+LONG_RANGE_FIGURES = [
+    "long_range_solved",
+    "long_range_curves",
+    "long_range_grad_norm",
+    "long_range_vs_horizon",
+]
+if LONG_RANGE_BLOCKS:
+    REPORT_INPUTS.extend(LONG_RANGE_TABLES.values())
+    REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in LONG_RANGE_FIGURES)
+
+
+# One job per task x model x seq_len: every clip setting and seed of it.
+rule long_range_block:
+    output:
+        temp("results/{hw}/cells/long_range/{lr_block}.json"),
+    params:
+        spec=lambda wc: block_spec_json(LONG_RANGE_BLOCKS, wc.lr_block),
+        explicit=hw_tag_flag,
+    wildcard_constraints:
+        lr_block=r"[A-Za-z0-9._-]+",
+    log:
+        "logs/{hw}/long_range/{lr_block}.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: LONG_RANGE_THREADS
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(LONG_RANGE_GPU)),
+        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        **LONG_RANGE_GPU,
+    shell:
+        "bpttbench long-range-block --spec {params.spec:q} --hw-tag {wildcards.hw}"
+        " {params.explicit} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule long_range_collect:
+    input:
+        lambda wc: block_record_files(LONG_RANGE_BLOCKS, wc.hw),
+    output:
+        **LONG_RANGE_TABLES,
+    log:
+        "logs/{hw}/long_range_collect.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("collect", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("collect", attempt),
+    shell:
+        "bpttbench long-range-collect --out-dir results/{wildcards.hw}/tables {input}"
+        " > {log} 2>&1"
+
+
+rule long_range_figures:
+    input:
+        **LONG_RANGE_TABLES,
+        horizon="results/{hw}/tables/summary.csv",
+    output:
+        long_range_solved=report(
+            "results/{hw}/figures/long_range_solved.png",
+            caption="../report/long_range_solved.rst",
+            category="Long-range training",
+        ),
+        long_range_curves=report(
+            "results/{hw}/figures/long_range_curves.png",
+            caption="../report/long_range_curves.rst",
+            category="Long-range training",
+        ),
+        long_range_grad_norm=report(
+            "results/{hw}/figures/long_range_grad_norm.png",
+            caption="../report/long_range_grad_norm.rst",
+            category="Long-range training",
+        ),
+        long_range_vs_horizon=report(
+            "results/{hw}/figures/long_range_vs_horizon.png",
+            caption="../report/long_range_vs_horizon.rst",
+            category="Long-range training",
+        ),
+    log:
+        "logs/{hw}/long_range_figures.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+    shell:
+        "bpttbench long-range-figures --tables results/{wildcards.hw}/tables"
+        " --horizon-summary {input.horizon} --out-dir results/{wildcards.hw}/figures"
+        " > {log} 2>&1"
