@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/gradient_flow.smk"
 include: "workflow/rules/long_range.smk"
 include: "workflow/rules/validation.smk"
+include: "workflow/rules/bench.smk"
 include: "workflow/rules/report.smk"
 
 

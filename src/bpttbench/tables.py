@@ -154,6 +154,130 @@ COLUMNS: dict[str, dict[str, str]] = {
         "training",
         "wall_s_total": "summed wall time of the runs in seconds",
     },
+    # Bench stage (bpttbench.bench): the Jacobian engine against the alternatives, roofline.
+    "bench": {
+        "op": "chain, lyapunov, lstm_jacobians, gru_jacobians, bptt_rnn, bptt_lstm or bptt_gru "
+        "(docs/bench.md)",
+        "model": "recurrent cell of the op",
+        "variant": "cupy (our CUDA kernels), torch (per-step loop; BPTT: our unrolled cell), "
+        "torch_func (vmap(vjp)/vmap(jacrev)), numpy (CPU), fused (torch.nn RNN/LSTM/GRU, cuDNN)",
+        "hidden": "hidden size H",
+        "batch": "batch size B",
+        "seq_len": "sequence length T (steps)",
+        "k": "frame size of the chain ops (vectors carried through the chain); empty otherwise",
+        "label": "grid (the size sweep) or the label of an extra shape (e.g. deepbench)",
+        "status": "ok (checked, then timed), mismatch (output disagreed with float64: not "
+        "timed), skipped (see reason), oom or error",
+        "reason": "why a row is skipped, mismatched or failed",
+        "speedup_vs_torch": "median_ms of the torch variant / median_ms of this row (same op and "
+        "size); > 1 = faster than torch",
+        "fraction_of_peak": "achieved_gflops / attainable_gflops (roofline bound of the device)",
+        "bound": "compute or memory: which roofline ceiling bounds the op at its intensity",
+        "attainable_gflops": "min(peak_gflops, intensity x peak_gbps), GFLOP/s",
+        "peak_gflops": "measured GEMM rate of the row's device in the bench dtype, GFLOP/s "
+        "(peak.csv)",
+        "peak_gbps": "measured copy bandwidth of the row's device, GB/s (peak.csv)",
+        "n": "timed calls (after warm-up)",
+        "median_ms": "median wall time of one call, milliseconds (CUDA events on a GPU)",
+        "q25_ms": "25% quantile of the call times, ms",
+        "q75_ms": "75% quantile of the call times, ms",
+        "iqr_ms": "inter-quartile range q75 - q25 of the call times, ms",
+        "min_ms": "fastest call, ms",
+        "mean_ms": "mean call time, ms",
+        "flops": "floating-point operations the op must do (formulas in docs/bench.md)",
+        "bytes": "compulsory device-memory traffic of the op in bytes (docs/bench.md)",
+        "intensity": "flops / bytes, FLOP per byte",
+        "achieved_gflops": "flops / median time, GFLOP/s",
+        "achieved_gbps": "bytes / median time, GB/s",
+        "check_err": "max error of the output against the float64 reference on the check "
+        "prefix (logs: abs error / max(1, |ref|); arrays: max abs error / max |ref|)",
+        "check_tol": "tolerance of check_err (float32 1e-4, float64 1e-9, float32 with TF32 "
+        "on a GPU 2e-2)",
+        "check_keys": "outputs compared in the check",
+        "check_seq_len": "steps of the check prefix (the first steps of the same inputs)",
+        "check_batch": "batch elements of the check prefix",
+        "device": "where the row ran: cpu or cuda",
+        "device_name": "GPU or CPU model",
+        "dtype": "float32 or float64",
+        "allow_tf32": "whether TF32 matmuls were allowed",
+        "threads": "threads of the library that ran the row: torch.get_num_threads(), or "
+        "NumPy's OpenBLAS threads for numpy rows (-1 = unknown)",
+        "impl": "what ran: kernel path, cuDNN version, library version",
+        "memory_estimate_gib": "rough working-set estimate used to skip sizes, GiB",
+    },
+    "peak": {
+        "device": "cpu or cuda",
+        "device_name": "GPU or CPU model",
+        "quantity": "gemm_flops (square matmul rate) or copy_bandwidth (tensor copy, read + "
+        "write bytes)",
+        "method": "torch.matmul, numpy.matmul, torch copy_ or numpy.copyto",
+        "size": "matrix side n (GEMM) or bytes of the copied buffer",
+        "dtype": "element type",
+        "threads": "torch.get_num_threads(), or NumPy's OpenBLAS threads for numpy methods "
+        "(-1 = unknown)",
+        "n": "timed calls",
+        "median_ms": "median time of one call, ms",
+        "iqr_ms": "inter-quartile range of the call times, ms",
+        "value": "2 n^3 / median time (FLOP/s) or 2 x size / median time (B/s)",
+        "unit": "FLOP/s or B/s",
+        "peak": "true for the highest value of its quantity and device (the roofline ceiling)",
+    },
+    "bench_targets": {
+        "target": "target id (benchmarks/targets.yaml)",
+        "description": "what the target asks",
+        "op": "op the target is about",
+        "variant": "variant measured",
+        "metric": "speedup (baseline median / variant median) or fraction_of_peak",
+        "baseline": "variant the speedup is relative to",
+        "threshold": "value the measured metric must reach",
+        "aggregate": "how matching rows are combined (min = every row must reach it)",
+        "measured": "the aggregated metric; empty when not applicable",
+        "met": "measured >= threshold; empty when not applicable",
+        "rows": "timed rows that entered the aggregate",
+        "note": "which rows, or why the target does not apply here",
+    },
+    # Compare stage (bpttbench.compare): results/compare/<A>__vs__<B>/, docs/compare.md.
+    "compare_agreement": {
+        "table": "table of the result sets the value comes from (summary, lyapunov, claims, ...)",
+        "metric": "column compared (growth_rate, lyapunov_max, horizon, spectral_norm_whh, "
+        "spectral_radius_whh, status, exponent, or a claims / long-range column)",
+        "key": "the row's identifying columns as k=v pairs (cell, claim, run)",
+        **{k: f"{doc} (empty for tables without this key)" for k, doc in _CELL_DOCS.items()},
+        "regime": "regular, nonsmooth (rnn_relu), chaotic (largest Lyapunov exponent > 0 in "
+        "either set), nonfinite (inf/NaN or underflow in either set) or any; picks the tolerance",
+        "value_a": "value in set A (natural log per step for rates and exponents; steps for "
+        "horizon); empty for status",
+        "value_b": "value in set B",
+        "abs_diff": "|value_a - value_b|",
+        "rel_diff": "|value_a - value_b| / max(|value_a|, |value_b|); 0 when equal",
+        "tol_rel": "relative tolerance (bpttbench.compare.TOLERANCES)",
+        "tol_abs": "absolute tolerance, in the metric's unit",
+        "tol_stat": "statistical allowance of a Lyapunov exponent in a chaotic, nonsmooth or "
+        "nonfinite cell: 3 standard errors of the difference of the two batch means; 0 if unused",
+        "allowed_diff": "max(tol_abs + tol_rel * max(|value_a|, |value_b|), tol_stat)",
+        "within": "abs_diff <= allowed_diff, or both undefined (NaN), or the same infinity; "
+        "status: equal in both sets",
+        "note": "status pair (e.g. 'nan vs ok'), or 'undefined in one set only'",
+    },
+    "compare_timing_ratio": {
+        "table": "table the timing comes from (summary: wall_s per cell; bench tables)",
+        "metric": "timing or throughput column",
+        "kind": "time (lower is faster) or rate (GFLOP/s, GB/s: higher is faster)",
+        "key": "the row's identifying columns as k=v pairs (median over repeated rows)",
+        "value_a": "value in set A (seconds, milliseconds or the rate's unit)",
+        "value_b": "value in set B",
+        "ratio_b_over_a": "value_b / value_a",
+        "speedup_b_vs_a": "how many times faster B is than A: A/B for times, B/A for rates",
+    },
+    "compare_caveats": {
+        "item": "what differs between the two sets' manifests (config section, precision flag, "
+        "hardware, library, code version, cells present)",
+        "value_a": "its value in set A",
+        "value_b": "its value in set B",
+        "severity": "warning (changes what or how precisely is measured) or info (expected "
+        "between machines; may change the last bits)",
+        "effect": "what the difference does to the comparison",
+    },
 }
 
 

@@ -1,0 +1,253 @@
+"""``bpttbench bench ...``: the subcommands of the bench stage.
+
+- ``list``: the factory table (ops x variants) and what can run here;
+- ``peak``: measure the GEMM rate and copy bandwidth (``peak.csv``);
+- ``op OP``: check and time every variant of one op over the size grid (one pipeline job);
+- ``collect``: join op tables and peaks into ``bench.parquet``/``bench.csv`` and evaluate
+  ``benchmarks/targets.yaml`` into ``bench_targets.csv``;
+- ``figures``: ``bench_speedup.png`` and ``bench_roofline.png``;
+- ``run``: all of the above in one process (``benchmarks/run.py`` calls this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TARGETS = "benchmarks/targets.yaml"
+OVERRIDES = ("ops", "variants", "hidden", "batch", "seq_len", "repeats", "warmup")
+
+
+def _add_config_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", help="config YAML file (default: config/config.yaml)")
+    src.add_argument("--config-json", help="the config as JSON (the pipeline passes it)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override config device")
+    if overrides:
+        p.add_argument("--ops", nargs="+", help="override bench.ops")
+        p.add_argument("--variants", nargs="+", help="override bench.variants")
+        p.add_argument("--hidden", nargs="+", type=int, help="override bench.hidden")
+        p.add_argument("--batch", nargs="+", type=int, help="override bench.batch")
+        p.add_argument("--seq-len", dest="seq_len", nargs="+", type=int,
+                       help="override bench.seq_len")
+        p.add_argument("--repeats", type=int, help="override bench.repeats")
+        p.add_argument("--warmup", type=int, help="override bench.warmup")
+
+
+def _add_tag_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hw-tag", help="result set the numbers are for; must match this machine")
+    p.add_argument("--hw-tag-is-explicit", action="store_true",
+                   help="the tag was set in the config, so it need not match the machine")
+
+
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The validated config with the command-line overrides applied."""
+    import yaml
+
+    from bpttbench.config import validate
+
+    if getattr(args, "config_json", None):
+        raw = json.loads(args.config_json)
+    else:
+        path = Path(getattr(args, "config", None) or "config/config.yaml")
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} not found; pass --config PATH")
+        raw = yaml.safe_load(path.read_text()) or {}
+    raw = dict(raw)
+    bench = dict(raw.get("bench") or {})
+    for key in OVERRIDES:
+        value = getattr(args, key, None)
+        if value is not None:
+            bench[key] = value
+    raw["bench"] = bench
+    if getattr(args, "device", None):
+        raw["device"] = args.device
+    return validate(raw)
+
+
+def _check_tag(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from bpttbench.hardware import check_result_set_tag, resolve_device
+
+    if args.hw_tag:
+        check_result_set_tag(args.hw_tag, resolve_device(cfg["device"]), args.hw_tag_is_explicit)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bpttbench.bench.ops import OPS
+    from bpttbench.bench.variants import FACTORY, VARIANTS, availability
+    from bpttbench.hardware import resolve_device
+
+    device = resolve_device(args.device or "auto")
+    print(f"ops x variants registered in bpttbench.bench.variants.FACTORY (device {device}):")
+    print(f"{'op':16s}" + "".join(f"{v:>12s}" for v in VARIANTS))
+    for op in OPS:
+        print(f"{op:16s}" + "".join(f"{'x' if (op, v) in FACTORY else '-':>12s}" for v in VARIANTS))
+    print()
+    for name, info in VARIANTS.items():
+        ok, why = availability(name, device)
+        print(f"{name:11s} {info.description}" + ("" if ok else f"  [not here: {why}]"))
+    print()
+    for name, spec in OPS.items():
+        print(f"{name:16s} ({spec.model}) {spec.description}")
+    return 0
+
+
+def cmd_peak(args: argparse.Namespace) -> int:
+    from bpttbench.bench.runner import peaks_for
+    from bpttbench.tables import write_table
+
+    cfg = load_config(args)
+    _check_tag(args, cfg)
+    peaks = peaks_for(cfg)
+    write_table(peaks, args.out, "peak")
+    for r in peaks.itertuples():
+        scale, unit = (1e9, "GFLOP/s") if r.quantity == "gemm_flops" else (1e9, "GB/s")
+        _log(f"{r.device:5s} {r.method:14s} size {r.size}: {r.value / scale:,.1f} {unit}"
+             + ("  (peak)" if r.peak else ""))
+    return 0
+
+
+def cmd_op(args: argparse.Namespace) -> int:
+    from bpttbench.bench.runner import bench_ops, run_op
+    from bpttbench.bench.variants import check_names
+    from bpttbench.tables import write_table
+
+    cfg = load_config(args)
+    bench_ops(cfg["bench"])
+    _check_tag(args, cfg)
+    import pandas as pd
+
+    check_names(args.ops, [])
+    df = pd.concat([run_op(cfg, op, log=_log) for op in args.ops], ignore_index=True)
+    write_table(df, args.out, "bench", csv_twin=False)
+    counts = df["status"].value_counts().to_dict()
+    _log(f"bench {' '.join(args.ops)}: {len(df)} rows, status {counts}")
+    return 0
+
+
+def _collect(parts: list[str | Path], peak_path: str | Path, targets_path: str | Path,
+             out_dir: str | Path) -> None:
+    import pandas as pd
+
+    from bpttbench.bench.runner import collect, evaluate_targets, load_targets
+    from bpttbench.tables import read_table, write_table
+
+    targets = load_targets(targets_path)
+    peaks = read_table(peak_path)
+    df = collect([pd.read_parquet(p) for p in parts], peaks)
+    out = Path(out_dir)
+    write_table(df, out / "bench.parquet", "bench", csv_twin=True)
+    tdf = evaluate_targets(df, targets)
+    write_table(tdf, out / "bench_targets.csv", "bench_targets")
+    counts = df["status"].value_counts().to_dict()
+    _log(f"collected {len(df)} bench rows into {out} (status {counts}); targets: "
+         + ", ".join(f"{r.target}={'n/a' if pd.isna(r.met) else ('met' if r.met else 'NOT met')}"
+                     for r in tdf.itertuples()))
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    _collect(args.parts, args.peak, args.targets, args.out_dir)
+    return 0
+
+
+def _figures(tables: Path, out_dir: Path) -> None:
+    from bpttbench.bench.plots import bench_roofline, bench_speedup
+    from bpttbench.figures import save
+    from bpttbench.tables import read_table
+
+    bench = read_table(tables / "bench.parquet")
+    peaks = read_table(tables / "peak.csv")
+    save(bench_speedup(bench), out_dir / "bench_speedup.png")
+    save(bench_roofline(bench, peaks), out_dir / "bench_roofline.png")
+    _log(f"wrote {out_dir / 'bench_speedup.png'} and {out_dir / 'bench_roofline.png'}")
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    _figures(Path(args.tables), Path(args.out_dir))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bpttbench.bench.runner import bench_ops, peaks_for, run_op
+    from bpttbench.hardware import check_result_set_tag, hardware_tag, resolve_device
+    from bpttbench.tables import write_table
+
+    cfg = load_config(args)
+    ops = bench_ops(cfg["bench"])
+    tag = args.hw_tag or hardware_tag(cfg)
+    explicit = args.hw_tag_is_explicit or cfg["hardware_tag"] != "auto"
+    check_result_set_tag(tag, resolve_device(cfg["device"]), explicit)
+    out = Path(args.out_dir or f"results/{tag}")
+    tables, figures = out / "tables", out / "figures"
+    targets = Path(args.targets)
+    if not targets.exists():
+        raise FileNotFoundError(f"targets file {targets} not found; pass --targets PATH")
+    peaks = peaks_for(cfg)
+    write_table(peaks, tables / "peak.csv", "peak")
+    with tempfile.TemporaryDirectory(prefix="bpttbench-bench-") as tmp:
+        parts = []
+        for op in ops:
+            df = run_op(cfg, op, log=_log)
+            parts.append(write_table(df, Path(tmp) / f"{op}.parquet", "bench", csv_twin=False))
+        _collect(parts, tables / "peak.csv", targets, tables)
+    _figures(tables, figures)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``bpttbench bench ...`` to the top-level CLI."""
+    p = subparsers.add_parser("bench", help="performance benchmarks of the Jacobian engine",
+                              description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="bench_command", required=True)
+
+    s = sub.add_parser("list", help="the registered ops x variants and what can run here")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("peak", help="measure GEMM rate and copy bandwidth into peak.csv")
+    _add_config_args(s, overrides=False)
+    _add_tag_args(s)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_peak)
+
+    s = sub.add_parser("op", help="check and time every variant of some ops (a Parquet part)")
+    s.add_argument("ops", nargs="+", metavar="OP", help="op name(s), see 'bpttbench bench list'")
+    _add_config_args(s)
+    _add_tag_args(s)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_op)
+
+    s = sub.add_parser("collect", help="op parts + peaks -> bench.parquet/csv, bench_targets.csv")
+    s.add_argument("--peak", required=True)
+    s.add_argument("--targets", default=DEFAULT_TARGETS)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("parts", nargs="+")
+    s.set_defaults(func=cmd_collect)
+
+    s = sub.add_parser("figures", help="bench_speedup.png and bench_roofline.png")
+    s.add_argument("--tables", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("run", help="peak, every op, collect and figures in one go")
+    _add_config_args(s)
+    _add_tag_args(s)
+    s.add_argument("--out-dir", help="result folder (default results/<hardware tag>)")
+    s.add_argument("--targets", default=DEFAULT_TARGETS)
+    s.set_defaults(func=cmd_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``bpttbench bench <argv>`` (used by benchmarks/run.py)."""
+    from bpttbench.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])

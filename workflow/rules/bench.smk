@@ -1,0 +1,124 @@
+# Stage: performance benchmarks of the Jacobian engine (docs/bench.md). One job measures
+# the machine's peaks, one job per op (or one for all ops: bench.jobs) checks and times every
+# variant, then collect (speedup, roofline, targets) and figures. Timing jobs claim every
+# core so that nothing runs beside them.
+from bpttbench import cluster
+from bpttbench.bench.ops import OPS as BENCH_ALL_OPS
+from bpttbench.bench.runner import bench_parts, part_ops
+
+BENCH = config["bench"]
+# Timing jobs: one per op, or one ("all") for every op when bench.jobs is single.
+BENCH_PARTS = bench_parts(BENCH)
+BENCH_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
+# What the bench jobs read of the config: a change elsewhere does not rerun the timing.
+BENCH_CONFIG_JSON = json.dumps(
+    {k: config[k] for k in ("hardware_tag", "device", "dtype", "allow_tf32", "bench")},
+    sort_keys=True,
+)
+BENCH_TARGETS = os.path.join(workflow.basedir, "benchmarks", "targets.yaml")
+BENCH_TABLES = {
+    "bench": "results/{hw}/tables/bench.parquet",
+    "bench_csv": "results/{hw}/tables/bench.csv",
+    "targets": "results/{hw}/tables/bench_targets.csv",
+}
+BENCH_FIGURES = ["bench_speedup", "bench_roofline"]
+if BENCH["enabled"]:
+    REPORT_INPUTS.extend([BENCH_TABLES["bench_csv"], BENCH_TABLES["targets"]])
+    REPORT_INPUTS.append("results/{hw}/tables/peak.csv")
+    REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in BENCH_FIGURES)
+
+
+rule bench_peak:
+    output:
+        "results/{hw}/tables/peak.csv",
+    params:
+        cfg=BENCH_CONFIG_JSON,
+        explicit=hw_tag_flag,
+    log:
+        "logs/{hw}/bench/peak.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(BENCH_GPU)),
+        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+        **BENCH_GPU,
+    shell:
+        "bpttbench bench peak --config-json {params.cfg:q} --hw-tag {wildcards.hw}"
+        " {params.explicit} --out {output} > {log} 2>&1"
+
+
+# One job per op (or one for all): every size and variant, checked against float64, timed.
+rule bench_op:
+    output:
+        temp("results/{hw}/cells/bench/{part}.parquet"),
+    params:
+        cfg=BENCH_CONFIG_JSON,
+        explicit=hw_tag_flag,
+        ops=lambda wc: part_ops(BENCH_PARTS, wc.part),
+    wildcard_constraints:
+        part="|".join(["all", *BENCH_ALL_OPS]),
+    log:
+        "logs/{hw}/bench/{part}.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(BENCH_GPU)),
+        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        **BENCH_GPU,
+    shell:
+        "bpttbench bench op {params.ops} --config-json {params.cfg:q}"
+        " --hw-tag {wildcards.hw} {params.explicit} --out {output} > {log} 2>&1"
+
+
+rule bench_collect:
+    input:
+        parts=lambda wc: expand(
+            "results/{hw}/cells/bench/{part}.parquet", hw=wc.hw, part=BENCH_PARTS
+        ),
+        # ancient: beside the temp() parts, a committed table or repo file that a fresh clone
+        # happens to date newer must not rerun this job (it would recompute the parts).
+        peak=ancient("results/{hw}/tables/peak.csv"),
+        targets=ancient(BENCH_TARGETS),
+    output:
+        **BENCH_TABLES,
+    log:
+        "logs/{hw}/bench/collect.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+    shell:
+        "bpttbench bench collect --peak {input.peak} --targets {input.targets}"
+        " --out-dir results/{wildcards.hw}/tables {input.parts} > {log} 2>&1"
+
+
+rule bench_figures:
+    input:
+        bench=BENCH_TABLES["bench"],
+        peak="results/{hw}/tables/peak.csv",
+    output:
+        bench_speedup=report(
+            "results/{hw}/figures/bench_speedup.png",
+            caption="../report/bench_speedup.rst",
+            category="Performance",
+        ),
+        bench_roofline=report(
+            "results/{hw}/figures/bench_roofline.png",
+            caption="../report/bench_roofline.rst",
+            category="Performance",
+        ),
+    log:
+        "logs/{hw}/bench/figures.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+    shell:
+        "bpttbench bench figures --tables results/{wildcards.hw}/tables"
+        " --out-dir results/{wildcards.hw}/figures > {log} 2>&1"
