@@ -14,6 +14,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gradient_flow.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/long_range.smk"
 include: "workflow/rules/validation.smk"
 include: "workflow/rules/bench.smk"

@@ -29,7 +29,9 @@ class Section:
 SECTIONS: list[Section] = [
     Section("Claims", "Each claim of the source texts and of the theory, measured against its "
             "prediction with a tolerance from the statistics. A failing claim is shown as failing.",
-            ["claims_overview"], ["claims.csv"]),
+            ["claims_overview", "claim_1_depth", "claim_2_tied_untied", "claim_3_orthogonal",
+             "claim_4_pascanu", "claim_5_mean_field", "claim_6_float32", "claim_7_gating"],
+            ["claims.csv"]),
     Section("Gradient flow through time", "BPTT with a loss at the last step: the norm of the "
             "total derivative ∂L/∂h_t at every lag, its per-step growth rate and the horizon "
             "where it has fallen a million-fold.",

@@ -75,6 +75,39 @@ COLUMNS: dict[str, dict[str, str]] = {
         "index": "1 = largest singular value",
         "log_sv": "ln sigma_index(P_{T,T-k}) estimated by the QR frame, batch mean (natural log)",
     },
+    # Claims stage (bpttbench.claims): each claim measured against its prediction.
+    "claims": {
+        "claim_id": "unique id of the check: claim number, letter, and the condition "
+        "(e.g. 1b.rnn_tanh.s0.5)",
+        "description": "the statement that is checked",
+        "measured": "the measured value (unit in column unit)",
+        "predicted": "the value theory or the seed text predicts",
+        "tolerance": "allowed deviation, from the statistics (t or z standard errors), a "
+        "floating-point error bound or a stated finite-size correction; see note",
+        "passed": "True when measured and predicted agree as the comparison column states",
+        "comparison": "|m-p|<=tol (equal within tolerance), m<=p+tol (upper bound or count), "
+        "m>=p-tol (lower bound) or p<=m<=p+tol (inside the predicted interval)",
+        "score": "deviation in units of the tolerance; the row passes exactly when score <= 1 "
+        "(inf: a count that should be zero is not)",
+        "claim": "the claim (experiment) the row belongs to: 1_depth ... 7_gating",
+        "condition": "model, sizes and parameters of the row",
+        "n": "number of independent samples or checks behind the measured value",
+        "stderr": "standard error of the measured value (or of measured - predicted)",
+        "unit": "unit of measured, predicted and tolerance (nats are natural logs)",
+        "source": "where the claim comes from (seed text, paper, bpttbench.theory function)",
+        "note": "how the tolerance was set and, for a failing row, why theory and "
+        "measurement disagree",
+    },
+    "claim_curves": {
+        "claim": "the claim the curve belongs to (its figure is figures/claim_<claim>.png)",
+        "panel": "panel of the figure",
+        "group": "curve within the panel (colour and legend entry)",
+        "kind": "measured (solid), predicted (dashed), bound (dotted), points (markers with "
+        "error bars), band (line with spread), vline / hline (reference lines)",
+        "x": "abscissa (see the panel's axis label)",
+        "y": "ordinate; natural logs where it is a log",
+        "y_err": "error bar (points: tolerance-sized) or half-width of the band",
+    },
     # Long-range stage (bpttbench.long_range): training on the adding and copy tasks.
     "long_range": {
         "task": "adding (sum of two marked values, MSE) or copy (recall 10 symbols, cross-entropy)",

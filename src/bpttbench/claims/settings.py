@@ -1,0 +1,68 @@
+"""The ``claims:`` config section, with every nested default filled in, and the run context.
+
+The schema (``schemas/config.schema.yaml``, section ``claims``) is the single source of
+keys, ranges and defaults; :func:`bpttbench.config.validate` checks a config against it
+and fills the first level, this module fills the per-claim sub-sections.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import schema
+from ..config import validate as validate_config
+from ..hardware import resolve_device
+from .common import torch_dtype
+
+
+def _fill(node: Mapping[str, Any], value: Any) -> Any:
+    """``value`` with the defaults of schema ``node`` filled in, recursively for objects."""
+    root = schema()
+    if value is None and "default" in node:  # a default next to a $ref wins over the target's
+        value = copy.deepcopy(node["default"])
+    while "$ref" in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    if value is None and "default" in node:
+        value = copy.deepcopy(node["default"])
+    if isinstance(value, dict) and "properties" in node:
+        out = dict(value)
+        for key, sub in node["properties"].items():
+            filled = _fill(sub, out.get(key))
+            if filled is not None:
+                out[key] = filled
+        return out
+    return value
+
+
+def claims_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The claims section of a config (validated, every default filled in)."""
+    cfg = validate_config(cfg)
+    return _fill(schema()["properties"]["claims"], cfg.get("claims"))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every claim experiment needs besides its own sub-section."""
+
+    device: str
+    dtype: torch.dtype
+    jacobian_backend: str
+    z: float
+    seeds: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Context:
+        cfg = validate_config(cfg)
+        sec = claims_section(cfg)
+        return cls(
+            device=resolve_device(cfg["device"]),
+            dtype=torch_dtype(sec["dtype"]),
+            jacobian_backend=cfg["jacobian_backend"],
+            z=float(sec["z"]),
+            seeds=tuple(int(s) for s in sec["seeds"]),
+        )

@@ -1,0 +1,93 @@
+# Stage: the claims. Each claim of the seed texts and of the theory is one job that measures
+# it against its prediction (bpttbench claim-run); then the table and the figures.
+from bpttbench import cluster
+from bpttbench.claims import CLAIM_IDS, CURVES, OVERVIEW, TABLE, job_config
+from bpttbench.claims.settings import claims_section
+
+try:
+    CLAIMS_SECTION = claims_section(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+CLAIMS_RUN = list(CLAIMS_SECTION["run"])
+CLAIMS_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
+CLAIMS_TABLES = {
+    "table": f"results/{{hw}}/tables/{TABLE}",
+    "curves": f"results/{{hw}}/tables/{CURVES}",
+}
+REPORT_INPUTS.append(CLAIMS_TABLES["table"])
+REPORT_INPUTS.extend(
+    f"results/{{hw}}/figures/{n}.png" for n in [OVERVIEW] + [f"claim_{c}" for c in CLAIMS_RUN]
+)
+
+
+rule claims_run:
+    output:
+        temp("results/{hw}/cells/claims/{claim}.json"),
+    params:
+        cfg=lambda wc: job_config(config, wc.claim),
+        explicit=hw_tag_flag,
+    wildcard_constraints:
+        claim="|".join(CLAIM_IDS),
+    log:
+        "logs/{hw}/claims/{claim}.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(CLAIMS_GPU)),
+        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        **CLAIMS_GPU,
+    shell:
+        "bpttbench claim-run {wildcards.claim} --config-json {params.cfg:q}"
+        " --hw-tag {wildcards.hw} {params.explicit} --threads {threads} --out {output}"
+        " > {log} 2>&1"
+
+
+rule claims_collect:
+    input:
+        lambda wc: expand(
+            "results/{hw}/cells/claims/{claim}.json", hw=wc.hw, claim=CLAIMS_RUN
+        ),
+    output:
+        **CLAIMS_TABLES,
+    log:
+        "logs/{hw}/claims_collect.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+    shell:
+        "bpttbench claims-collect --out-table {output.table} --curves {output.curves} {input}"
+        " > {log} 2>&1"
+
+
+rule claims_figures:
+    input:
+        **CLAIMS_TABLES,
+    output:
+        overview=report(
+            f"results/{{hw}}/figures/{OVERVIEW}.png",
+            caption=f"../report/{OVERVIEW}.rst",
+            category="Claims",
+        ),
+        **{
+            f"claim_{c}": report(
+                f"results/{{hw}}/figures/claim_{c}.png",
+                caption=f"../report/claim_{c}.rst",
+                category="Claims",
+            )
+            for c in CLAIMS_RUN
+        },
+    log:
+        "logs/{hw}/claims_figures.log",
+    conda:
+        "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+    shell:
+        "bpttbench claims-figures --tables results/{wildcards.hw}/tables"
+        " --figures-dir results/{wildcards.hw}/figures > {log} 2>&1"
