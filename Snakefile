@@ -19,6 +19,7 @@ include: "workflow/rules/long_range.smk"
 include: "workflow/rules/validation.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:

@@ -19,7 +19,9 @@ validate(config, "../schemas/config.schema.yaml")
 HW = hardware_tag(config)
 BLOCKS = blocks_by_id(config)
 HW_TAG_IS_EXPLICIT = config['hardware_tag'] != 'auto'
-CONFIG_JSON = json.dumps(config, sort_keys=True)
+# The config a result set records (the manifest job's params), less `compare`; which sets to
+# compare is not part of a measurement, and a params change would rerun the whole sweep.
+CONFIG_JSON = json.dumps({k: v for k, v in config.items() if k != "compare"}, sort_keys=True)
 # Absolute, so the workflow also runs with --directory elsewhere (tests do).
 REPORT_CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
 
@@ -27,6 +29,12 @@ REPORT_CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
 wildcard_constraints:
     hw=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     block=r"[A-Za-z0-9._-]+",
+
+
+def hw_tag_flag(wildcards):
+    """--hw-tag-is-explicit for this config's own set only: a compute job for any other set
+    (say one whose provenance says it is outdated) is refused by the CLI, never run into it."""
+    return "--hw-tag-is-explicit" if HW_TAG_IS_EXPLICIT and wildcards.hw == HW else ""
 
 
 def block_spec(wildcards):
@@ -49,7 +57,12 @@ REPORT_INPUTS = []
 
 
 def report_inputs(wildcards):
-    return [p.format(hw=wildcards.hw) for p in REPORT_INPUTS]
+    paths = [p.format(hw=wildcards.hw) for p in REPORT_INPUTS]
+    if wildcards.hw != HW:
+        # Another machine's (committed) set: embed what it holds, compute nothing for it
+        # (its figures are still redrawn when its tables are newer). docs/reproducibility.md
+        paths = [p for p in paths if os.path.exists(p)]
+    return paths
 
 
 def all_targets():

@@ -23,7 +23,7 @@ rule gradient_flow_block:
         temp("results/{hw}/cells/gradient_flow/{block}.json"),
     params:
         spec=block_spec,
-        explicit="--hw-tag-is-explicit" if HW_TAG_IS_EXPLICIT else "",
+        explicit=hw_tag_flag,
     log:
         "logs/{hw}/gradient_flow/{block}.log",
     conda:
