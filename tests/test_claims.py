@@ -350,6 +350,17 @@ def test_bad_claims_config_names_the_key():
         claims_section({"claims": {"run": ["8_magic"]}})
 
 
+def test_an_empty_run_list_switches_the_stage_off(tmp_path):
+    from bpttbench.cli import main
+
+    assert claims_section({"claims": {"run": []}})["run"] == []
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("device: cpu\nclaims: {run: []}\n")
+    code = main(["claims", "--config", str(cfg), "--out-table", str(tmp_path / "c.csv"),
+                 "--figures-dir", str(tmp_path)])
+    assert code == 2 and not (tmp_path / "c.csv").exists()
+
+
 def test_report_lists_every_claim_figure():
     from bpttbench.report import SECTIONS
 

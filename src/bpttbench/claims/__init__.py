@@ -248,6 +248,8 @@ def _cmd_all(args: argparse.Namespace) -> int:
     from .settings import claims_section
 
     claims = args.only or claims_section(cfg)["run"]
+    if not claims:
+        raise ValueError("no claims to run: claims.run is [] in the config and no --only given")
     records = []
     for claim in claims:
         check_claim(claim)
