@@ -821,25 +821,35 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
 # ---------------------------------------------------------------------------------------
 
 
+OVERVIEW_COLUMNS = ["table", "metric", "regime", "rows", "within", "outside", "bitwise_equal",
+                    "max_abs_diff", "max_tolerance_used", "tolerance"]
+
+
 def agreement_overview(agreement: pd.DataFrame) -> pd.DataFrame:
-    """Per table, metric and regime: rows, within, outside, bitwise equal, max rel diff."""
+    """Per table, metric and regime: rows, within, outside, bitwise equal, the largest
+    difference and the largest share of its tolerance a value used (> 1: outside)."""
     if agreement.empty:
-        return pd.DataFrame(columns=["table", "metric", "regime", "rows", "within", "outside",
-                                     "bitwise_equal", "max_rel_diff", "tolerance"])
+        return pd.DataFrame(columns=OVERVIEW_COLUMNS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        used = (agreement["abs_diff"].astype(float)
+                / agreement["allowed_diff"].astype(float)).to_numpy()
+    used = np.where(agreement["abs_diff"].astype(float).to_numpy() == 0, 0.0, used)
     g = agreement.assign(
         equal=(agreement["abs_diff"] == 0) | agreement["note"].isin(["undefined in both"])
         | ((agreement["metric"] == "status") & agreement["within"].astype(bool)),
+        used=np.where(np.isfinite(used), used, np.nan),
         tolerance=[f"rel {r:g} + abs {a:g}" for r, a in zip(agreement["tol_rel"],
                                                               agreement["tol_abs"],
                                                               strict=True)],
     )
     g.loc[g["metric"] == "status", "tolerance"] = "equal"
+    g.loc[(g["table"] == "lyapunov") & g["regime"].isin(STATISTICAL_REGIMES),
+          "tolerance"] += f" or {STAT_Z:g} SE"
     out = g.groupby(["table", "metric", "regime", "tolerance"], sort=False).agg(
         rows=("within", "size"), within=("within", "sum"), bitwise_equal=("equal", "sum"),
-        max_rel_diff=("rel_diff", "max")).reset_index()
+        max_abs_diff=("abs_diff", "max"), max_tolerance_used=("used", "max")).reset_index()
     out["outside"] = out["rows"] - out["within"]
-    return out[["table", "metric", "regime", "rows", "within", "outside", "bitwise_equal",
-                "max_rel_diff", "tolerance"]]
+    return out[OVERVIEW_COLUMNS]
 
 
 def timing_overview(timing: pd.DataFrame) -> pd.DataFrame:
