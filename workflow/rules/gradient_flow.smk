@@ -1,4 +1,10 @@
 # Stage: the gradient-flow sweep, one job per block of cells, then tables and figures.
+from bpttbench import cluster
+
+# What a compute job asks a scheduler for (SLURM: docs/slurm.md): a GPU when the config's
+# device resolves to CUDA, memory and wall time growing with each retry (attempt).
+GPU_RESOURCES = cluster.gpu_resources(config)
+USES_GPU = bool(GPU_RESOURCES)
 
 GRADIENT_FLOW_TABLES = {
     "gradient_flow": "results/{hw}/tables/gradient_flow.parquet",
@@ -28,8 +34,11 @@ rule gradient_flow_block:
         "logs/{hw}/gradient_flow/{block}.log",
     conda:
         "../envs/bpttbench.yaml"
+    threads: 1
     resources:
-        runtime=60,
+        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=USES_GPU),
+        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        **GPU_RESOURCES,
     shell:
         "bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
         " --out {output} > {log} 2>&1"
@@ -45,6 +54,10 @@ rule gradient_flow_collect:
         "logs/{hw}/gradient_flow_collect.log",
     conda:
         "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("collect", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("collect", attempt),
     shell:
         "bpttbench collect --out-dir results/{wildcards.hw}/tables {input} > {log} 2>&1"
 
@@ -82,6 +95,10 @@ rule gradient_flow_figures:
         "logs/{hw}/gradient_flow_figures.log",
     conda:
         "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
     shell:
         "bpttbench figures --tables results/{wildcards.hw}/tables"
         " --out-dir results/{wildcards.hw}/figures > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Stage: the manifest and the self-contained HTML report of a result set.
+from bpttbench import cluster
 
 
 rule manifest:
@@ -12,6 +13,10 @@ rule manifest:
         "logs/{hw}/manifest.log",
     conda:
         "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
     shell:
         "bpttbench manifest --config-json {params.cfg:q} --hw-tag {wildcards.hw}"
         " --out {output} {input} > {log} 2>&1"
@@ -29,6 +34,10 @@ rule report_html:
         "logs/{hw}/report_html.log",
     conda:
         "../envs/bpttbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
+        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
     shell:
         "bpttbench report results/{wildcards.hw} --out {output} --captions {params.captions}"
         " > {log} 2>&1"
