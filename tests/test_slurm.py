@@ -29,8 +29,8 @@ from bpttbench import cluster
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 HW = "slurm-e2e"
-# Two blocks (gru, lstm) of 2 x 2 x 2 = 8 cells, ~1-3 s each on one core: long enough to
-# interrupt a block after a few cells, short enough for CI.
+# Two blocks (gru, lstm) of 2 x 2 x 2 = 8 cells, 0.5-1 s each on one core here (12 s a
+# block): long enough to interrupt a block between its 2nd and 6th cell, short enough for CI.
 SWEEP = {
     "hardware_tag": HW,
     "device": "cpu",
@@ -39,7 +39,7 @@ SWEEP = {
         "hidden": 16,
         "batch": 8,
         "input_size": 3,
-        "seq_len": [80, 160],
+        "seq_len": [600, 1200],
         "weight_scale": [0.8, 1.5],
         "seeds": [0, 1],
         "lyapunov_k": 3,
@@ -72,8 +72,9 @@ def slurm_unavailable() -> str | None:
     except subprocess.TimeoutExpired:
         return "scontrol ping timed out: slurmctld not answering"
     if "UP" not in ping.stdout:
-        return ("SLURM daemons absent (scontrol ping: "
-                f"{(ping.stdout + ping.stderr).strip()[:200]}); run `bash .ci/slurm-up.sh`")
+        said = (ping.stdout + ping.stderr).strip().splitlines() or ["no output"]
+        return (f"SLURM daemons absent (scontrol ping: {said[-1][:120]}); "
+                "start a local SLURM with `bash .ci/slurm-up.sh` (root)")
     nodes = _run(["sinfo", "-h", "-N", "-o", "%t %c %m"]).stdout.split()
     if len(nodes) < 3 or nodes[0].rstrip("*") not in ("idle", "mix", "alloc"):
         return f"no SLURM node takes jobs (sinfo: {' '.join(nodes) or 'no nodes'})"
