@@ -26,6 +26,15 @@ TINY = {
         "seeds": [0, 1],
         "lyapunov_k": 3,
     },
+    # Every other stage at its smallest, so the whole DAG runs (each stage's own
+    # tests cover its science at larger sizes).
+    "claims": {"run": ["3_orthogonal"], "seeds": [0, 1],
+               "orthogonal": {"hidden": 8, "steps": 20, "weight_scale": [0.5, 2.0]}},
+    "long_range": {"tasks": ["adding"], "models": ["lstm"], "seq_len": [5], "clip": [None],
+                   "seeds": [0], "steps": 20, "batch": 8, "hidden": 8, "eval_every": 10,
+                   "eval_batch": 32},
+    "bench": {"ops": ["chain"], "variants": ["torch", "numpy"], "hidden": [8], "batch": [2],
+              "seq_len": [16], "repeats": 2, "time_budget_s": 0.05},
 }
 
 
@@ -88,6 +97,8 @@ def test_pipeline_writes_manifest_figures_and_report(tiny_result_set: Path) -> N
     page = (tiny_result_set / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5
     assert "summary.csv" in page and manifest["config_hash"] in page
+    for section in ("Claims", "Long-range dependencies in training", "Performance"):
+        assert f"<h2>{section}</h2>" in page
     # Cells are temp(): nothing but the small result set is left behind.
     assert not any((tiny_result_set / "cells").rglob("*.json"))
 

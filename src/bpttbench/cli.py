@@ -108,10 +108,10 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from .io import write_json
-    from .manifest import build_manifest
+    from .manifest import write_manifest_from
 
-    cfg = json.loads(args.config_json)
-    write_json(args.out, build_manifest(cfg, args.hw_tag, args.cells, repo=args.repo))
+    write_json(args.out, write_manifest_from(args.config_json, args.hw_tag, args.summary,
+                                             repo=args.repo))
     return 0
 
 
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw-tag", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--repo", default=".")
-    p.add_argument("cells", nargs="*")
+    p.add_argument("--summary", required=True, help="the result set's tables/summary.csv")
     p.set_defaults(func=_cmd_manifest)
 
     p = sub.add_parser("report", help="write the self-contained HTML report of a result set")

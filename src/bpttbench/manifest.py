@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .config import as_list, config_hash
-from .hardware import device_facts, git_commit, resolve_device, software_versions
-from .tables import read_records
+from .hardware import apply_precision, device_facts, git_commit, resolve_device, software_versions
+from .tables import read_table
 
 
-def build_manifest(cfg: Mapping[str, Any], hw_tag: str, cell_paths: Iterable[str | Path],
+def build_manifest(cfg: Mapping[str, Any], hw_tag: str, summary: pd.DataFrame,
                    repo: str | Path = ".") -> dict[str, Any]:
-    """Manifest of ``results/<hw_tag>/``; start/end times come from the cells themselves."""
-    records = read_records(cell_paths)
+    """Manifest of ``results/<hw_tag>/`` from the config and the collected summary table.
+
+    Start and end times, statuses and the Jacobian backends come from the cells
+    themselves (summary.csv), so the manifest can be rebuilt without recomputing them.
+    """
     device = resolve_device(cfg.get("device", "auto"))
-    backends = sorted({r.get("jacobian_backend") for r in records if r.get("jacobian_backend")})
-    precision = next((r["precision"] for r in records if "precision" in r), {})
-    statuses: dict[str, int] = {}
-    for r in records:
-        status = r["summary"].get("status", "error")
-        statuses[status] = statuses.get(status, 0) + 1
+    precision = apply_precision(bool(cfg.get("allow_tf32")), bool(cfg.get("deterministic", True)))
+    backends = sorted(str(b) for b in summary["jacobian_backend"].dropna().unique())
+    statuses = {str(k): int(v) for k, v in summary["status"].value_counts().items()}
+    seeds = {name: as_list(section["seeds"]) for name, section in cfg.items()
+             if isinstance(section, dict) and "seeds" in section}
     return {
         "hardware_tag": hw_tag,
         "hardware": device_facts(device),
@@ -29,12 +34,16 @@ def build_manifest(cfg: Mapping[str, Any], hw_tag: str, cell_paths: Iterable[str
         "git_commit": git_commit(repo),
         "config": dict(cfg),
         "config_hash": config_hash(cfg),
-        "precision": {"dtype": cfg.get("dtype"), "allow_tf32": cfg.get("allow_tf32"),
-                      "deterministic": cfg.get("deterministic"), **precision},
+        "precision": {"dtype": cfg.get("dtype"), **precision},
         "jacobian_backend": {"requested": cfg.get("jacobian_backend"), "used": backends},
-        "seeds": {"gradient_flow": as_list(cfg.get("gradient_flow", {}).get("seeds", []))},
-        "cells": {"count": len(records), "status": statuses},
-        "started_at": min((r["started_at"] for r in records), default=None),
-        "finished_at": max((r["finished_at"] for r in records), default=None),
-        "cell_wall_s_total": round(sum(r.get("wall_s", 0.0) for r in records), 3),
+        "seeds": seeds,
+        "cells": {"count": int(len(summary)), "status": statuses},
+        "started_at": summary["started_at"].min() if len(summary) else None,
+        "finished_at": summary["finished_at"].max() if len(summary) else None,
+        "cell_wall_s_total": round(float(summary["wall_s"].sum()), 3),
     }
+
+
+def write_manifest_from(config_json: str, hw_tag: str, summary_csv: str | Path,
+                        repo: str | Path = ".") -> dict[str, Any]:
+    return build_manifest(json.loads(config_json), hw_tag, read_table(summary_csv), repo)

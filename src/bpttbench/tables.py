@@ -61,6 +61,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "jacobian_backend": "engine that computed the Jacobian chain: numpy, torch or cupy",
         "device": "cpu or cuda",
         "wall_s": "wall time of the cell in seconds (BPTT + Jacobian chain)",
+        "started_at": "UTC time the cell started (ISO 8601)",
+        "finished_at": "UTC time the cell finished (ISO 8601)",
         "error": "error message when status is error, or when only the Jacobian chain failed",
     },
     "lyapunov": {
@@ -353,6 +355,8 @@ def collect_cells(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
             jacobian_backend=rec.get("jacobian_backend"),
             device=rec.get("device"),
             wall_s=rec.get("wall_s"),
+            started_at=rec.get("started_at"),
+            finished_at=rec.get("finished_at"),
             error=rec.get("error") or rec.get("chain_error"),
         )
         summary_rows.append(row)
@@ -396,8 +400,11 @@ def write_table(df: pd.DataFrame, path: str | Path, name: str | None = None,
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table; in CSVs only empty fields are missing (status "nan" stays a string)."""
     path = Path(path)
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return pd.read_parquet(path)
 
 
 def columns_markdown(names: Iterable[str] | None = None) -> str:
