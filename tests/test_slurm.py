@@ -49,7 +49,8 @@ N_CELLS = 8
 REQUEUED = "gru-orthogonal-h16"  # requeued by SLURM mid-way
 CANCELLED = "lstm-orthogonal-h16"  # cancelled mid-way: a failed job, retried by Snakemake
 TABLES = ("gradient_flow.parquet", "summary.csv", "lyapunov.parquet", "chain_spectrum.parquet")
-TIMING_COLUMNS = {"wall_s"}
+# When and how long, not what: differs between any two runs.
+TIMING_COLUMNS = {"wall_s", "started_at", "finished_at"}
 # The gradient-flow stage and the manifest (the report would pull in every other stage).
 TARGETS = (f"results/{HW}/tables/summary.csv", f"results/{HW}/figures/gradient_norm_by_lag.png",
            f"results/{HW}/manifest.json")
