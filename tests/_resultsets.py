@@ -90,7 +90,7 @@ def build_set(root: Path, tag: str, **top: Any) -> Path:
                 csv_twin=False)
     write_columns_doc(td / "COLUMNS.md")
     # repo: a folder outside git, so the manifest holds no commit of the dirty test tree
-    write_json(out / "manifest.json", build_manifest(cfg, tag, cell_files, repo=root))
+    write_json(out / "manifest.json", build_manifest(cfg, tag, tables["summary"], repo=root))
     shutil.rmtree(out / "cells")  # per-cell scratch is not part of a committed set
     return out
 

@@ -209,6 +209,7 @@ KEY_COLUMNS = frozenset(CELL_KEYS) | {
 
 _TIMING_RE = re.compile(
     r"(^|_)(wall|time|times|seconds|sec|elapsed|latency|runtime|duration)(_|$)|_(s|ms|us|ns)$"
+    r"|^(started|finished)_at$"
 )
 _RATE_RE = re.compile(r"(^|_)(gflops|tflops|gbps|gb_s|bandwidth|throughput|per_s|"
                       r"steps_per_s|cells_per_s)(_|$)")

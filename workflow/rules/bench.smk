@@ -28,6 +28,11 @@ if BENCH["enabled"]:
     REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in BENCH_FIGURES)
 
 
+# Timing jobs take every core of a local run so that nothing runs beside them; where
+# Snakemake has no core count (cluster executors) a job asks for one CPU.
+BENCH_THREADS = workflow.cores if isinstance(workflow.cores, int) else 1
+
+
 rule bench_peak:
     output:
         "results/{hw}/tables/peak.csv",
@@ -38,7 +43,7 @@ rule bench_peak:
         "logs/{hw}/bench/peak.log",
     conda:
         "../envs/bpttbench.yaml"
-    threads: workflow.cores
+    threads: BENCH_THREADS
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(BENCH_GPU)),
         runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
@@ -62,7 +67,7 @@ rule bench_op:
         "logs/{hw}/bench/{part}.log",
     conda:
         "../envs/bpttbench.yaml"
-    threads: workflow.cores
+    threads: BENCH_THREADS
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(BENCH_GPU)),
         runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),

@@ -6,7 +6,8 @@ from snakemake.utils import validate
 
 from bpttbench.config import ConfigError, block_to_json, blocks_by_id
 from bpttbench.config import validate as validate_config
-from bpttbench.hardware import hardware_tag, resolve_device
+from bpttbench import cluster
+from bpttbench.hardware import hardware_tag
 
 # Our validator first: it names the bad key and the allowed values. Then Snakemake's,
 # the standard one, against the same schema.
@@ -70,5 +71,5 @@ def all_targets():
 
 
 # Kernel validation runs only where the CUDA kernels are used (a CUDA device).
-if resolve_device(config["device"]) == "cuda":
+if cluster.uses_gpu(config):
     REPORT_INPUTS.append("results/{hw}/tables/validation.csv")
