@@ -103,7 +103,8 @@ def test_timing_columns_are_recognised():
     assert all(C.is_timing_column(c) for c in ("wall_s", "median_ms", "q25_ms", "wall_s_total",
                                                 "elapsed", "time_us"))
     assert not any(C.is_timing_column(c) for c in (
-        *COLUMNS["summary"].keys() - {"wall_s", "started_at", "finished_at"}, *COLUMNS["lyapunov"], *COLUMNS["gradient_flow"],
+        *COLUMNS["summary"].keys() - {"wall_s", "started_at", "finished_at"},
+        *COLUMNS["lyapunov"], *COLUMNS["gradient_flow"],
         "steps", "n_seeds", "stderr", "flops"))
     assert C.is_rate_column("achieved_gflops") and not C.is_rate_column("flops")
 

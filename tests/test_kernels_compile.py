@@ -68,6 +68,23 @@ def test_kernel_compiles_to_cubin(path, arch, tmp_path):
     assert out.stat().st_size > 0
 
 
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+@pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
+def test_inlined_source_compiles(path, tmp_path):
+    """What CuPy compiles is the file with its local headers inlined: that must build too."""
+    from bpttbench.jacobians.cupy_backend import kernel_source
+
+    src = tmp_path / path.name  # alone in a folder: an un-inlined #include would fail here
+    src.write_text(kernel_source(path.name))
+    assert "#include \"" not in src.read_text()
+    out = tmp_path / f"{path.stem}.cubin"
+    proc = subprocess.run(
+        [NVCC, "--cubin", "-arch=sm_90", "-std=c++17", "-Werror", "all-warnings", "-o", str(out),
+         str(src)], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"nvcc failed for inlined {path.name}:\n{proc.stderr}"
+
+
 def _libnvrtc() -> str | None:
     """libnvrtc (what cupy.RawModule compiles with): $BPTTBENCH_NVRTC, the CUDA toolkit, or
     the loader's search path."""

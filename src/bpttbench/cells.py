@@ -30,7 +30,7 @@ from .gradients import (
     readout_problem,
 )
 from .hardware import apply_precision, resolve_device
-from .io import read_json, write_json
+from .io import run_checkpointed
 from .models import RecurrentCell, init_parameters, spectral_stats, state_size
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -144,19 +144,11 @@ def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
     A rerun after an interruption reuses every checkpoint whose spec equals the cell's,
     so no finished cell is lost; the caller removes the folder once the block is written.
     """
-    records = []
-    for spec in tqdm(cells, desc="cells", unit="cell", disable=not progress, mininterval=2):
-        path = checkpoint_dir / f"{spec.cell_id}.json"
-        if path.exists():
-            done = read_json(path)
-            if done.get("spec") == asdict(spec):
-                records.append(done)
-                continue
-        record = run_cell(spec)
-        write_json(path, record)
+    def report(spec: CellSpec, record: dict[str, Any]) -> None:
         s = record["summary"]
-        tqdm.write(f"{spec.cell_id}: status={s['status']} growth_rate={s.get('growth_rate', math.nan):.4g} "
-                   f"lyapunov_max={s.get('lyapunov_max', math.nan):.4g} "
-                   f"({record['wall_s']:.2f}s)")
-        records.append(record)
-    return records
+        tqdm.write(f"{spec.cell_id}: status={s['status']} "
+                   f"growth_rate={s.get('growth_rate', math.nan):.4g} "
+                   f"lyapunov_max={s.get('lyapunov_max', math.nan):.4g} ({record['wall_s']:.2f}s)")
+
+    bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, mininterval=2)
+    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run_cell, checkpoint_dir, report)

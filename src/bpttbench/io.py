@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,3 +56,30 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def run_checkpointed(items: Iterable[Any], key: Callable[[Any], str], spec: Callable[[Any], Any],
+                     run: Callable[[Any], dict[str, Any]], checkpoint_dir: Path | None,
+                     report: Callable[[Any, dict[str, Any]], None] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Run ``run(item)`` for each item, keeping each record in ``checkpoint_dir/<key>.json``.
+
+    After an interruption, a rerun reuses every checkpoint whose recorded ``spec`` equals
+    the item's, so no finished item is computed twice; the caller removes the folder once
+    the whole job's output is written.
+    """
+    records = []
+    for item in items:
+        path = checkpoint_dir / f"{key(item)}.json" if checkpoint_dir else None
+        if path is not None and path.exists():
+            done = read_json(path)
+            if done.get("spec") == spec(item):
+                records.append(done)
+                continue
+        record = run(item)
+        if path is not None:
+            write_json(path, record)
+        if report is not None:
+            report(item, record)
+        records.append(record)
+    return records

@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,18 @@ def _suffix(dtype: Any) -> str:
     return "f32" if cupy_dtype(dtype) == np.dtype(np.float32) else "f64"
 
 
+_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_]+\.cuh)"$', re.M)
+
+
 @functools.cache
 def kernel_source(fname: str) -> str:
-    return (KERNEL_DIR / fname).read_text()
+    """The kernel file with its local ``#include "x.cuh"`` headers inlined.
+
+    Inlined rather than passed as ``-I``: CuPy caches compiled modules by source text, so a
+    header edit would otherwise be served from a stale cache.
+    """
+    text = (KERNEL_DIR / fname).read_text()
+    return _INCLUDE.sub(lambda m: (KERNEL_DIR / m.group(1)).read_text(), text)
 
 
 @functools.cache

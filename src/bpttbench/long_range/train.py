@@ -27,7 +27,6 @@ import math
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..cells import now_iso
 from ..gradients import growth_rate, horizon, lag_statistics, measure_gradient_flow, readout_problem
 from ..hardware import apply_precision, resolve_device
-from ..io import read_json, write_json
+from ..io import run_checkpointed
 from ..models import INITS, RecurrentCell, gate_count, init_parameters
 from .tasks import Task, check_seq_len, get_task
 
@@ -46,10 +46,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LONG_RANGE_INITS: tuple[str, ...] = (*INITS, "identity")
 OPTIMIZERS = ("adam", "sgd")
 FLOW_BATCH = 16  # sequences of the evaluation set used for the gradient horizon of a run
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def clip_label(clip: float | None) -> str:
@@ -339,21 +335,12 @@ def run_block(runs: list[RunSpec], checkpoint_dir: Path | None = None, progress:
 
     A rerun after an interruption reuses every checkpoint whose spec equals the run's.
     """
-    records = []
-    for spec in runs:
-        path = checkpoint_dir / f"{spec.run_id}.json" if checkpoint_dir else None
-        if path is not None and path.exists():
-            done = read_json(path)
-            if done.get("spec") == spec.to_dict():
-                records.append(done)
-                continue
-        record = train_run(spec, progress=progress)
-        if path is not None:
-            write_json(path, record)
+    def report(spec: RunSpec, record: dict[str, Any]) -> None:
         s = record["summary"]
         tqdm.write(f"{spec.run_id}: status={s['status']} final_loss={s.get('final_loss', math.nan):.4g}"
                    f" baseline={s['baseline_loss']:.4g} solved={s.get('solved')}"
                    f" steps_to_solve={s.get('steps_to_solve')} skipped={s.get('n_skipped')}"
                    f" ({record['wall_s']:.1f}s)")
-        records.append(record)
-    return records
+
+    return run_checkpointed(runs, lambda r: r.run_id, lambda r: r.to_dict(),
+                            lambda r: train_run(r, progress=progress), checkpoint_dir, report)
