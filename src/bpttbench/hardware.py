@@ -155,11 +155,13 @@ def software_versions() -> dict[str, str | None]:
 
 
 def git_commit(repo: str | Path = ".") -> str | None:
-    """HEAD's commit (with '-dirty' if the tree has changes), or None outside a git checkout."""
+    """HEAD's commit (with '-dirty' if tracked code changed), or None outside a git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        # Result sets and logs are outputs, not code: rewriting one in place is not "dirty".
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)logs"], cwd=repo,
                                capture_output=True, text=True, timeout=10, check=True).stdout
         return head + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
