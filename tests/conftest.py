@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def rng_seed() -> int:
-    """A fresh seed per test (printed on failure through pytest's -ra summary of the id)."""
-    return random.SystemRandom().randrange(2**31)
+    """A fresh seed per test; printed, so a failing test shows the seed that reproduces it."""
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"rng_seed={seed}")
+    return seed
 
 
 @pytest.fixture(scope="session")
