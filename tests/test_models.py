@@ -79,8 +79,9 @@ def test_gaussian_init_variance_and_radius(rng_seed: int) -> None:
     # Var of the entries is s^2/H; its sample estimate over H^2 entries has relative s.e. sqrt(2)/H.
     rel_se = math.sqrt(2) / hidden
     assert (w.var().item() * hidden / s**2) == pytest.approx(1.0, abs=5 * rel_se)
-    # Circular law: spectral radius -> s, with O(H^-1/2) fluctuations at finite H.
-    assert spectral_stats("rnn_tanh", w)[1] == pytest.approx(s, rel=0.08)
+    # Circular law: spectral radius -> s; at H = 400 the edge still fluctuates by a few
+    # percent (O(sqrt(log H / H))), so 15 % separates it from any other scaling.
+    assert spectral_stats("rnn_tanh", w)[1] == pytest.approx(s, rel=0.15)
 
 
 def test_torch_default_init_bound_and_input_scale(rng_seed: int) -> None:
@@ -93,7 +94,9 @@ def test_torch_default_init_bound_and_input_scale(rng_seed: int) -> None:
     w_ih = cell.weight_ih_l0.detach()
     n = w_ih.numel()
     assert w_ih.var().item() == pytest.approx(0.7**2 / inp, rel=5 * math.sqrt(2 / n))
-    assert cell.bias_ih_l0.detach().std().item() == pytest.approx(0.3, rel=0.15)
+    b = cell.bias_ih_l0.detach()
+    # Sample std of n normals: relative standard error 1/sqrt(2(n-1)); 5 of them.
+    assert b.std().item() == pytest.approx(0.3, rel=5 / math.sqrt(2 * (b.numel() - 1)))
 
 
 def test_same_seed_same_weights_any_dtype() -> None:
