@@ -40,6 +40,21 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def record_error(record: dict[str, Any], summary: dict[str, Any], exc: Exception) -> None:
+    """A failed cell or run is data: status error, the message kept, the traceback logged."""
+    summary["status"] = "error"
+    record["error"] = f"{type(exc).__name__}: {exc}"
+    traceback.print_exc()
+
+
+def finish_record(record: dict[str, Any], summary: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Attach the summary, the end time and the wall time (from perf_counter ``t0``)."""
+    record["summary"] = summary
+    record["finished_at"] = now_iso()
+    record["wall_s"] = time.perf_counter() - t0
+    return record
+
+
 def make_inputs(spec: CellSpec, device: str) -> torch.Tensor:
     """x_t ~ N(0, 1) of shape [T, B, input_size], drawn in float64 on the CPU."""
     gen = torch.Generator().manual_seed(1_000_003 * (spec.seed + 1) + spec.seq_len)
@@ -128,13 +143,8 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
             record["chain_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
     except Exception as exc:
-        summary["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    record["summary"] = summary
-    record["finished_at"] = now_iso()
-    record["wall_s"] = time.perf_counter() - t0
-    return record
+        record_error(record, summary, exc)
+    return finish_record(record, summary, t0)
 
 
 def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..cells import now_iso
+from ..cells import finish_record, now_iso, record_error
 from ..gradients import growth_rate, horizon, lag_statistics, measure_gradient_flow, readout_problem
 from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
@@ -320,13 +319,8 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         )
         record["trace"] = {k: [r[k] for r in trace] for k in trace[0]}
     except Exception as exc:
-        summary["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    record["summary"] = summary
-    record["finished_at"] = now_iso()
-    record["wall_s"] = time.perf_counter() - t0
-    return record
+        record_error(record, summary, exc)
+    return finish_record(record, summary, t0)
 
 
 def run_block(runs: list[RunSpec], checkpoint_dir: Path | None = None, progress: bool = True
