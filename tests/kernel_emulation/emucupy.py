@@ -14,9 +14,8 @@ call checks, before running anything:
   grid.x < 2^31, grid.y and grid.z <= 65,535, dynamic shared memory <= 48 KB unless the
   kernel's ``max_dynamic_shared_size_bytes`` was raised, which may not exceed 227 KB (H100);
 
-and after the launch: every array is run inside a buffer with 4 KB guard zones of 0xFF bytes
-(NaN for floats) on both sides, so an out-of-bounds read gives NaN and an out-of-bounds write is
-reported; arrays declared ``const`` must be bitwise unchanged. ``order_seed`` (0: each barrier
+and after the launch: every array is run inside a buffer with 4 KB guard zones of signalling
+NaNs on both sides, so an out-of-bounds read gives NaN and an out-of-bounds write is reported; arrays declared ``const`` must be bitwise unchanged. ``order_seed`` (0: each barrier
 interval runs its threads in order; else a seeded shuffled order) and ``ftz`` (flush float32
 denormals, as CuPy's ``-ftz=true``; on by default for kernels that take float arrays) are
 attributes of the :class:`Emulator`.
@@ -43,7 +42,13 @@ SHIM = HERE / "shim.h"
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
             "-U_FORTIFY_SOURCE", "-fno-extern-tls-init", "-w"]  # fmt: skip
-GUARD = 4096
+GUARD = 4096  # bytes of guard zone on each side of every array (a multiple of 8)
+# guard pattern per element type: signalling NaNs, which arithmetic turns into quiet NaNs, so a
+# NaN computed from a guard read and stored out of bounds still shows as a changed guard
+GUARD_BYTES = {
+    np.dtype(np.float64): np.frombuffer(np.array([0x7FF4000000000000], np.uint64).tobytes(), np.uint8),
+    np.dtype(np.float32): np.frombuffer(np.array([0x7FA00000] * 2, np.uint32).tobytes(), np.uint8),
+}
 SMEM_DEFAULT = 48 * 1024
 SMEM_OPTIN = 232448  # H100: 227 KB
 MAX_THREADS = 1024
@@ -222,7 +227,7 @@ class FakeKernel:
                     if np.shares_memory(a, args[j]):
                         raise LaunchError(f"{where} overlaps argument {j} (__restrict__ pointers)")
                 raw = a.reshape(-1).view(np.uint8)
-                buf = np.full(2 * GUARD + raw.size, 0xFF, np.uint8)
+                buf = np.tile(GUARD_BYTES[a.dtype], 2 * GUARD // 8 + -(-raw.size // 8))[: 2 * GUARD + raw.size]
                 buf[GUARD : GUARD + raw.size] = raw
                 arrays.append((i, a, buf, raw.copy()))
                 holders.append(ctypes.c_void_p(buf.ctypes.data + GUARD))
@@ -243,8 +248,10 @@ class FakeKernel:
         for i, a, buf, before in arrays:
             p = params[i]
             n = before.size
-            for side, zone in (("before", buf[:GUARD]), ("after", buf[GUARD + n :])):
-                bad = np.flatnonzero(zone != 0xFF)
+            pattern = np.tile(GUARD_BYTES[a.dtype], 2 * GUARD // 8 + -(-n // 8))
+            for side, zone, ref in (("before", buf[:GUARD], pattern[:GUARD]),
+                                    ("after", buf[GUARD + n :], pattern[GUARD + n : 2 * GUARD + n])):  # fmt: skip
+                bad = np.flatnonzero(zone != ref)
                 if bad.size:
                     off = (bad[0] - GUARD) if side == "before" else bad[0]
                     raise LaunchError(f"{self.sig.name}: out-of-bounds write {side} argument {i} "
@@ -320,6 +327,13 @@ class FakeCupy(types.ModuleType):
         if kw:
             raise LaunchError(f"RawModule: unsupported options {sorted(kw)}")
         return FakeModule(self.emulator, code, options)
+
+    @staticmethod
+    def broadcast_to(a: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """Writable, like CuPy's (numpy's broadcast views are read-only)."""
+        a = np.asarray(a)
+        view = np.broadcast_to(a, shape)
+        return np.lib.stride_tricks.as_strided(a, view.shape, view.strides, writeable=True)
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:

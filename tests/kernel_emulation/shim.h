@@ -7,7 +7,7 @@
 // scheduler, which resumes the fibers of each barrier interval in thread order or in a seeded
 // shuffled order. Shared memory: static __shared__ arrays become thread_local statics (one
 // copy per OS thread, shared by the fibers of the block); `extern __shared__ double smem[]`
-// is the shim's buffer, filled with NaN bytes (0xFF) before each block up to the launch's
+// is the shim's buffer, filled with signalling NaNs before each block up to the launch's
 // dynamic size plus a guard zone, so an uninitialised or out-of-range read gives NaN and a
 // write past the dynamic size is reported. Errors (divergent barriers or shuffles, shared
 // memory overruns) abort the launch with a message. One launch at a time per process (the
@@ -43,6 +43,7 @@ enum State { RUNNABLE = 0, AT_BARRIER = 1, AT_SHUFFLE = 2, DONE = 3 };
 constexpr size_t STACK_BYTES = 64 * 1024;
 constexpr size_t SMEM_MAX = 232448;      // H100 opt-in maximum (227 KB)
 constexpr size_t SMEM_GUARD = 4096;
+constexpr uint64_t POISON = 0x7FF400007FA00000ull;
 
 struct Fiber {
     jmp_buf ctx;
@@ -70,11 +71,14 @@ inline void yield(int state) {
     if (!_setjmp(cur->ctx)) _longjmp(sched_ctx, 1);
 }
 
+// A fiber is entered once per launch (setcontext) and runs the kernel once per block: after a
+// block it parks in DONE and the next block resumes it here (no context set-up per block).
 inline void fiber_entry() {
     _mm_setcsr(csr);  // setcontext restored the context's MXCSR: impose the launch's (ftz or not)
-    thunk(thunk_args);
-    cur->state = DONE;
-    _longjmp(sched_ctx, 1);
+    for (;;) {
+        thunk(thunk_args);
+        yield(DONE);
+    }
 }
 }  // namespace emu
 
@@ -109,18 +113,11 @@ namespace emu {
 inline int run_block(std::vector<Fiber>& fibers, bool shuffle, unsigned long long seed,
                      size_t dyn_smem) {
     const int n = (int)fibers.size();
-    unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
-    memset(sm, 0xFF, dyn_smem + SMEM_GUARD);
-    for (int i = 0; i < n; ++i) {
-        Fiber& f = fibers[i];
-        f.state = RUNNABLE;
-        f.started = false;
-        getcontext(&f.uc);
-        f.uc.uc_stack.ss_sp = f.stack;
-        f.uc.uc_stack.ss_size = STACK_BYTES;
-        f.uc.uc_link = nullptr;
-        makecontext(&f.uc, fiber_entry, 0);
-    }
+    // poison: a double signalling NaN whose float halves are NaNs too (arithmetic on it gives a
+    // quiet NaN, so even a NaN computed from the poison and stored past the end is seen)
+    const size_t nwords = (dyn_smem + SMEM_GUARD + 7) / 8;
+    for (size_t o = 0; o < nwords; ++o) memcpy(&smem[o], &POISON, 8);
+    for (int i = 0; i < n; ++i) fibers[i].state = RUNNABLE;
     std::mt19937_64 rng(seed);
     std::vector<int> order(n);
     const int nwarps = (n + 31) / 32;
@@ -181,8 +178,10 @@ inline int run_block(std::vector<Fiber>& fibers, bool shuffle, unsigned long lon
         }
         for (int i = 0; i < n; ++i) fibers[i].state = RUNNABLE;
     }
+    const unsigned char* sm = reinterpret_cast<const unsigned char*>(smem);
+    const unsigned char* pz = reinterpret_cast<const unsigned char*>(&POISON);
     for (size_t o = dyn_smem; o < dyn_smem + SMEM_GUARD; ++o) {
-        if (sm[o] != 0xFF) {
+        if (sm[o] != pz[o % 8]) {
             snprintf(err, sizeof err, "block (%u,%u,%u): write to dynamic shared memory at byte %zu, "
                      "past the launch's %zu bytes", block_idx.x, block_idx.y, block_idx.z, o, dyn_smem);
             return -1;
@@ -212,6 +211,12 @@ extern "C" int emu_launch(void (*thunk)(void**), void** args, const unsigned* gr
         f.tid.x = i % block[0];
         f.tid.y = (i / block[0]) % block[1];
         f.tid.z = i / (block[0] * block[1]);
+        f.started = false;
+        getcontext(&f.uc);
+        f.uc.uc_stack.ss_sp = f.stack;
+        f.uc.uc_stack.ss_size = STACK_BYTES;
+        f.uc.uc_link = nullptr;
+        makecontext(&f.uc, fiber_entry, 0);
     }
     block_dim = dim3{block[0], block[1], block[2]};
     grid_dim = dim3{grid[0], grid[1], grid[2]};

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import math
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ NTHREADS = 256  # block size the kernels are written for (__launch_bounds__)
 TILE = 16
 PERSISTENT_MAX_H = 128
 DEFAULT_SMEM = 48 * 1024  # dynamic shared memory available without opting in
+MAX_GRID_YZ = 65535  # CUDA limit on gridDim.y and gridDim.z
 ROWS_CHUNK_BYTES = 64 * 2**20  # per-launch [n, B, k] float64 row buffer of the persistent kernel
 JAC_CHUNK_BYTES = 64 * 2**20  # LSTM/GRU Jacobians built at once
 
@@ -123,7 +125,9 @@ def torch_stream() -> Iterator[None]:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             dev = torch.cuda.current_device()
             stack.enter_context(cp.cuda.Device(dev))
-            stack.enter_context(cp.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream))
+            # Stream.from_external (CuPy 14) replaces the deprecated ExternalStream; torch
+            # streams speak the CUDA stream protocol (__cuda_stream__)
+            stack.enter_context(cp.cuda.Stream.from_external(torch.cuda.current_stream(dev)))
         yield
 
 
@@ -215,9 +219,16 @@ def rnn_adjoint_step_tiled(deriv_t, w_hh, frame, out) -> None:
     _check(deriv_t, (batch, hidden), dt, "deriv_t")
     _check(w_hh, (hidden, hidden), dt, "w_hh")
     _check(out, (batch, hidden, k), dt, "out")
-    grid = (math.ceil(k / TILE), math.ceil(hidden / TILE), batch)
+    if math.ceil(hidden / TILE) > MAX_GRID_YZ:
+        raise ValueError(f"tiled kernel needs H <= {MAX_GRID_YZ * TILE}, got {hidden}")
     kern = _kernel("rnn_chain.cu", "rnn_adjoint_step_tiled", dt)
-    kern(grid, (TILE, TILE), (deriv_t, w_hh, frame, out, _i32(batch), _i32(hidden), _i32(k)))
+    # the batch is grid.z (at most 65,535): larger batches go in several launches
+    for b0 in range(0, batch, MAX_GRID_YZ):
+        nb = min(MAX_GRID_YZ, batch - b0)
+        grid = (math.ceil(k / TILE), math.ceil(hidden / TILE), nb)
+        args = (deriv_t[b0 : b0 + nb], w_hh, frame[b0 : b0 + nb], out[b0 : b0 + nb], _i32(nb),
+                _i32(hidden), _i32(k))  # fmt: skip
+        kern(grid, (TILE, TILE), args)
 
 
 def colnorm_rescale(mat, scale, total, row_out) -> None:
@@ -238,9 +249,12 @@ def mgs_qr_logdiag(a, logacc) -> None:
     if k > dim:
         raise ValueError(f"QR needs k <= D, got k={k}, D={dim}")
     stage = dim * k * a.dtype.itemsize
-    use_smem = 32 * 8 + stage <= DEFAULT_SMEM
-    smem = 32 * 8 + (stage if use_smem else 0)
     kern = _kernel("batched_qr.cu", "mgs_qr_logdiag", a.dtype)
+    # stage the matrix in shared memory when it fits the opt-in maximum (opting in above 48 KB)
+    use_smem = 32 * 8 + stage <= max_optin_smem()
+    smem = 32 * 8 + (stage if use_smem else 0)
+    if smem > DEFAULT_SMEM:
+        kern.max_dynamic_shared_size_bytes = smem
     args = (a, logacc, _i32(batch), _i32(dim), _i32(k), _i32(int(use_smem)))
     kern((batch,), (NTHREADS,), args, shared_mem=smem)
 
@@ -299,6 +313,18 @@ def saved_to_cupy(saved: Saved, dtype: Any = None) -> Saved:
     return Saved(**fields)
 
 
+def _warn_full_frame_float32(dtype: Any, k: int, dim: int, qr_every: int) -> None:
+    """float32 with k = D and qr_every > 1 loses digits in the lowest exponents (any backend)."""
+    if np.dtype(dtype) == np.dtype(np.float32) and k == dim and qr_every > 1:
+        warnings.warn(
+            f"float32 chain with k = D = {dim} and qr_every = {qr_every}: the full frame becomes "
+            "ill-conditioned between QRs and the lowest exponents lose accuracy (1e-4..1e-1 "
+            "relative, docs/NUMERICS.md); use qr_every = 1, k < D or float64",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 class CupyBackend(NumpyBackend):
     """NumPy-like operations from CuPy plus the fused kernels for the chain.
 
@@ -346,6 +372,7 @@ class CupyBackend(NumpyBackend):
             steps, batch, dim = saved.steps, saved.batch, saved.dim
             w = cp.ascontiguousarray(saved.w_hh)
             dt = w.dtype
+            _warn_full_frame_float32(dt, k, dim, qr_every)
             if frame0 is None:
                 frame0 = initial_frame(dim, k)
             q = cp.ascontiguousarray(cp.broadcast_to(cp.asarray(frame0, dtype=dt), (batch, dim, k)))

@@ -11,9 +11,10 @@
 //   logacc  [B, k]     double                                                  (in/out)
 // Launch: grid = (B), block = (256) (a multiple of 32), one block per matrix.
 //   Dynamic shared memory: 32*8 bytes, plus D*k*sizeof(T) when use_smem != 0: the matrix is
-//   staged in shared memory (use it when it fits, e.g. D = k = 64 in float32 = 16 KB, or up
-//   to the device's opt-in maximum); otherwise the block works on global memory (L2-resident
-//   for these sizes), same code path.
+//   staged in shared memory. The wrapper (cupy_backend.mgs_qr_logdiag) stages whenever that
+//   total fits the device's opt-in maximum (227 KB on an H100, e.g. D = k = 160 in float64),
+//   raising the kernel's max_dynamic_shared_size_bytes above 48 KB; otherwise the block
+//   works on global memory (L2-resident for these sizes), same code path.
 // Limits: meant for D <= 256 (the LSTM's 2H with H <= 128, or H <= 256); any D works, with
 //   k <= D. Dot products, squares and logs are float64; a zero column stays zero and gives
 //   log r_jj = -inf (an exactly vanished direction). Deterministic (no atomics).

@@ -22,7 +22,8 @@
 //       maximum (e.g. H = 128, k = 64 in float32: 67 KB); the wrapper checks both.
 //   rnn_adjoint_step_tiled: one step for every batch element, for any H:
 //       grid = (ceil(k/16), ceil(H/16), B), block = (16, 16), 2 * 16*17*sizeof(T) static
-//       shared memory; writes M [B, H, k]. deriv_t points at deriv[i] ([B, H]).
+//       shared memory; writes M [B, H, k]. deriv_t points at deriv[i] ([B, H]). gridDim.z is
+//       at most 65,535: the wrapper launches larger batches in slices of <= 65,535 elements.
 //   colnorm_rescale: grid = (B), block = (256); rescales the columns of M [B, D, k] to
 //       unit norm in place, scale += log(norm) (float64), row_out [B, k] = total + scale.
 //   Zero columns stay zero and give log = -inf (an exactly vanished direction).
