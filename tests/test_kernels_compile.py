@@ -1,6 +1,8 @@
-"""Every CUDA kernel file compiles to a cubin for sm_80 (A100) and sm_90 (H100).
+"""Every CUDA kernel file compiles to a cubin for sm_80 (A100), sm_90 (H100) and sm_100 (B200).
 
-Runs in CI without a GPU: only nvcc is needed (skipped, with the reason, when it is absent).
+Runs in CI without a GPU. NVRTC, the compiler cupy.RawModule uses, comes from the
+nvidia-cuda-nvrtc wheel through CuPy's own binding (never skipped); nvcc, where installed,
+also compiles each file (skipped, with the reason, when it is absent).
 Also checks that every kernel file opens with its comment block (launch shape, memory
 layout, limits) and that the entry points the CuPy wrapper loads exist.
 """
@@ -85,43 +87,36 @@ def test_inlined_source_compiles(path, tmp_path):
     assert proc.returncode == 0, f"nvcc failed for inlined {path.name}:\n{proc.stderr}"
 
 
-def _libnvrtc() -> str | None:
-    """libnvrtc (what cupy.RawModule compiles with): $BPTTBENCH_NVRTC, the CUDA toolkit, or
-    the loader's search path."""
-    import ctypes.util
-    import glob
+# What CuPy 14 passes to NVRTC for cupy.RawModule(code, options=NVRTC_OPTIONS) on a GPU of
+# compute capability XY (cupy/cuda/compiler.py: _compile_with_cache_cuda adds -ftz=true,
+# _compile_using_nvrtc_no_warning the -arch and --device-as-default-execution-space).
+def _cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
+    from bpttbench.jacobians.cupy_backend import NVRTC_OPTIONS
 
-    explicit = os.environ.get("BPTTBENCH_NVRTC")
-    if explicit and Path(explicit).is_file():
-        return explicit
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root:
-            hits = sorted(glob.glob(str(Path(root) / "lib64" / "libnvrtc.so*")))
-            if hits:
-                return hits[0]
-    return ctypes.util.find_library("nvrtc")
+    return (*NVRTC_OPTIONS, "-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
 
 
-@pytest.mark.skipif(_libnvrtc() is None, reason="libnvrtc not found (set BPTTBENCH_NVRTC)")
+@pytest.mark.parametrize("arch", ["80", "90", "100"])
 @pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
-def test_kernel_compiles_with_nvrtc(path):
-    """The runtime compiler CuPy uses has no C++ standard headers: check the sources build."""
-    import ctypes
+def test_kernel_compiles_with_cupys_nvrtc(path, arch):
+    """The source CuPy compiles (headers inlined), through CuPy's own NVRTC path, with CuPy's
+    options, to a cubin for sm_80, sm_90 and sm_100. Needs no GPU or driver: CuPy and the
+    nvidia-cuda-nvrtc wheel are in the ``test`` extra, so this never skips."""
+    import struct
 
-    where = Path(_libnvrtc())
-    for builtins in sorted(where.parent.glob("libnvrtc-builtins.so*")):  # loaded by name later
-        ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
-    lib = ctypes.CDLL(str(where))
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), path.read_bytes(), path.name.encode(),
-                                  0, None, None) == 0  # fmt: skip
+    from cupy.cuda import compiler  # needs cupy-cuda13x and nvidia-cuda-nvrtc (pip install .[test])
+
+    from bpttbench.jacobians.cupy_backend import KERNEL_ENTRY_POINTS, kernel_source
+
+    print("NVRTC", compiler._get_nvrtc_version())
+    prog = compiler._NVRTCProgram(kernel_source(path.name), path.name, method="cubin")
     try:
-        opts = [b"-std=c++17", b"--gpu-architecture=compute_80"]
-        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        assert rc == 0, f"NVRTC failed for {path.name}:\n{log.value.decode()}"
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        cubin, _ = prog.compile(_cupy_nvrtc_options(arch))
+    except compiler.CompileException as exc:
+        pytest.fail(f"NVRTC failed for {path.name} (sm_{arch}):\n{exc}")
+    assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
+    e_flags = struct.unpack_from("<I", cubin, 48)[0]
+    assert int(arch) in ((e_flags >> 8) & 0xFF, e_flags & 0xFF), hex(e_flags)
+    for base in KERNEL_ENTRY_POINTS[path.name]:
+        for suffix in ("f32", "f64"):
+            assert f"{base}_{suffix}".encode() in cubin, f"{base}_{suffix} missing from the cubin"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import shutil
 
 import emucupy
+import pytest
 
 
 @pytest.fixture
 def emu(monkeypatch):
     """An Emulator routed into cupy_backend (threads in order, ftz as CuPy)."""
     from bpttbench.jacobians import cupy_backend
+
+    if shutil.which(emucupy.CXX) is None:
+        pytest.skip(f"no host C++ compiler {emucupy.CXX!r} (set CXX) to build the kernels")
 
     em = emucupy.install(monkeypatch)
     yield em

@@ -15,10 +15,11 @@ call checks, before running anything:
   kernel's ``max_dynamic_shared_size_bytes`` was raised, which may not exceed 227 KB (H100);
 
 and after the launch: every array is run inside a buffer with 4 KB guard zones of signalling
-NaNs on both sides, so an out-of-bounds read gives NaN and an out-of-bounds write is reported; arrays declared ``const`` must be bitwise unchanged. ``order_seed`` (0: each barrier
-interval runs its threads in order; else a seeded shuffled order) and ``ftz`` (flush float32
-denormals, as CuPy's ``-ftz=true``; on by default for kernels that take float arrays) are
-attributes of the :class:`Emulator`.
+NaNs on both sides, so an out-of-bounds read gives NaN and an out-of-bounds write is reported;
+arrays declared ``const`` must be bitwise unchanged. ``order_seed`` (0: each barrier interval
+runs its threads in order; else a seeded shuffled order) and ``ftz`` (flush float32 denormals,
+as CuPy's ``-ftz=true``; on by default for kernels that take float arrays) are attributes of
+the :class:`Emulator`.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def parse_signatures(code: str) -> dict[str, Signature]:
     proc = subprocess.run([CXX, "-E", "-P", "-x", "c++", "-"], input=code, capture_output=True,
                           text=True, check=True)  # fmt: skip
     text = " ".join(proc.stdout.split())
-    pat = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\s*\(\s*(\d+)\s*\)\s*)?(\w+)\s*\(([^)]*)\)')
+    pat = re.compile(
+        r'extern "C" __global__ void (?:__launch_bounds__\s*\(\s*(\d+)\s*\)\s*)?(\w+)\s*\(([^)]*)\)'
+    )
     sigs = {}
     for m in pat.finditer(text):
         params = []
@@ -227,7 +230,8 @@ class FakeKernel:
                     if np.shares_memory(a, args[j]):
                         raise LaunchError(f"{where} overlaps argument {j} (__restrict__ pointers)")
                 raw = a.reshape(-1).view(np.uint8)
-                buf = np.tile(GUARD_BYTES[a.dtype], 2 * GUARD // 8 + -(-raw.size // 8))[: 2 * GUARD + raw.size]
+                reps = 2 * GUARD // 8 + -(-raw.size // 8)
+                buf = np.tile(GUARD_BYTES[a.dtype], reps)[: 2 * GUARD + raw.size]
                 buf[GUARD : GUARD + raw.size] = raw
                 arrays.append((i, a, buf, raw.copy()))
                 holders.append(ctypes.c_void_p(buf.ctypes.data + GUARD))
@@ -249,8 +253,9 @@ class FakeKernel:
             p = params[i]
             n = before.size
             pattern = np.tile(GUARD_BYTES[a.dtype], 2 * GUARD // 8 + -(-n // 8))
-            for side, zone, ref in (("before", buf[:GUARD], pattern[:GUARD]),
-                                    ("after", buf[GUARD + n :], pattern[GUARD + n : 2 * GUARD + n])):  # fmt: skip
+            zones = (("before", buf[:GUARD], pattern[:GUARD]),
+                     ("after", buf[GUARD + n :], pattern[GUARD + n : 2 * GUARD + n]))  # fmt: skip
+            for side, zone, ref in zones:
                 bad = np.flatnonzero(zone != ref)
                 if bad.size:
                     off = (bad[0] - GUARD) if side == "before" else bad[0]
@@ -281,8 +286,11 @@ class FakeModule:
 class _Device:
     def __init__(self, device_id: int = 0) -> None:
         self.id = int(device_id)
-        self.attributes = {"MaxSharedMemoryPerBlockOptin": SMEM_OPTIN, "MaxSharedMemoryPerBlock": SMEM_DEFAULT,
-                           "MaxThreadsPerBlock": MAX_THREADS}  # fmt: skip
+        self.attributes = {
+            "MaxSharedMemoryPerBlockOptin": SMEM_OPTIN,
+            "MaxSharedMemoryPerBlock": SMEM_DEFAULT,
+            "MaxThreadsPerBlock": MAX_THREADS,
+        }
         self.compute_capability = "90"
 
     def __enter__(self) -> _Device:

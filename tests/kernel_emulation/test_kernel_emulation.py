@@ -36,7 +36,7 @@ def test_validate_kernels_through_the_stand_in(emu):
         print(f"{r['kernel']:24s} {r['shape']:>14s} {r['dtype']}  max_rel_err={r['max_rel_err']:.2e}")
     bad = [r for r in results if not r["passed"]]
     assert not bad, "\n".join(map(str, bad))
-    assert emu.options and all(o == ("-std=c++17",) for o in emu.options)
+    assert emu.options and all(o == cb.NVRTC_OPTIONS for o in emu.options)
     assert {launch.kernel.rsplit("_", 1)[0] for launch in emu.launches} >= {
         base for bases in cb.KERNEL_ENTRY_POINTS.values() for base in bases
     }
@@ -58,15 +58,22 @@ CASES = (
                                       (1, 1, 300)]]
     + [("mgs_qr_logdiag", s) for s in [(1, 8, 8), (5, 33, 33), (5, 64, 17), (1, 128, 128), (5, 130, 40),
                                        (1, 160, 160), (1, 300, 300), (5, 300, 7)]]
-    + [("chain_lstm", s) for s in [(1, 8, 16, 10, 1), (5, 33, 10, 8, 3), (1, 64, 64, 4, 1),
+    + [("chain_lstm", s) for s in [(1, 8, 8, 10, 1), (5, 33, 10, 8, 3), (1, 64, 64, 4, 1),
                                    (5, 130, 12, 4, 2)]]
     + [("chain_gru", s) for s in [(5, 8, 8, 10, 1), (1, 33, 33, 8, 1), (5, 64, 20, 6, 3),
                                   (1, 130, 130, 3, 1), (1, 300, 30, 3, 2)]]
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
-@pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in CASES])
+# The LSTM's full frame (k = D = 2H) in float64 only: in float32 its lowest exponents sit at
+# the edge of the 1e-4 tolerance in any float32 chain (numpy float32: 5e-5..1.1e-4 by seed).
+CASES_F64 = [("chain_lstm", (1, 8, 16, 10, 1)), ("chain_lstm", (5, 16, 32, 6, 2))]
+PARAMS = [(n, s, d) for n, s in CASES for d in (F32, F64)] + [(n, s, F64) for n, s in CASES_F64]
+
+
+@pytest.mark.parametrize(
+    "name,shape,dtype", PARAMS, ids=[f"{n}-{'x'.join(map(str, s))}-{d.name}" for n, s, d in PARAMS]
+)
 def test_kernel_against_numpy_reference(emu, monkeypatch, name, shape, dtype, rng_seed):
     if name == "rnn_chain_persistent":
         batch, _, k, steps, _ = shape
@@ -230,7 +237,8 @@ def test_stand_in_refuses_what_cuda_refuses(emu):
             kern(grid, block, args, shared_mem=smem)
     qr = cb._kernel("batched_qr.cu", "mgs_qr_logdiag", F64)
     with pytest.raises(emucupy.LaunchError, match="launch_bounds"):
-        qr((1,), (512,), (np.ones((1, 8, 8)), np.zeros((1, 8)), i32(1), i32(8), i32(8), i32(1)), shared_mem=768)
+        args = (np.ones((1, 8, 8)), np.zeros((1, 8)), i32(1), i32(8), i32(8), i32(1))
+        qr((1,), (512,), args, shared_mem=768)
     with pytest.raises(emucupy.LaunchError, match="opt-in"):
         qr.max_dynamic_shared_size_bytes = 228 * 1024
 
@@ -345,3 +353,33 @@ def test_float32_full_frame_with_sparse_qr(emu, rng_seed):
     assert errs[hidden, 1][0] <= tol and errs[hidden // 2, 8][0] <= tol
     kern, numpy32 = errs[hidden, 8]
     assert kern > tol and numpy32 > tol  # both lose accuracy: a float32 effect, not the kernel's
+
+
+# --------------------------------------------------------------------------------- streams
+
+
+def test_torch_stream_uses_stream_from_external(emu, monkeypatch):
+    """CuPy 14 deprecates ExternalStream: torch's stream goes through Stream.from_external
+    (the stand-in has no ExternalStream, so the deprecated call would fail here)."""
+    import cupy
+    import torch
+
+    assert hasattr(cupy.cuda.Stream, "from_external")  # the real CuPy of the test extra
+    assert hasattr(torch.cuda.Stream, "__cuda_stream__")  # torch speaks the stream protocol
+    seen = []
+
+    class Recorder(emucupy._Stream):
+        @classmethod
+        def from_external(cls, obj):
+            seen.append(obj)
+            return cls()
+
+    marker = object()
+    monkeypatch.setattr(cb.cp.cuda, "Stream", Recorder)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda dev=None: marker)
+    with cb.torch_stream():
+        pass
+    assert seen == [marker]

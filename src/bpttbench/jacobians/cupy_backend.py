@@ -58,6 +58,7 @@ DEFAULT_SMEM = 48 * 1024  # dynamic shared memory available without opting in
 MAX_GRID_YZ = 65535  # CUDA limit on gridDim.y and gridDim.z
 ROWS_CHUNK_BYTES = 64 * 2**20  # per-launch [n, B, k] float64 row buffer of the persistent kernel
 JAC_CHUNK_BYTES = 64 * 2**20  # LSTM/GRU Jacobians built at once
+NVRTC_OPTIONS = ("-std=c++17",)  # CuPy adds -ftz=true, -arch and --device-as-default-execution-space
 
 
 def cupy_available() -> tuple[bool, str]:
@@ -110,7 +111,7 @@ def kernel_source(fname: str) -> str:
 def _module(fname: str, device_id: int) -> Any:
     _require()
     with cp.cuda.Device(device_id):
-        return cp.RawModule(code=kernel_source(fname), options=("-std=c++17",))
+        return cp.RawModule(code=kernel_source(fname), options=NVRTC_OPTIONS)
 
 
 def _kernel(fname: str, base: str, dtype: Any) -> Any:
@@ -125,9 +126,13 @@ def torch_stream() -> Iterator[None]:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             dev = torch.cuda.current_device()
             stack.enter_context(cp.cuda.Device(dev))
-            # Stream.from_external (CuPy 14) replaces the deprecated ExternalStream; torch
+            # Stream.from_external (CuPy >= 14) replaces the deprecated ExternalStream; torch
             # streams speak the CUDA stream protocol (__cuda_stream__)
-            stack.enter_context(cp.cuda.Stream.from_external(torch.cuda.current_stream(dev)))
+            stream = torch.cuda.current_stream(dev)
+            if hasattr(cp.cuda.Stream, "from_external"):
+                stack.enter_context(cp.cuda.Stream.from_external(stream))
+            else:  # CuPy 13
+                stack.enter_context(cp.cuda.ExternalStream(stream.cuda_stream, dev))
         yield
 
 
