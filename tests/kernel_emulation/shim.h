@@ -54,6 +54,7 @@ struct Fiber {
     int linear = 0;
     unsigned shfl_mask = 0;
     int shfl_src = 0;
+    int site = 0;  // kernel line of the barrier or shuffle the fiber waits at
     uint64_t shfl_in = 0, shfl_out = 0;
     char* stack = nullptr;
 };
@@ -90,12 +91,19 @@ inline void fiber_entry() {
 // dynamic shared memory (`extern __shared__ double smem[]` refers to this one)
 alignas(16) thread_local double smem[(emu::SMEM_MAX + emu::SMEM_GUARD) / sizeof(double)];
 
-inline void __syncthreads() { emu::yield(emu::AT_BARRIER); }
+// The kernel line of each barrier and shuffle is recorded: all threads of a block (lanes of a
+// warp) must meet at the same one, as CUDA requires.
+namespace emu {
+inline void syncthreads(int line) {
+    cur->site = line;
+    yield(AT_BARRIER);
+}
 
 template <typename T>
-T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+T shfl_xor(int line, unsigned mask, T v, int lane_mask, int width = 32) {
     static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
-    const int lane = emu::cur->linear & 31;
+    cur->site = line;
+    const int lane = cur->linear & 31;
     emu::cur->shfl_mask = mask;
     emu::cur->shfl_in = 0;
     memcpy(&emu::cur->shfl_in, &v, sizeof(T));
@@ -107,6 +115,10 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     memcpy(&out, &emu::cur->shfl_out, sizeof(T));
     return out;
 }
+}  // namespace emu
+
+#define __syncthreads() emu::syncthreads(__LINE__)
+#define __shfl_xor_sync(...) emu::shfl_xor(__LINE__, __VA_ARGS__)
 
 namespace emu {
 // Run one block; returns 0 or -1 with err set.
@@ -153,6 +165,12 @@ inline int run_block(std::vector<Fiber>& fibers, bool shuffle, unsigned long lon
             }
             const unsigned full = (hi - lo) == 32 ? 0xffffffffu : ((1u << (hi - lo)) - 1u);
             for (int i = lo; i < hi; ++i) {
+                if (fibers[i].site != fibers[lo].site) {
+                    snprintf(err, sizeof err, "block (%u,%u,%u): warp %d: lanes shuffle at different "
+                             "lines of kernel.cu (%d and %d)", block_idx.x, block_idx.y, block_idx.z,
+                             w, fibers[lo].site, fibers[i].site);
+                    return -1;
+                }
                 if (fibers[i].shfl_mask != full) {
                     snprintf(err, sizeof err, "block (%u,%u,%u): lane %d shuffles with mask %#x, "
                              "the warp has mask %#x", block_idx.x, block_idx.y, block_idx.z, i,
@@ -175,6 +193,14 @@ inline int run_block(std::vector<Fiber>& fibers, bool shuffle, unsigned long lon
                      "others exited (divergent barrier)", block_idx.x, block_idx.y, block_idx.z,
                      at_barrier, n);
             return -1;
+        }
+        for (int i = 1; i < n; ++i) {
+            if (fibers[i].site != fibers[0].site) {
+                snprintf(err, sizeof err, "block (%u,%u,%u): threads wait at __syncthreads() on "
+                         "different lines of kernel.cu (%d and %d)", block_idx.x, block_idx.y,
+                         block_idx.z, fibers[0].site, fibers[i].site);
+                return -1;
+            }
         }
         for (int i = 0; i < n; ++i) fibers[i].state = RUNNABLE;
     }

@@ -181,6 +181,15 @@ def test_missing_syncthreads_makes_the_output_depend_on_thread_order(emu, monkey
     assert outs[True, 0] != outs[True, 12345]
 
 
+def test_divergent_syncthreads_is_caught(emu, monkeypatch, rng_seed):
+    """Half the block skips a barrier: the threads meet at different __syncthreads()."""
+    old = "        work = stage;\n    }\n    __syncthreads();"
+    new = old.replace("__syncthreads();", "if (threadIdx.x < 128) __syncthreads();")
+    _mutate(monkeypatch, "batched_qr.cu", old, new)
+    with pytest.raises(emucupy.LaunchError, match="different lines"):
+        cb._validate_one("mgs_qr_logdiag", (2, 20, 5), F64, rng_seed % 2**31)
+
+
 def test_read_one_past_a_buffer_is_caught(emu, monkeypatch, rng_seed):
     """A read of omz[N*H] (one past the end) meets the NaN guard zone: the check fails."""
     _mutate(monkeypatch, "gate_jacobians.cu", "if (row == col) v += z;",
