@@ -67,7 +67,8 @@ CASES = (
 
 # The LSTM's full frame (k = D = 2H) in float64 only: in float32 its lowest exponents sit at
 # the edge of the 1e-4 tolerance in any float32 chain (numpy float32: 5e-5..1.1e-4 by seed).
-CASES_F64 = [("chain_lstm", (1, 8, 16, 10, 1)), ("chain_lstm", (5, 16, 32, 6, 2))]
+# (qr_every 1: with k = D and qr_every 2 the float64 error already reaches 7e-11 of the 1e-10.)
+CASES_F64 = [("chain_lstm", (1, 8, 16, 10, 1)), ("chain_lstm", (5, 16, 32, 6, 1))]
 PARAMS = [(n, s, d) for n, s in CASES for d in (F32, F64)] + [(n, s, F64) for n, s in CASES_F64]
 
 
