@@ -48,7 +48,7 @@ def test_validate_kernels_through_the_stand_in(emu):
 RNN_PERSISTENT = [(1, 8, 8, 24, 1), (5, 8, 3, 24, 4), (5, 33, 33, 12, 1), (1, 33, 7, 20, 3),
                   (1, 64, 64, 10, 1), (5, 64, 17, 10, 2), (1, 128, 100, 5, 1), (5, 128, 40, 6, 3)]
 RNN_TILED = [(5, 8, 5, 10, 4), (5, 33, 33, 8, 1), (1, 130, 130, 4, 1), (5, 130, 20, 6, 2),
-             (1, 300, 300, 3, 1), (5, 300, 9, 4, 3)]
+             (1, 300, 150, 3, 1), (5, 300, 9, 4, 3)]
 CASES = (
     [("rnn_chain_persistent", s) for s in RNN_PERSISTENT]
     + [("rnn_adjoint_step_tiled", s) for s in RNN_TILED]
@@ -68,7 +68,9 @@ CASES = (
 # The LSTM's full frame (k = D = 2H) in float64 only: in float32 its lowest exponents sit at
 # the edge of the 1e-4 tolerance in any float32 chain (numpy float32: 5e-5..1.1e-4 by seed).
 # (qr_every 1: with k = D and qr_every 2 the float64 error already reaches 7e-11 of the 1e-10.)
-CASES_F64 = [("chain_lstm", (1, 8, 16, 10, 1)), ("chain_lstm", (5, 16, 32, 6, 1))]
+# The same for H = k = 300 in float32: 1.5e-6..3.6e-5 over 8 seeds (tail too close to 1e-4).
+CASES_F64 = [("chain_lstm", (1, 8, 16, 10, 1)), ("chain_lstm", (5, 16, 32, 6, 1)),
+             ("rnn_adjoint_step_tiled", (1, 300, 300, 3, 1))]
 PARAMS = [(n, s, d) for n, s in CASES for d in (F32, F64)] + [(n, s, F64) for n, s in CASES_F64]
 
 
