@@ -19,3 +19,4 @@ def emu(monkeypatch):
     em = emucupy.install(monkeypatch)
     yield em
     cupy_backend._module.cache_clear()
+    cupy_backend._optin_smem.cache_clear()

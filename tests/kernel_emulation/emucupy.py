@@ -354,5 +354,6 @@ def install(monkeypatch: Any, **settings: Any) -> Emulator:
 
     emu = Emulator(**settings)
     monkeypatch.setattr(cupy_backend, "cp", FakeCupy(emu))
-    cupy_backend._module.cache_clear()  # the caller clears it again at teardown
+    cupy_backend._module.cache_clear()  # the caller clears both again at teardown
+    cupy_backend._optin_smem.cache_clear()
     return emu

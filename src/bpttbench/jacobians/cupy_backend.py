@@ -149,8 +149,15 @@ def _i32(v: int) -> np.int32:
     return np.int32(int(v))
 
 
+@functools.cache
+def _optin_smem(device_id: int) -> int:
+    # Device.attributes queries every attribute: once per device, not once per QR launch
+    return int(cp.cuda.Device(device_id).attributes.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM))
+
+
 def max_optin_smem() -> int:
-    return int(cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM))
+    """Dynamic shared memory a block may opt in to on the current device (bytes)."""
+    return _optin_smem(cp.cuda.Device().id)
 
 
 def persistent_smem_bytes(hidden: int, k: int, dtype: Any) -> int:
