@@ -5,8 +5,8 @@
 ``results/compare/<A>__vs__<B>/``:
 
 - ``caveats.csv``: what makes the two sets unequal (config, dtype, TF32, determinism,
-  library versions, Jacobian backend, code version, cells present in only one set),
-  checked *before* any value is compared;
+  library versions, Jacobian backend, code version, cells present in only one set, columns
+  missing or mistyped against the table contract), checked *before* any value is compared;
 - ``agreement.csv``: one row per (table, metric, cell): both values, absolute and relative
   difference, the tolerance and whether the difference is within it;
 - ``timing_ratio.csv``: B/A for every timing column both sets have (``summary.wall_s``
@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from .io import read_json, write_text
-from .tables import CELL_KEYS, read_table, write_table
+from .tablecheck import MISSING, UNKNOWN, ColumnProblem, TableReadError, check_file
+from .tables import CELL_KEYS, COLUMNS, read_table, write_table
 
 PAIR_SEP = "__vs__"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -252,17 +253,53 @@ class ResultSet:
     path: Path
     manifest: dict[str, Any]
     tables: dict[str, Path]  # table name (file stem) -> file; Parquet preferred over CSV
+    #: Columns missing, mistyped or unknown against the table contract (bpttbench.tablecheck).
+    problems: list[ColumnProblem] = field(default_factory=list)
+    #: Table files that are not contract tables (never compared).
+    unknown_tables: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.path.name
 
+    def problem(self, table: str, column: str) -> ColumnProblem | None:
+        return next((p for p in self.problems if p.table == table and p.column == column), None)
+
     def read(self, table: str) -> pd.DataFrame:
-        df = read_table(self.tables[table])
+        """A table, less the columns that break the contract (mistyped, or not in it): the
+        comparison never uses them, and its caveats say so."""
+        path = self.tables[table]
+        try:
+            df = read_table(path)
+        except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ResultSetError(f"{path}: cannot be read: {type(exc).__name__}: {exc}") from None
+        bad = {p.column for p in self.problems if p.table == table and p.what != MISSING}
+        df = df.drop(columns=[c for c in df.columns if c in bad])
         if "status" in df.columns:
             # pandas reads the status "nan" (a NaN appeared) of a CSV as a missing value
             df["status"] = df["status"].astype(object).where(df["status"].notna(), "nan")
         return df
+
+    def require(self, table: str, columns: Sequence[str]) -> None:
+        """Raise ResultSetError naming the file and column when a needed column breaks the
+        contract (missing or mistyped)."""
+        for c in columns:
+            p = self.problem(table, c)
+            if p is not None and p.what != UNKNOWN:
+                raise ResultSetError(f"{self.tables[table]}: column {c} {p.detail}; the "
+                                     "comparison needs it (table contract: tables/COLUMNS.md)")
+
+    def empty_keys(self, table: str, df: pd.DataFrame, keys: Sequence[str]) -> str | None:
+        """What is wrong with a table's key columns: empty fields or repeated keys."""
+        for k in keys:
+            n = int(df[k].isna().sum())
+            if n:
+                return f"{self.tables[table]}: {n} row(s) with an empty key column {k}"
+        dup = int(df.duplicated(list(keys)).sum())
+        if dup:
+            return (f"{self.tables[table]}: {dup} row(s) repeat the key "
+                    f"({', '.join(keys)}) of another row")
+        return None
 
 
 def load_result_set(path: str | Path) -> ResultSet:
@@ -288,7 +325,15 @@ def load_result_set(path: str | Path) -> ResultSet:
                 tables[f.stem] = f
     if "summary" not in tables:
         raise ResultSetError(f"{p}: not a result set: missing tables/summary.csv ({what})")
-    return ResultSet(p, manifest, tables)
+    # The table contract: every table's columns and dtype kinds (Parquet: schema only).
+    problems: list[ColumnProblem] = []
+    for name, f in tables.items():
+        try:
+            problems += check_file(name, f)
+        except TableReadError as exc:
+            raise ResultSetError(str(exc)) from None
+    unknown = sorted(f"tables/{f.name}" for n, f in tables.items() if n not in COLUMNS)
+    return ResultSet(p, manifest, tables, problems, unknown)
 
 
 def result_set_input_files(folder: str | Path) -> list[str]:
@@ -376,8 +421,9 @@ def default_out(a: str | Path, b: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------
 
 WARNING, INFO = "warning", "info"
-#: Config keys that do not change what is measured (where, how named, what is compared).
-CONFIG_KEYS_NOT_SCIENCE = frozenset({"hardware_tag", "compare", "device"})
+#: Config keys that do not change what is measured (where, how named, what is compared);
+#: allow_large only lifts the config's upper bounds; the values themselves are compared.
+CONFIG_KEYS_NOT_SCIENCE = frozenset({"hardware_tag", "compare", "device", "allow_large"})
 #: Config keys checked on their own below, with a specific explanation.
 CONFIG_KEYS_PRECISION = frozenset({"dtype", "allow_tf32", "deterministic", "jacobian_backend"})
 
@@ -501,6 +547,75 @@ def caveats(a: ResultSet, b: ResultSet) -> list[Caveat]:
             add(f"git_commit ({label})", ca, cb, WARNING,
                 f"set {label} was computed from a tree with uncommitted changes")
     return out
+
+
+#: Columns the comparison cannot do without (a missing or mistyped one is an error).
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "summary": (*CELL_KEYS, "status", "lyapunov_max"),
+}
+#: Contract columns used by the comparison although not compared themselves: what is lost
+#: without them.
+USED_COLUMNS: dict[tuple[str, str], str] = {
+    ("summary", "underflow_lag"): "the regime of a cell is decided without it (a cell whose "
+    "||delta|| underflowed to 0 may be held to the regular tolerance)",
+    ("lyapunov", "exponent_std"): "Lyapunov exponents get no statistical allowance",
+    ("summary", "wall_s"): "no timing ratio of the cells",
+}
+
+
+def compared_columns(table: str) -> set[str]:
+    """The contract columns of a table whose values the comparison compares (or times)."""
+    from .tables import column_kind
+
+    cols = set(COLUMNS.get(table, {}))
+    if table == "summary":
+        return set(SUMMARY_METRICS) | {c for c in cols if is_timing_column(c)
+                                       and column_kind(table, c) in ("float", "int")}
+    if table == "lyapunov":
+        return set(LYAPUNOV_METRICS)
+    keys = set(TABLE_KEYS.get(table, ())) | KEY_COLUMNS
+    if _generic_prefix(table):
+        return {c for c in cols if c not in keys and not is_performance_column(c)
+                and column_kind(table, c) in ("float", "int", "bool")}
+    if table.startswith(TIMING_PREFIXES):
+        return {c for c in cols if c not in keys and (is_timing_column(c) or is_rate_column(c))
+                and column_kind(table, c) in ("float", "int")}
+    return set()
+
+
+def contract_caveats(a: ResultSet, b: ResultSet) -> tuple[list[Caveat], list[str]]:
+    """Caveats for columns that break the table contract in either set, and the headline
+    items: every compared column that is not compared because of it."""
+    out: list[Caveat] = []
+    headline: list[str] = []
+    for table in sorted(set(a.tables) & set(b.tables)):
+        cols = sorted({p.column for rs in (a, b) for p in rs.problems if p.table == table})
+        for col in cols:
+            pa_, pb_ = a.problem(table, col), b.problem(table, col)
+            va, vb = (p.detail if p else "ok" for p in (pa_, pb_))
+            item = f"{table}.{col}"
+            if UNKNOWN in (getattr(pa_, "what", None), getattr(pb_, "what", None)):
+                va, vb = ("present" if p else "(absent)" for p in (pa_, pb_))
+                out.append(Caveat(item, va, vb, INFO, "not in the table contract (a renamed "
+                                  "column, or a table from another version): not compared"))
+                continue
+            where = "both sets" if pa_ and pb_ else ("A" if pa_ else "B")
+            what = " and ".join(sorted({p.what for p in (pa_, pb_) if p}))
+            if col in compared_columns(table):
+                out.append(Caveat(item, va, vb, WARNING, f"{what} in {where}: not compared"))
+                headline.append(f"{item} ({what} in {where})")
+            elif (table, col) in USED_COLUMNS:
+                out.append(Caveat(item, va, vb, WARNING,
+                                  f"{what} in {where}: {USED_COLUMNS[(table, col)]}"))
+            else:
+                out.append(Caveat(item, va, vb, INFO,
+                                  f"{what} in {where}: not used by the comparison"))
+    for label, rs in (("A", a), ("B", b)):
+        for f in rs.unknown_tables:
+            out.append(Caveat(f, "present" if label == "A" else "", "present" if label == "B"
+                              else "", INFO, f"not a table of the contract (set {label}): "
+                              "not compared"))
+    return out, headline
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,11 +743,21 @@ def _summary_rows(a: ResultSet, b: ResultSet, sa: pd.DataFrame, sb: pd.DataFrame
     return pd.concat(rows, ignore_index=True), regimes
 
 
-def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame) -> pd.DataFrame:
+def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame
+                   ) -> tuple[pd.DataFrame, str | None]:
+    """Agreement rows of the Lyapunov spectra; a reason when they cannot be compared."""
+    none = pd.DataFrame(columns=AGREEMENT_COLUMNS)
     if "lyapunov" not in a.tables or "lyapunov" not in b.tables:
-        return pd.DataFrame(columns=AGREEMENT_COLUMNS)
+        return none, None  # reported as a table only in one set
     keys = [*CELL_KEYS, "index"]
     la, lb = a.read("lyapunov"), b.read("lyapunov")
+    for df, rs, label in ((la, a, "A"), (lb, b, "B")):
+        broken = [c for c in (*keys, "exponent") if c not in df]
+        if broken:
+            return none, f"column {broken[0]} missing or mistyped in {label}"
+        why = rs.empty_keys("lyapunov", df, keys)
+        if why:
+            return none, why
     cols = [*keys, "exponent", *(["exponent_std"] if "exponent_std" in la and
                                  "exponent_std" in lb else [])]
     m = la[cols].merge(lb[cols], on=keys, suffixes=("_a", "_b"))
@@ -645,7 +770,7 @@ def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame) -> pd.Data
                + m["exponent_std_b"].astype(float) ** 2 / bb)
         stat = STAT_Z * np.sqrt(se2.to_numpy())
     return _metric_rows("lyapunov", "exponent", m, keys,
-                        _regime_tolerances("lyapunov", "exponent"), stat)
+                        _regime_tolerances("lyapunov", "exponent"), stat), None
 
 
 def _batch_size(rs: ResultSet) -> float:
@@ -673,6 +798,11 @@ def _generic_rows(table: str, ta: pd.DataFrame, tb: pd.DataFrame
     if not keys:
         return pd.DataFrame(columns=AGREEMENT_COLUMNS), "no identifying columns in common"
     for df, label in ((ta, "A"), (tb, "B")):
+        empty = [k for k in keys if df[k].isna().any() and k not in
+                 ("clip", "k")]  # clip, k: empty means "none" (no clipping, no frame)
+        if empty:
+            return (pd.DataFrame(columns=AGREEMENT_COLUMNS),
+                    f"rows of {label} with an empty key column {empty[0]}")
         if df.duplicated(keys).any():
             return (pd.DataFrame(columns=AGREEMENT_COLUMNS),
                     f"rows of {label} are not unique under the keys {', '.join(keys)}")
@@ -763,6 +893,9 @@ class Comparison:
     skipped: dict[str, str]  # table -> why it was not compared
     only_a: int  # cells only in A
     only_b: int
+    #: Compared columns of the contract left out (missing or mistyped in a set): the verdict
+    #: names each of them.
+    not_compared: list[str] = field(default_factory=list)
 
     def caveats_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(c) for c in self.caveats],
@@ -779,8 +912,16 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
     if a.path.resolve() == b.path.resolve():
         raise ResultSetError(f"{a.path} and {b.path} are the same folder")
     cav = caveats(a, b)
+    contract, not_compared = contract_caveats(a, b)
+    cav += contract
 
+    for rs in (a, b):
+        rs.require("summary", REQUIRED_COLUMNS["summary"])
     sa, sb = a.read("summary"), b.read("summary")
+    for rs, s in ((a, sa), (b, sb)):
+        why = rs.empty_keys("summary", s, CELL_KEYS)
+        if why:
+            raise ResultSetError(f"{why}; the cells of a set must be unique and named")
     ka = set(map(tuple, sa[CELL_KEYS].astype(str).to_numpy()))
     kb = set(map(tuple, sb[CELL_KEYS].astype(str).to_numpy()))
     only_a, only_b = len(ka - kb), len(kb - ka)
@@ -790,17 +931,26 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
                           "the sets hold different cells; only the common ones are compared"))
 
     summary_rows, regimes = _summary_rows(a, b, sa, sb)
-    parts = [summary_rows, _lyapunov_rows(a, b, regimes)]
     skipped: dict[str, str] = {}
+    lyap_rows, why = _lyapunov_rows(a, b, regimes)
+    if why:
+        skipped["lyapunov"] = why
+    parts = [summary_rows, lyap_rows]
     common = sorted(set(a.tables) & set(b.tables))
     for t in common:
         if _generic_prefix(t):
+            broken = [f"{k} {p.what} in {label}" for k in TABLE_KEYS.get(t, ())
+                      for label, rs in (("A", a), ("B", b))
+                      if (p := rs.problem(t, k)) is not None and p.what != UNKNOWN]
+            if broken:
+                skipped[t] = f"key column {broken[0]}"
+                continue
             rows, why = _generic_rows(t, a.read(t), b.read(t))
             if why:
                 skipped[t] = why
             parts.append(rows)
     for t in sorted(set(a.tables) ^ set(b.tables)):
-        if _generic_prefix(t) or t.startswith(TIMING_PREFIXES):
+        if t in COLUMNS:
             where = "A" if t in a.tables else "B"
             skipped[t] = f"only in {where}"
     agreement = pd.concat([p for p in parts if len(p)], ignore_index=True)
@@ -814,7 +964,9 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
         len(t) for t in timing) else pd.DataFrame(columns=TIMING_COLUMNS_OUT)
 
     identical = {t: identical_apart_from_timings(a.tables[t], b.tables[t]) for t in common}
-    return Comparison(a, b, cav, agreement, timing_df, identical, skipped, only_a, only_b)
+    not_compared += [f"{t} ({why})" for t, why in sorted(skipped.items())]
+    return Comparison(a, b, cav, agreement, timing_df, identical, skipped, only_a, only_b,
+                      not_compared)
 
 
 # ---------------------------------------------------------------------------------------
@@ -914,6 +1066,8 @@ def verdict(cmp: Comparison) -> str:
         text = f"All {n} compared values agree within tolerance."
     else:
         text = f"{cmp.n_outside} of {n} compared values are outside tolerance."
+    if cmp.not_compared:
+        text += " Not compared: " + "; ".join(cmp.not_compared) + "."
     if warnings:
         text += f" {warnings} caveat(s) make the comparison unequal: read them first."
     return text
