@@ -773,6 +773,19 @@ def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame
                         _regime_tolerances("lyapunov", "exponent"), stat), None
 
 
+def _rows_only_in(ta: pd.DataFrame, tb: pd.DataFrame, keys: Sequence[str]) -> tuple[int, int]:
+    """Rows of A whose key is not in B, and of B not in A."""
+    ka = ta[list(keys)].drop_duplicates().astype(str)
+    kb = tb[list(keys)].drop_duplicates().astype(str)
+    m = ka.merge(kb, on=list(keys), how="outer", indicator=True)
+    return int((m["_merge"] == "left_only").sum()), int((m["_merge"] == "right_only").sum())
+
+
+def _only_text(table: str, n_a: int, n_b: int, what: str = "row(s)") -> str | None:
+    parts = [f"{n} {what} only in {label}" for n, label in ((n_a, "A"), (n_b, "B")) if n]
+    return f"{table}: {', '.join(parts)}" if parts else None
+
+
 def _batch_size(rs: ResultSet) -> float:
     """The batch size of a set's gradient-flow cells (NaN when its manifest does not say)."""
     try:
@@ -935,6 +948,12 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
     lyap_rows, why = _lyapunov_rows(a, b, regimes)
     if why:
         skipped["lyapunov"] = why
+    unmatched = [_only_text("summary", only_a, only_b, "cell(s)")]
+    if "lyapunov" in a.tables and "lyapunov" in b.tables and not why:
+        # Rows of the cells both sets have (cells of one set only are counted above).
+        cells = regimes[CELL_KEYS]
+        la, lb = (rs.read("lyapunov").merge(cells, on=CELL_KEYS) for rs in (a, b))
+        unmatched.append(_only_text("lyapunov", *_rows_only_in(la, lb, [*CELL_KEYS, "index"])))
     parts = [summary_rows, lyap_rows]
     common = sorted(set(a.tables) & set(b.tables))
     for t in common:
@@ -945,9 +964,13 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
             if broken:
                 skipped[t] = f"key column {broken[0]}"
                 continue
-            rows, why = _generic_rows(t, a.read(t), b.read(t))
+            ta, tb = a.read(t), b.read(t)
+            rows, why = _generic_rows(t, ta, tb)
             if why:
                 skipped[t] = why
+            else:
+                keys = [k for k in table_keys(ta, t) if k in tb.columns]
+                unmatched.append(_only_text(t, *_rows_only_in(ta, tb, keys)))
             parts.append(rows)
     for t in sorted(set(a.tables) ^ set(b.tables)):
         if t in COLUMNS:
@@ -965,6 +988,7 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
 
     identical = {t: identical_apart_from_timings(a.tables[t], b.tables[t]) for t in common}
     not_compared += [f"{t} ({why})" for t, why in sorted(skipped.items())]
+    not_compared += [u for u in unmatched if u]
     return Comparison(a, b, cav, agreement, timing_df, identical, skipped, only_a, only_b,
                       not_compared)
 
