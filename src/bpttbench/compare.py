@@ -664,7 +664,8 @@ def _cell_regimes(sa: pd.DataFrame, sb: pd.DataFrame) -> pd.DataFrame:
 
 def _metric_rows(table: str, metric: str, merged: pd.DataFrame, keys: Sequence[str],
                  tolerances: Mapping[str, Tolerance] | Tolerance,
-                 stat: np.ndarray | None = None) -> pd.DataFrame:
+                 stat: np.ndarray | None = None, key: np.ndarray | None = None
+                 ) -> pd.DataFrame:
     """Agreement rows of one metric; ``merged`` holds keys, <metric>_a, <metric>_b, regime.
 
     ``stat``: a statistical allowance per row (STAT_Z standard errors of the difference),
@@ -693,7 +694,8 @@ def _metric_rows(table: str, metric: str, merged: pd.DataFrame, keys: Sequence[s
             within = within | (use & (diff <= tol_stat))
         allowed = np.fmax(allowed, tol_stat)
     out = pd.DataFrame({
-        "table": table, "metric": metric, "key": _key_string(merged, keys).to_numpy(),
+        "table": table, "metric": metric,
+        "key": _key_string(merged, keys).to_numpy() if key is None else key,
         "regime": regime, "value_a": a, "value_b": b, "abs_diff": diff, "rel_diff": rel_diff,
         "tol_rel": rel, "tol_abs": abs_, "tol_stat": tol_stat, "allowed_diff": allowed,
         "within": within,
@@ -726,12 +728,13 @@ def _summary_rows(a: ResultSet, b: ResultSet, sa: pd.DataFrame, sb: pd.DataFrame
     m = sa[[*CELL_KEYS, *metrics]].merge(sb[[*CELL_KEYS, *metrics]], on=CELL_KEYS,
                                          suffixes=("_a", "_b"))
     m = m.merge(regimes, on=CELL_KEYS)
-    rows = [_metric_rows("summary", metric, m, CELL_KEYS, _regime_tolerances("summary", metric))
-            for metric in metrics]
+    key = _key_string(m, CELL_KEYS).to_numpy()
+    rows = [_metric_rows("summary", metric, m, CELL_KEYS, _regime_tolerances("summary", metric),
+                         key=key) for metric in metrics]
     # status is categorical: its row carries no numbers, only whether it is equal and the note.
     same = (m["status_a"] == m["status_b"]).to_numpy()
     status = pd.DataFrame({
-        "table": "summary", "metric": "status", "key": _key_string(m, CELL_KEYS).to_numpy(),
+        "table": "summary", "metric": "status", "key": key,
         "regime": m["regime"].to_numpy(), "value_a": np.nan, "value_b": np.nan,
         "abs_diff": np.nan, "rel_diff": np.nan, "tol_rel": 0.0, "tol_abs": 0.0, "tol_stat": 0.0,
         "allowed_diff": np.nan, "within": same,
@@ -834,13 +837,14 @@ def _generic_rows(table: str, ta: pd.DataFrame, tb: pd.DataFrame
     prefix = _generic_prefix(table)
     tol = GENERIC_TOLERANCES[prefix] if prefix else EXACT
     rows = []
+    key = _key_string(m, keys).to_numpy()
     for metric in metrics:
         exact = pd.api.types.is_bool_dtype(ta[metric]) or pd.api.types.is_bool_dtype(tb[metric])
         mm = m.copy()
         if exact:
             for s in ("_a", "_b"):
                 mm[metric + s] = mm[metric + s].astype(float)
-        rows.append(_metric_rows(table, metric, mm, keys, EXACT if exact else tol))
+        rows.append(_metric_rows(table, metric, mm, keys, EXACT if exact else tol, key=key))
     return pd.concat(rows, ignore_index=True), None
 
 

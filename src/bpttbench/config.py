@@ -87,11 +87,13 @@ def _limit_validator(allow_large: bool) -> Any:
 
 
 @cache
-def _validator_class(allow_large: bool) -> Any:
+def _validator(allow_large: bool) -> Any:
+    """Draft 2020-12 with finite numbers, strict integers and the x-limit keyword."""
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine_many({"number": _is_number, "integer": _is_integer})
-    return jsonschema.validators.extend(base, validators={LIMIT_KEYWORD: _limit_validator(
+    cls = jsonschema.validators.extend(base, validators={LIMIT_KEYWORD: _limit_validator(
         allow_large)}, type_checker=checker)
+    return cls(schema())
 
 
 @cache
@@ -160,6 +162,8 @@ def _allowed(node: dict[str, Any]) -> str:
         desc = desc.replace(f" >= {node['minimum']}", "")
     if "maximum" in node:
         desc += f" <= {node['maximum']}"
+    if "exclusiveMaximum" in node:
+        desc += f" < {node['exclusiveMaximum']}"
     if "pattern" in node:
         desc += f" matching {node['pattern']}"
     if desc in ("number", "integer") or desc.startswith(("number ", "integer ")):
@@ -220,7 +224,7 @@ def _with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise ConfigError naming every bad key."""
     allow_large = cfg.get(ALLOW_LARGE) is True
-    validator = _validator_class(allow_large)(schema())
+    validator = _validator(allow_large)
     errors = sorted(validator.iter_errors(dict(cfg)), key=lambda e: list(map(str, e.path)))
     if errors:
         lines = []
