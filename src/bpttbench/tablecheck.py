@@ -40,7 +40,10 @@ class ColumnProblem:
 
 def _example(values: pd.Series) -> str:
     bad = values.dropna()
-    return f" like {bad.iloc[0]!r}" if len(bad) else ""
+    if not len(bad):
+        return ""
+    v = bad.iloc[0]
+    return f" like {(v.item() if isinstance(v, np.generic) else v)!r}"
 
 
 def series_kind_problem(s: pd.Series, kind: str) -> str | None:
@@ -62,7 +65,7 @@ def series_kind_problem(s: pd.Series, kind: str) -> str | None:
             v = s.dropna().astype(float).to_numpy()
             frac = ~np.isfinite(v) | (v != np.round(v))
             if frac.any():
-                return f"expected integers, found {v[frac][0]!r}"
+                return f"expected integers, found {float(v[frac][0])!r}"
             return None
         return f"expected integers, found {s.dtype} values{_example(s)}"
     if kind == "str":
