@@ -166,10 +166,8 @@ def _allowed(node: dict[str, Any]) -> str:
         desc += f" < {node['exclusiveMaximum']}"
     if "pattern" in node:
         desc += f" matching {node['pattern']}"
-    if desc in ("number", "integer") or desc.startswith(("number ", "integer ")):
-        desc = ("finite " if desc.startswith("number") else "") + desc
-        if LIMIT_KEYWORD in node:
-            desc += ", " + _limit_text(node[LIMIT_KEYWORD])
+    if LIMIT_KEYWORD in node and desc.startswith(("number", "integer")):
+        desc += ", " + _limit_text(node[LIMIT_KEYWORD])
     return desc
 
 
