@@ -777,10 +777,18 @@ def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame
 
 
 def _rows_only_in(ta: pd.DataFrame, tb: pd.DataFrame, keys: Sequence[str]) -> tuple[int, int]:
-    """Rows of A whose key is not in B, and of B not in A."""
-    ka = ta[list(keys)].drop_duplicates().astype(str)
-    kb = tb[list(keys)].drop_duplicates().astype(str)
-    m = ka.merge(kb, on=list(keys), how="outer", indicator=True)
+    """Rows of A whose key is not in B, and of B not in A (numbers matched by value, so an
+    integer column read back as float still matches)."""
+    def norm(df: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame(index=df.index)
+        for k in keys:
+            col = df[k]
+            numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+            out[k] = (pd.to_numeric(col, errors="coerce").astype(float).map(repr) if numeric
+                      else col.astype(str))
+        return out.drop_duplicates()
+
+    m = norm(ta).merge(norm(tb), on=list(keys), how="outer", indicator=True)
     return int((m["_merge"] == "left_only").sum()), int((m["_merge"] == "right_only").sum())
 
 
@@ -986,7 +994,12 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
     for t in common:
         if t.startswith(TIMING_PREFIXES):
             ta, tb = a.read(t), b.read(t)
-            timing.append(_timing_rows(t, ta, tb, [k for k in table_keys(ta, t) if k in tb]))
+            keys = [k for k in table_keys(ta, t) if k in tb]
+            timing.append(_timing_rows(t, ta, tb, keys))
+            if keys:
+                only = _only_text(t, *_rows_only_in(ta, tb, keys), "timed row(s)")
+                if only:
+                    not_compared.append(only)
     timing_df = pd.concat([t for t in timing if len(t)], ignore_index=True) if any(
         len(t) for t in timing) else pd.DataFrame(columns=TIMING_COLUMNS_OUT)
 
