@@ -947,12 +947,10 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
         why = rs.empty_keys("summary", s, CELL_KEYS)
         if why:
             raise ResultSetError(f"{why}; the cells of a set must be unique and named")
-    ka = set(map(tuple, sa[CELL_KEYS].astype(str).to_numpy()))
-    kb = set(map(tuple, sb[CELL_KEYS].astype(str).to_numpy()))
-    only_a, only_b = len(ka - kb), len(kb - ka)
+    only_a, only_b = _rows_only_in(sa, sb, CELL_KEYS)
     if only_a or only_b:
-        cav.append(Caveat("cells", f"{len(ka)} ({only_a} only here)",
-                          f"{len(kb)} ({only_b} only here)", WARNING,
+        cav.append(Caveat("cells", f"{len(sa)} ({only_a} only here)",
+                          f"{len(sb)} ({only_b} only here)", WARNING,
                           "the sets hold different cells; only the common ones are compared"))
 
     summary_rows, regimes = _summary_rows(a, b, sa, sb)
@@ -1003,7 +1001,13 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
     timing_df = pd.concat([t for t in timing if len(t)], ignore_index=True) if any(
         len(t) for t in timing) else pd.DataFrame(columns=TIMING_COLUMNS_OUT)
 
-    identical = {t: identical_apart_from_timings(a.tables[t], b.tables[t]) for t in common}
+    identical: dict[str, bool | None] = {}
+    for t in common:
+        try:
+            identical[t] = identical_apart_from_timings(a.tables[t], b.tables[t])
+        except (OSError, ValueError) as exc:  # a Parquet body damaged behind a good footer
+            raise ResultSetError(f"{a.tables[t]} or {b.tables[t]}: cannot be read: "
+                                 f"{type(exc).__name__}: {exc}") from None
     not_compared += [f"{t} ({why})" for t, why in sorted(skipped.items())]
     not_compared += [u for u in unmatched if u]
     return Comparison(a, b, cav, agreement, timing_df, identical, skipped, only_a, only_b,
