@@ -154,6 +154,9 @@ def _allowed(node: dict[str, Any]) -> str:
                 parts.append(_allowed(alt))
         return " or ".join(parts)
     desc = node.get("type", "value")
+    if desc == "object":
+        keys = sorted(node.get("properties", {}))
+        return "a mapping" + (f" of the keys {', '.join(keys)}" if keys else "")
     if "minimum" in node:
         desc += f" >= {node['minimum']}"
     if "exclusiveMinimum" in node:
