@@ -133,3 +133,29 @@ def test_cell_memory_estimate_is_bounded():
     # 1e5 * 4096 * 512 * 16 vectors * 4 bytes = 12500 GiB
     assert "about 12500 GiB" in str(err.value) and "gradient_flow.seq_len" in str(err.value)
     assert validate({**cfg, "allow_large": True})["gradient_flow"]["batch"] == 4096
+
+
+def test_every_numeric_key_has_an_upper_bound_with_a_reason() -> None:
+    """Walk the schema: every number or integer a config can hold has x-limit (with why) or a
+    maximum. A new key should use a bounded def (size, batch, length, count, scale, ...)."""
+    from bpttbench.config import _deref, schema
+
+    root = schema()
+    unbounded: list[str] = []
+
+    def walk(node: dict, path: str) -> None:
+        node = _deref(root, node)
+        for alt in node.get("oneOf", []):
+            walk(alt, path)
+        if node.get("type") in ("number", "integer"):
+            limit = node.get("x-limit", {})
+            if not (limit.get("why") and "max" in limit) and not (
+                    "maximum" in node or "exclusiveMaximum" in node):
+                unbounded.append(path)
+        for key, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{key}" if path else key)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(root, "")
+    assert not unbounded, f"numeric keys without an upper bound: {unbounded}"
