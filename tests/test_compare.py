@@ -487,3 +487,122 @@ def _planned_rules(dry_run_output: str) -> list[str]:
     import re
 
     return re.findall(r"^(?:local)?rule (\w+):", dry_run_output, flags=re.M)
+
+
+# --- the table contract (issue 19) -------------------------------------------------------
+
+from bpttbench.tablecheck import check_file, series_kind_problem  # noqa: E402
+from bpttbench.tables import COLUMN_KINDS, KINDS  # noqa: E402
+
+
+def test_column_kinds_declare_only_contract_columns():
+    for table, kinds in COLUMN_KINDS.items():
+        assert table in COLUMNS, table
+        for col, kind in kinds.items():
+            assert col in COLUMNS[table], f"{table}.{col} has a kind but no doc"
+            assert kind.rstrip("?") in KINDS, f"{table}.{col}: unknown kind {kind}"
+
+
+def test_sets_written_by_the_current_code_meet_the_contract(set_a, set_f64):
+    """The committed set (read only) and two sets measured now: no column problem at all."""
+    committed = REPO / "results" / "cpu-intel-xeon-2.50ghz"
+    for path in (committed, set_a, set_f64):
+        rs = C.load_result_set(path)
+        assert rs.problems == [] and rs.unknown_tables == [], (path, rs.problems)
+        # CSV twins too (not read by compare when the Parquet file exists)
+        for f in sorted((path / "tables").glob("*.csv")):
+            assert check_file(f.stem, f) == [], f
+
+
+@pytest.mark.parametrize("values, kind, ok", [
+    ([1, 2, 3], "int", True),
+    ([1.0, np.nan, 3.0], "int", True),  # a CSV column of a nullable integer
+    ([1.0, 2.5], "int", False),
+    ([1.0, np.inf], "int", False),
+    ([True, False], "int", False),
+    (["a", None], "str", True),
+    ([np.nan, np.nan], "str", True),  # an empty CSV column
+    ([1.5, 2.0], "str", False),
+    ([True, np.nan, False], "bool", True),
+    (["yes", "no"], "bool", False),
+    ([0.1, np.nan, -np.inf], "float", True),
+    (["x1", "x2"], "float", False),
+])
+def test_column_kind_check(values, kind, ok):
+    assert (series_kind_problem(pd.Series(values), kind) is None) == ok
+
+
+def test_missing_growth_rate_is_named_in_the_verdict(pair):
+    """The issue's case: B's summary.csv lacks growth_rate. Before: 'All ... agree, caveats:
+    none'. Now the verdict and a warning caveat say it was not compared."""
+    a, b = pair
+    s = pd.read_csv(b / "tables" / "summary.csv")
+    s.drop(columns=["growth_rate"]).to_csv(b / "tables" / "summary.csv", index=False)
+    cmp = C.compare_sets(a, b)
+    text = C.verdict(cmp)
+    assert "Not compared: summary.growth_rate (missing in B)" in text
+    assert "growth_rate" not in set(cmp.agreement["metric"])
+    cav = {c.item: c for c in cmp.caveats}
+    assert cav["summary.growth_rate"].severity == C.WARNING
+    assert cav["summary.growth_rate"].value_b == "missing"
+    assert "summary.growth_rate" in C.summary_markdown(cmp)
+
+
+def test_mistyped_and_renamed_columns_are_caveats_not_values(pair):
+    a, b = pair
+    ly = pd.read_parquet(b / "tables" / "lyapunov.parquet")
+    ly["exponent_std"] = ly["exponent_std"].map(lambda v: f"{v:.3f}")  # text, not numbers
+    ly.to_parquet(b / "tables" / "lyapunov.parquet", index=False)
+    s = pd.read_csv(b / "tables" / "summary.csv")
+    s.rename(columns={"horizon": "horizon_steps"}).to_csv(b / "tables" / "summary.csv",
+                                                          index=False)
+    cmp = C.compare_sets(a, b)
+    cav = {c.item: c for c in cmp.caveats}
+    assert "expected numbers" in cav["lyapunov.exponent_std"].value_b
+    assert cav["lyapunov.exponent_std"].severity == C.WARNING  # no statistical allowance
+    assert cav["summary.horizon"].value_b == "missing"
+    assert cav["summary.horizon_steps"].severity == C.INFO
+    assert "summary.horizon (missing in B)" in C.verdict(cmp)
+    assert "horizon" not in set(cmp.agreement["metric"])
+    # the Lyapunov exponents themselves are still compared, and agree
+    ly_rows = cmp.agreement[cmp.agreement["table"] == "lyapunov"]
+    assert len(ly_rows) == len(ly) and ly_rows["within"].all()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("mistyped key", "summary.csv: column hidden expected integers, found 8.5"),
+    ("missing key", "summary.csv: column seed missing; the comparison needs it"),
+    ("empty key", "row(s) with an empty key column model"),
+    ("repeated cell", "row(s) repeat the key"),
+    ("truncated parquet", "lyapunov.parquet: cannot be read as a parquet table"),
+])
+def test_broken_needed_columns_are_refused_naming_file_and_column(pair, damage, message):
+    a, b = pair
+    f = b / "tables" / "summary.csv"
+    s = pd.read_csv(f)
+    if damage == "mistyped key":
+        s["hidden"] = s["hidden"] + 0.5
+    elif damage == "missing key":
+        s = s.drop(columns=["seed"])
+    elif damage == "empty key":
+        s.loc[2, "model"] = None
+    elif damage == "repeated cell":
+        s = pd.concat([s, s.iloc[[0]]])
+    if damage == "truncated parquet":
+        p = b / "tables" / "lyapunov.parquet"
+        p.write_bytes(p.read_bytes()[:300])
+    else:
+        s.to_csv(f, index=False)
+    before = file_digests(b)
+    with pytest.raises(C.ResultSetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        C.compare_sets(a, b)
+    assert file_digests(b) == before
+
+
+def test_rows_only_in_one_set_are_named(pair):
+    a, b = pair
+    ly = pd.read_parquet(b / "tables" / "lyapunov.parquet")
+    ly[ly["index"] != 4].to_parquet(b / "tables" / "lyapunov.parquet", index=False)
+    cmp = C.compare_sets(a, b)
+    n_cells = len(pd.read_csv(a / "tables" / "summary.csv"))
+    assert f"lyapunov: {n_cells} row(s) only in A" in C.verdict(cmp)

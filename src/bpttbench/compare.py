@@ -5,8 +5,8 @@
 ``results/compare/<A>__vs__<B>/``:
 
 - ``caveats.csv``: what makes the two sets unequal (config, dtype, TF32, determinism,
-  library versions, Jacobian backend, code version, cells present in only one set),
-  checked *before* any value is compared;
+  library versions, Jacobian backend, code version, cells present in only one set, columns
+  missing or mistyped against the table contract), checked *before* any value is compared;
 - ``agreement.csv``: one row per (table, metric, cell): both values, absolute and relative
   difference, the tolerance and whether the difference is within it;
 - ``timing_ratio.csv``: B/A for every timing column both sets have (``summary.wall_s``
@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from .io import read_json, write_text
-from .tables import CELL_KEYS, read_table, write_table
+from .tablecheck import MISSING, UNKNOWN, ColumnProblem, TableReadError, check_file
+from .tables import CELL_KEYS, COLUMNS, read_table, write_table
 
 PAIR_SEP = "__vs__"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -252,17 +253,53 @@ class ResultSet:
     path: Path
     manifest: dict[str, Any]
     tables: dict[str, Path]  # table name (file stem) -> file; Parquet preferred over CSV
+    #: Columns missing, mistyped or unknown against the table contract (bpttbench.tablecheck).
+    problems: list[ColumnProblem] = field(default_factory=list)
+    #: Table files that are not contract tables (never compared).
+    unknown_tables: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.path.name
 
+    def problem(self, table: str, column: str) -> ColumnProblem | None:
+        return next((p for p in self.problems if p.table == table and p.column == column), None)
+
     def read(self, table: str) -> pd.DataFrame:
-        df = read_table(self.tables[table])
+        """A table, less the columns that break the contract (mistyped, or not in it): the
+        comparison never uses them, and its caveats say so."""
+        path = self.tables[table]
+        try:
+            df = read_table(path)
+        except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ResultSetError(f"{path}: cannot be read: {type(exc).__name__}: {exc}") from None
+        bad = {p.column for p in self.problems if p.table == table and p.what != MISSING}
+        df = df.drop(columns=[c for c in df.columns if c in bad])
         if "status" in df.columns:
             # pandas reads the status "nan" (a NaN appeared) of a CSV as a missing value
             df["status"] = df["status"].astype(object).where(df["status"].notna(), "nan")
         return df
+
+    def require(self, table: str, columns: Sequence[str]) -> None:
+        """Raise ResultSetError naming the file and column when a needed column breaks the
+        contract (missing or mistyped)."""
+        for c in columns:
+            p = self.problem(table, c)
+            if p is not None and p.what != UNKNOWN:
+                raise ResultSetError(f"{self.tables[table]}: column {c} {p.detail}; the "
+                                     "comparison needs it (table contract: tables/COLUMNS.md)")
+
+    def empty_keys(self, table: str, df: pd.DataFrame, keys: Sequence[str]) -> str | None:
+        """What is wrong with a table's key columns: empty fields or repeated keys."""
+        for k in keys:
+            n = int(df[k].isna().sum())
+            if n:
+                return f"{self.tables[table]}: {n} row(s) with an empty key column {k}"
+        dup = int(df.duplicated(list(keys)).sum())
+        if dup:
+            return (f"{self.tables[table]}: {dup} row(s) repeat the key "
+                    f"({', '.join(keys)}) of another row")
+        return None
 
 
 def load_result_set(path: str | Path) -> ResultSet:
@@ -288,7 +325,15 @@ def load_result_set(path: str | Path) -> ResultSet:
                 tables[f.stem] = f
     if "summary" not in tables:
         raise ResultSetError(f"{p}: not a result set: missing tables/summary.csv ({what})")
-    return ResultSet(p, manifest, tables)
+    # The table contract: every table's columns and dtype kinds (Parquet: schema only).
+    problems: list[ColumnProblem] = []
+    for name, f in tables.items():
+        try:
+            problems += check_file(name, f)
+        except TableReadError as exc:
+            raise ResultSetError(str(exc)) from None
+    unknown = sorted(f"tables/{f.name}" for n, f in tables.items() if n not in COLUMNS)
+    return ResultSet(p, manifest, tables, problems, unknown)
 
 
 def result_set_input_files(folder: str | Path) -> list[str]:
@@ -376,8 +421,9 @@ def default_out(a: str | Path, b: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------
 
 WARNING, INFO = "warning", "info"
-#: Config keys that do not change what is measured (where, how named, what is compared).
-CONFIG_KEYS_NOT_SCIENCE = frozenset({"hardware_tag", "compare", "device"})
+#: Config keys that do not change what is measured (where, how named, what is compared);
+#: allow_large only lifts the config's upper bounds; the values themselves are compared.
+CONFIG_KEYS_NOT_SCIENCE = frozenset({"hardware_tag", "compare", "device", "allow_large"})
 #: Config keys checked on their own below, with a specific explanation.
 CONFIG_KEYS_PRECISION = frozenset({"dtype", "allow_tf32", "deterministic", "jacobian_backend"})
 
@@ -503,6 +549,75 @@ def caveats(a: ResultSet, b: ResultSet) -> list[Caveat]:
     return out
 
 
+#: Columns the comparison cannot do without (a missing or mistyped one is an error).
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "summary": (*CELL_KEYS, "status", "lyapunov_max"),
+}
+#: Contract columns used by the comparison although not compared themselves: what is lost
+#: without them.
+USED_COLUMNS: dict[tuple[str, str], str] = {
+    ("summary", "underflow_lag"): "the regime of a cell is decided without it (a cell whose "
+    "||delta|| underflowed to 0 may be held to the regular tolerance)",
+    ("lyapunov", "exponent_std"): "Lyapunov exponents get no statistical allowance",
+    ("summary", "wall_s"): "no timing ratio of the cells",
+}
+
+
+def compared_columns(table: str) -> set[str]:
+    """The contract columns of a table whose values the comparison compares (or times)."""
+    from .tables import column_kind
+
+    cols = set(COLUMNS.get(table, {}))
+    if table == "summary":
+        return set(SUMMARY_METRICS) | {c for c in cols if is_timing_column(c)
+                                       and column_kind(table, c) in ("float", "int")}
+    if table == "lyapunov":
+        return set(LYAPUNOV_METRICS)
+    keys = set(TABLE_KEYS.get(table, ())) | KEY_COLUMNS
+    if _generic_prefix(table):
+        return {c for c in cols if c not in keys and not is_performance_column(c)
+                and column_kind(table, c) in ("float", "int", "bool")}
+    if table.startswith(TIMING_PREFIXES):
+        return {c for c in cols if c not in keys and (is_timing_column(c) or is_rate_column(c))
+                and column_kind(table, c) in ("float", "int")}
+    return set()
+
+
+def contract_caveats(a: ResultSet, b: ResultSet) -> tuple[list[Caveat], list[str]]:
+    """Caveats for columns that break the table contract in either set, and the headline
+    items: every compared column that is not compared because of it."""
+    out: list[Caveat] = []
+    headline: list[str] = []
+    for table in sorted(set(a.tables) & set(b.tables)):
+        cols = sorted({p.column for rs in (a, b) for p in rs.problems if p.table == table})
+        for col in cols:
+            pa_, pb_ = a.problem(table, col), b.problem(table, col)
+            va, vb = (p.detail if p else "ok" for p in (pa_, pb_))
+            item = f"{table}.{col}"
+            if UNKNOWN in (getattr(pa_, "what", None), getattr(pb_, "what", None)):
+                va, vb = ("present" if p else "(absent)" for p in (pa_, pb_))
+                out.append(Caveat(item, va, vb, INFO, "not in the table contract (a renamed "
+                                  "column, or a table from another version): not compared"))
+                continue
+            where = "both sets" if pa_ and pb_ else ("A" if pa_ else "B")
+            what = " and ".join(sorted({p.what for p in (pa_, pb_) if p}))
+            if col in compared_columns(table):
+                out.append(Caveat(item, va, vb, WARNING, f"{what} in {where}: not compared"))
+                headline.append(f"{item} ({what} in {where})")
+            elif (table, col) in USED_COLUMNS:
+                out.append(Caveat(item, va, vb, WARNING,
+                                  f"{what} in {where}: {USED_COLUMNS[(table, col)]}"))
+            else:
+                out.append(Caveat(item, va, vb, INFO,
+                                  f"{what} in {where}: not used by the comparison"))
+    for label, rs in (("A", a), ("B", b)):
+        for f in rs.unknown_tables:
+            out.append(Caveat(f, "present" if label == "A" else "", "present" if label == "B"
+                              else "", INFO, f"not a table of the contract (set {label}): "
+                              "not compared"))
+    return out, headline
+
+
 # ---------------------------------------------------------------------------------------
 # Agreement
 # ---------------------------------------------------------------------------------------
@@ -549,7 +664,8 @@ def _cell_regimes(sa: pd.DataFrame, sb: pd.DataFrame) -> pd.DataFrame:
 
 def _metric_rows(table: str, metric: str, merged: pd.DataFrame, keys: Sequence[str],
                  tolerances: Mapping[str, Tolerance] | Tolerance,
-                 stat: np.ndarray | None = None) -> pd.DataFrame:
+                 stat: np.ndarray | None = None, key: np.ndarray | None = None
+                 ) -> pd.DataFrame:
     """Agreement rows of one metric; ``merged`` holds keys, <metric>_a, <metric>_b, regime.
 
     ``stat``: a statistical allowance per row (STAT_Z standard errors of the difference),
@@ -578,7 +694,8 @@ def _metric_rows(table: str, metric: str, merged: pd.DataFrame, keys: Sequence[s
             within = within | (use & (diff <= tol_stat))
         allowed = np.fmax(allowed, tol_stat)
     out = pd.DataFrame({
-        "table": table, "metric": metric, "key": _key_string(merged, keys).to_numpy(),
+        "table": table, "metric": metric,
+        "key": _key_string(merged, keys).to_numpy() if key is None else key,
         "regime": regime, "value_a": a, "value_b": b, "abs_diff": diff, "rel_diff": rel_diff,
         "tol_rel": rel, "tol_abs": abs_, "tol_stat": tol_stat, "allowed_diff": allowed,
         "within": within,
@@ -611,12 +728,13 @@ def _summary_rows(a: ResultSet, b: ResultSet, sa: pd.DataFrame, sb: pd.DataFrame
     m = sa[[*CELL_KEYS, *metrics]].merge(sb[[*CELL_KEYS, *metrics]], on=CELL_KEYS,
                                          suffixes=("_a", "_b"))
     m = m.merge(regimes, on=CELL_KEYS)
-    rows = [_metric_rows("summary", metric, m, CELL_KEYS, _regime_tolerances("summary", metric))
-            for metric in metrics]
+    key = _key_string(m, CELL_KEYS).to_numpy()
+    rows = [_metric_rows("summary", metric, m, CELL_KEYS, _regime_tolerances("summary", metric),
+                         key=key) for metric in metrics]
     # status is categorical: its row carries no numbers, only whether it is equal and the note.
     same = (m["status_a"] == m["status_b"]).to_numpy()
     status = pd.DataFrame({
-        "table": "summary", "metric": "status", "key": _key_string(m, CELL_KEYS).to_numpy(),
+        "table": "summary", "metric": "status", "key": key,
         "regime": m["regime"].to_numpy(), "value_a": np.nan, "value_b": np.nan,
         "abs_diff": np.nan, "rel_diff": np.nan, "tol_rel": 0.0, "tol_abs": 0.0, "tol_stat": 0.0,
         "allowed_diff": np.nan, "within": same,
@@ -628,11 +746,21 @@ def _summary_rows(a: ResultSet, b: ResultSet, sa: pd.DataFrame, sb: pd.DataFrame
     return pd.concat(rows, ignore_index=True), regimes
 
 
-def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame) -> pd.DataFrame:
+def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame
+                   ) -> tuple[pd.DataFrame, str | None]:
+    """Agreement rows of the Lyapunov spectra; a reason when they cannot be compared."""
+    none = pd.DataFrame(columns=AGREEMENT_COLUMNS)
     if "lyapunov" not in a.tables or "lyapunov" not in b.tables:
-        return pd.DataFrame(columns=AGREEMENT_COLUMNS)
+        return none, None  # reported as a table only in one set
     keys = [*CELL_KEYS, "index"]
     la, lb = a.read("lyapunov"), b.read("lyapunov")
+    for df, rs, label in ((la, a, "A"), (lb, b, "B")):
+        broken = [c for c in (*keys, "exponent") if c not in df]
+        if broken:
+            return none, f"column {broken[0]} missing or mistyped in {label}"
+        why = rs.empty_keys("lyapunov", df, keys)
+        if why:
+            return none, why
     cols = [*keys, "exponent", *(["exponent_std"] if "exponent_std" in la and
                                  "exponent_std" in lb else [])]
     m = la[cols].merge(lb[cols], on=keys, suffixes=("_a", "_b"))
@@ -645,7 +773,28 @@ def _lyapunov_rows(a: ResultSet, b: ResultSet, regimes: pd.DataFrame) -> pd.Data
                + m["exponent_std_b"].astype(float) ** 2 / bb)
         stat = STAT_Z * np.sqrt(se2.to_numpy())
     return _metric_rows("lyapunov", "exponent", m, keys,
-                        _regime_tolerances("lyapunov", "exponent"), stat)
+                        _regime_tolerances("lyapunov", "exponent"), stat), None
+
+
+def _rows_only_in(ta: pd.DataFrame, tb: pd.DataFrame, keys: Sequence[str]) -> tuple[int, int]:
+    """Rows of A whose key is not in B, and of B not in A (numbers matched by value, so an
+    integer column read back as float still matches)."""
+    def norm(df: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame(index=df.index)
+        for k in keys:
+            col = df[k]
+            numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+            out[k] = (pd.to_numeric(col, errors="coerce").astype(float).map(repr) if numeric
+                      else col.astype(str))
+        return out.drop_duplicates()
+
+    m = norm(ta).merge(norm(tb), on=list(keys), how="outer", indicator=True)
+    return int((m["_merge"] == "left_only").sum()), int((m["_merge"] == "right_only").sum())
+
+
+def _only_text(table: str, n_a: int, n_b: int, what: str = "row(s)") -> str | None:
+    parts = [f"{n} {what} only in {label}" for n, label in ((n_a, "A"), (n_b, "B")) if n]
+    return f"{table}: {', '.join(parts)}" if parts else None
 
 
 def _batch_size(rs: ResultSet) -> float:
@@ -673,6 +822,11 @@ def _generic_rows(table: str, ta: pd.DataFrame, tb: pd.DataFrame
     if not keys:
         return pd.DataFrame(columns=AGREEMENT_COLUMNS), "no identifying columns in common"
     for df, label in ((ta, "A"), (tb, "B")):
+        empty = [k for k in keys if df[k].isna().any() and k not in
+                 ("clip", "k")]  # clip, k: empty means "none" (no clipping, no frame)
+        if empty:
+            return (pd.DataFrame(columns=AGREEMENT_COLUMNS),
+                    f"rows of {label} with an empty key column {empty[0]}")
         if df.duplicated(keys).any():
             return (pd.DataFrame(columns=AGREEMENT_COLUMNS),
                     f"rows of {label} are not unique under the keys {', '.join(keys)}")
@@ -691,13 +845,14 @@ def _generic_rows(table: str, ta: pd.DataFrame, tb: pd.DataFrame
     prefix = _generic_prefix(table)
     tol = GENERIC_TOLERANCES[prefix] if prefix else EXACT
     rows = []
+    key = _key_string(m, keys).to_numpy()
     for metric in metrics:
         exact = pd.api.types.is_bool_dtype(ta[metric]) or pd.api.types.is_bool_dtype(tb[metric])
         mm = m.copy()
         if exact:
             for s in ("_a", "_b"):
                 mm[metric + s] = mm[metric + s].astype(float)
-        rows.append(_metric_rows(table, metric, mm, keys, EXACT if exact else tol))
+        rows.append(_metric_rows(table, metric, mm, keys, EXACT if exact else tol, key=key))
     return pd.concat(rows, ignore_index=True), None
 
 
@@ -763,6 +918,9 @@ class Comparison:
     skipped: dict[str, str]  # table -> why it was not compared
     only_a: int  # cells only in A
     only_b: int
+    #: Compared columns of the contract left out (missing or mistyped in a set): the verdict
+    #: names each of them.
+    not_compared: list[str] = field(default_factory=list)
 
     def caveats_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(c) for c in self.caveats],
@@ -779,28 +937,53 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
     if a.path.resolve() == b.path.resolve():
         raise ResultSetError(f"{a.path} and {b.path} are the same folder")
     cav = caveats(a, b)
+    contract, not_compared = contract_caveats(a, b)
+    cav += contract
 
+    for rs in (a, b):
+        rs.require("summary", REQUIRED_COLUMNS["summary"])
     sa, sb = a.read("summary"), b.read("summary")
-    ka = set(map(tuple, sa[CELL_KEYS].astype(str).to_numpy()))
-    kb = set(map(tuple, sb[CELL_KEYS].astype(str).to_numpy()))
-    only_a, only_b = len(ka - kb), len(kb - ka)
+    for rs, s in ((a, sa), (b, sb)):
+        why = rs.empty_keys("summary", s, CELL_KEYS)
+        if why:
+            raise ResultSetError(f"{why}; the cells of a set must be unique and named")
+    only_a, only_b = _rows_only_in(sa, sb, CELL_KEYS)
     if only_a or only_b:
-        cav.append(Caveat("cells", f"{len(ka)} ({only_a} only here)",
-                          f"{len(kb)} ({only_b} only here)", WARNING,
+        cav.append(Caveat("cells", f"{len(sa)} ({only_a} only here)",
+                          f"{len(sb)} ({only_b} only here)", WARNING,
                           "the sets hold different cells; only the common ones are compared"))
 
     summary_rows, regimes = _summary_rows(a, b, sa, sb)
-    parts = [summary_rows, _lyapunov_rows(a, b, regimes)]
     skipped: dict[str, str] = {}
+    lyap_rows, why = _lyapunov_rows(a, b, regimes)
+    if why:
+        skipped["lyapunov"] = why
+    unmatched = [_only_text("summary", only_a, only_b, "cell(s)")]
+    if "lyapunov" in a.tables and "lyapunov" in b.tables and not why:
+        # Rows of the cells both sets have (cells of one set only are counted above).
+        cells = regimes[CELL_KEYS]
+        la, lb = (rs.read("lyapunov").merge(cells, on=CELL_KEYS) for rs in (a, b))
+        unmatched.append(_only_text("lyapunov", *_rows_only_in(la, lb, [*CELL_KEYS, "index"])))
+    parts = [summary_rows, lyap_rows]
     common = sorted(set(a.tables) & set(b.tables))
     for t in common:
         if _generic_prefix(t):
-            rows, why = _generic_rows(t, a.read(t), b.read(t))
+            broken = [f"{k} {p.what} in {label}" for k in TABLE_KEYS.get(t, ())
+                      for label, rs in (("A", a), ("B", b))
+                      if (p := rs.problem(t, k)) is not None and p.what != UNKNOWN]
+            if broken:
+                skipped[t] = f"key column {broken[0]}"
+                continue
+            ta, tb = a.read(t), b.read(t)
+            rows, why = _generic_rows(t, ta, tb)
             if why:
                 skipped[t] = why
+            else:
+                keys = [k for k in table_keys(ta, t) if k in tb.columns]
+                unmatched.append(_only_text(t, *_rows_only_in(ta, tb, keys)))
             parts.append(rows)
     for t in sorted(set(a.tables) ^ set(b.tables)):
-        if _generic_prefix(t) or t.startswith(TIMING_PREFIXES):
+        if t in COLUMNS:
             where = "A" if t in a.tables else "B"
             skipped[t] = f"only in {where}"
     agreement = pd.concat([p for p in parts if len(p)], ignore_index=True)
@@ -809,12 +992,26 @@ def compare_sets(path_a: str | Path, path_b: str | Path) -> Comparison:
     for t in common:
         if t.startswith(TIMING_PREFIXES):
             ta, tb = a.read(t), b.read(t)
-            timing.append(_timing_rows(t, ta, tb, [k for k in table_keys(ta, t) if k in tb]))
+            keys = [k for k in table_keys(ta, t) if k in tb]
+            timing.append(_timing_rows(t, ta, tb, keys))
+            if keys:
+                only = _only_text(t, *_rows_only_in(ta, tb, keys), "timed row(s)")
+                if only:
+                    not_compared.append(only)
     timing_df = pd.concat([t for t in timing if len(t)], ignore_index=True) if any(
         len(t) for t in timing) else pd.DataFrame(columns=TIMING_COLUMNS_OUT)
 
-    identical = {t: identical_apart_from_timings(a.tables[t], b.tables[t]) for t in common}
-    return Comparison(a, b, cav, agreement, timing_df, identical, skipped, only_a, only_b)
+    identical: dict[str, bool | None] = {}
+    for t in common:
+        try:
+            identical[t] = identical_apart_from_timings(a.tables[t], b.tables[t])
+        except (OSError, ValueError) as exc:  # a Parquet body damaged behind a good footer
+            raise ResultSetError(f"{a.tables[t]} or {b.tables[t]}: cannot be read: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    not_compared += [f"{t} ({why})" for t, why in sorted(skipped.items())]
+    not_compared += [u for u in unmatched if u]
+    return Comparison(a, b, cav, agreement, timing_df, identical, skipped, only_a, only_b,
+                      not_compared)
 
 
 # ---------------------------------------------------------------------------------------
@@ -914,6 +1111,8 @@ def verdict(cmp: Comparison) -> str:
         text = f"All {n} compared values agree within tolerance."
     else:
         text = f"{cmp.n_outside} of {n} compared values are outside tolerance."
+    if cmp.not_compared:
+        text += " Not compared: " + "; ".join(cmp.not_compared) + "."
     if warnings:
         text += f" {warnings} caveat(s) make the comparison unequal: read them first."
     return text

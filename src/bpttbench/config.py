@@ -1,8 +1,13 @@
 """Load and validate a bpttbench config once, into typed objects.
 
 The JSON schema (``schemas/config.schema.yaml``, also ``workflow/schemas/``) is the
-single source of truth for keys, types, ranges and defaults. Errors are reported
-with the dotted key and the allowed values, before any job runs.
+single source of truth for keys, types, ranges, upper bounds and defaults. Errors are
+reported with the dotted key and the allowed values, before any job runs.
+
+On top of standard JSON schema: NaN and infinity are refused for every number, an integer
+key takes only integers (``32``, not ``32.0`` or ``1e300``), and ``x-limit`` gives a key an
+upper (or lower) bound with its reason (memory, time, float range). ``allow_large: true``
+at the top level lifts every bound that is not marked ``hard``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -26,6 +32,68 @@ SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
 class ConfigError(ValueError):
     """A config key has a value the schema does not allow."""
+
+
+LIMIT_KEYWORD = "x-limit"
+ALLOW_LARGE = "allow_large"
+#: Rough memory of one gradient-flow cell: BPTT keeps, for every step and sequence, the
+#: state, the gate activations and autograd's saved inputs, at most this many H-vectors
+#: (LSTM: h, c, four gates and their pre-activations and derivatives).
+CELL_VECTORS_PER_STEP = 16
+#: Largest estimated cell memory accepted without allow_large (GiB).
+CELL_MEMORY_LIMIT_GIB = 64.0
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def _is_number(checker: Any, instance: Any) -> bool:
+    """A finite int or float (bool is not a number; NaN and infinity are refused)."""
+    if isinstance(instance, bool) or not isinstance(instance, int | float):
+        return False
+    return isinstance(instance, int) or math.isfinite(instance)
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """An int (not bool, not a float such as 32.0 or 1e300)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
+
+
+def _limit_text(limit: Mapping[str, Any]) -> str:
+    parts = []
+    if "min" in limit:
+        parts.append(f">= {_num(limit['min'])}")
+    if "max" in limit:
+        parts.append(f"<= {_num(limit['max'])}")
+    how = "a hard limit" if limit.get("hard") else f"{ALLOW_LARGE}: true lifts it"
+    return f"{' and '.join(parts)} ({limit['why']}; {how})"
+
+
+def _limit_validator(allow_large: bool) -> Any:
+    def check(validator: Any, limit: Mapping[str, Any], instance: Any, node: Any) -> Iterator[Any]:
+        if not _is_number(None, instance) or (allow_large and not limit.get("hard")):
+            return
+        if node.get("type") == "integer" and not _is_integer(None, instance):
+            return  # the type error says it all
+        above = "max" in limit and instance > limit["max"]
+        below = "min" in limit and instance < limit["min"]
+        if above or below:
+            yield jsonschema.ValidationError(
+                f"{instance!r} is {'above' if above else 'below'} the limit "
+                f"{_num(limit['max' if above else 'min'])}: allowed {_limit_text(limit)}")
+    return check
+
+
+@cache
+def _validator(allow_large: bool) -> Any:
+    """Draft 2020-12 with finite numbers, strict integers and the x-limit keyword."""
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine_many({"number": _is_number, "integer": _is_integer})
+    cls = jsonschema.validators.extend(base, validators={LIMIT_KEYWORD: _limit_validator(
+        allow_large)}, type_checker=checker)
+    return cls(schema())
 
 
 @cache
@@ -46,9 +114,7 @@ def _subschema(path: Any) -> dict[str, Any]:
     root = schema()
 
     def deref(node: dict[str, Any]) -> dict[str, Any]:
-        while "$ref" in node:
-            node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-        return node
+        return _deref(root, node)
 
     node = root
     for part in path:
@@ -61,6 +127,14 @@ def _subschema(path: Any) -> dict[str, Any]:
     return deref(node)
 
 
+def _deref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow $ref; keywords next to a $ref (minimum, x-limit, ...) override the target's."""
+    while "$ref" in node:
+        target = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
 def _allowed(node: dict[str, Any]) -> str:
     """A human description of what a schema node accepts."""
     node = dict(node)
@@ -68,26 +142,43 @@ def _allowed(node: dict[str, Any]) -> str:
         return "one of " + ", ".join(map(str, node["enum"]))
     if "oneOf" in node:
         root = schema()
-        parts = []
+        parts: list[str] = []
         for alt in node["oneOf"]:
-            while "$ref" in alt:
-                alt = root["$defs"][alt["$ref"].rsplit("/", 1)[-1]]
+            alt = _deref(root, alt)
             if alt.get("type") == "array":
-                item = alt["items"]
-                while "$ref" in item:
-                    item = root["$defs"][item["$ref"].rsplit("/", 1)[-1]]
-                parts.append(f"a non-empty list of ({_allowed(item)})")
+                item = _allowed(_deref(root, alt["items"]))
+                same = item in parts or item == " or ".join(parts)
+                parts.append("a non-empty list of such values" if same
+                             else f"a non-empty list of ({item})")
             else:
                 parts.append(_allowed(alt))
         return " or ".join(parts)
     desc = node.get("type", "value")
+    if desc == "object":
+        keys = sorted(node.get("properties", {}))
+        return "a mapping" + (f" of the keys {', '.join(keys)}" if keys else "")
     if "minimum" in node:
         desc += f" >= {node['minimum']}"
     if "exclusiveMinimum" in node:
         desc += f" > {node['exclusiveMinimum']}"
+    if "exclusiveMinimum" in node and "minimum" in node:  # a def's minimum, tightened
+        desc = desc.replace(f" >= {node['minimum']}", "")
+    if "maximum" in node:
+        desc += f" <= {node['maximum']}"
+    if "exclusiveMaximum" in node:
+        desc += f" < {node['exclusiveMaximum']}"
     if "pattern" in node:
         desc += f" matching {node['pattern']}"
+    if LIMIT_KEYWORD in node and desc.startswith(("number", "integer")):
+        desc += ", " + _limit_text(node[LIMIT_KEYWORD])
     return desc
+
+
+def _leaves(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
+    """Every error under ``error`` (oneOf/anyOf branches), itself included."""
+    yield error
+    for sub in error.context or []:
+        yield from _leaves(sub)
 
 
 def _message(error: jsonschema.ValidationError) -> str:
@@ -100,6 +191,10 @@ def _message(error: jsonschema.ValidationError) -> str:
             f"unknown config key {', '.join(prefix + k for k in extra)}; "
             f"allowed keys under {section}: {', '.join(allowed)}"
         )
+    # A value over a bound (in any branch of a oneOf): say which bound and why.
+    limit = next((e for e in _leaves(error) if e.validator == LIMIT_KEYWORD), None)
+    if limit is not None:
+        return f"config key {_dotted(limit.absolute_path)}: {limit.message}"
     key = _dotted(error.absolute_path)
     allowed = _allowed(_subschema(list(error.absolute_path)))
     offending = error.instance
@@ -108,6 +203,8 @@ def _message(error: jsonschema.ValidationError) -> str:
     if deepest is not None and len(deepest.absolute_path) > len(error.absolute_path):
         offending = deepest.instance
         key = _dotted(deepest.absolute_path)
+    if isinstance(offending, float) and not math.isfinite(offending):
+        allowed += " (NaN and infinity are never allowed)"
     return f"config key {key}: {offending!r} is not allowed; allowed: {allowed}"
 
 
@@ -127,7 +224,8 @@ def _with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Return the config with defaults filled in, or raise ConfigError naming every bad key."""
-    validator = jsonschema.Draft202012Validator(schema())
+    allow_large = cfg.get(ALLOW_LARGE) is True
+    validator = _validator(allow_large)
     errors = sorted(validator.iter_errors(dict(cfg)), key=lambda e: list(map(str, e.path)))
     if errors:
         lines = []
@@ -137,7 +235,29 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if msg not in lines:
                 lines.append(msg)
         raise ConfigError("invalid bpttbench config:\n  " + "\n  ".join(lines))
-    return _with_defaults(cfg)
+    out = _with_defaults(cfg)
+    if not allow_large:
+        _check_cell_memory(out)
+    return out
+
+
+def cell_memory_gib(cfg: Mapping[str, Any]) -> float:
+    """Rough upper estimate of the memory of the largest gradient-flow cell, in GiB:
+    T * batch * H * CELL_VECTORS_PER_STEP * bytes of the dtype."""
+    gf = cfg["gradient_flow"]
+    return (max(as_list(gf["seq_len"])) * gf["batch"] * max(as_list(gf["hidden"]))
+            * CELL_VECTORS_PER_STEP * DTYPE_BYTES[cfg["dtype"]] / 2**30)
+
+
+def _check_cell_memory(cfg: Mapping[str, Any]) -> None:
+    gib = cell_memory_gib(cfg)
+    if gib > CELL_MEMORY_LIMIT_GIB:
+        raise ConfigError(
+            "invalid bpttbench config:\n  config keys gradient_flow.seq_len x gradient_flow.batch "
+            f"x gradient_flow.hidden: the largest cell needs about {gib:.0f} GiB (memory: BPTT "
+            f"keeps ~{CELL_VECTORS_PER_STEP} vectors of H numbers per step and sequence), above "
+            f"the limit {CELL_MEMORY_LIMIT_GIB:g} GiB; use smaller sizes, or set {ALLOW_LARGE}: "
+            "true to lift the limit")
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -316,6 +316,86 @@ COLUMNS: dict[str, dict[str, str]] = {
 }
 
 
+# The table contract: COLUMNS names and documents the columns of every table; COLUMN_KINDS
+# gives the dtype kind of each column that is not a real number. bpttbench.tablecheck checks
+# every table of a result set against both when it is read (bpttbench compare). Kinds:
+#   "float" (the default for a column not listed): any real number, int or float; NaN = undefined
+#   "int":  integers; a CSV column with empty fields reads as float and passes when every
+#           filled value is a whole number
+#   "str":  text (an all-empty column passes: a CSV cannot tell its type)
+#   "bool": True/False (empty fields allowed)
+#   "any":  not checked
+# A trailing "?" marks a column a table may lack (e.g. "float?": LSTM-only columns are absent
+# from a sweep without an LSTM). A new column of kind float that every table of its kind has
+# needs only its doc in COLUMNS; any other kind, a line here too.
+_CELL_KINDS = {"model": "str", "init": "str", "hidden": "int", "seq_len": "int", "seed": "int"}
+_LONG_RANGE_KEY_KINDS = {"task": "str", "model": "str", "init": "str", "hidden": "int",
+                         "seq_len": "int", "seed": "int"}
+_BENCH_DEVICE_KINDS = {"device": "str", "device_name": "str", "dtype": "str", "threads": "int"}
+
+COLUMN_KINDS: dict[str, dict[str, str]] = {
+    "gradient_flow": {**_CELL_KINDS, "lag": "int", "n_finite": "int", "log_grad_norm_c": "float?"},
+    "summary": {
+        **_CELL_KINDS, "horizon": "int", "status": "str", "first_nonfinite_lag": "int",
+        "first_nonfinite_step": "int", "underflow_lag": "int", "jacobian_backend": "str",
+        "device": "str", "started_at": "str", "finished_at": "str", "error": "str",
+    },
+    "lyapunov": {**_CELL_KINDS, "index": "int"},
+    "chain_spectrum": {**_CELL_KINDS, "lag": "int", "index": "int"},
+    "claims": {
+        "claim_id": "str", "description": "str", "passed": "bool", "comparison": "str",
+        "claim": "str", "condition": "str", "n": "int", "unit": "str", "source": "str",
+        "note": "str",
+    },
+    "claim_curves": {"claim": "str", "panel": "str", "group": "str", "kind": "str"},
+    "long_range": {
+        **_LONG_RANGE_KEY_KINDS, "solved": "bool", "steps_to_solve": "int", "n_updates": "int",
+        "n_clipped": "int", "n_skipped": "int", "horizon_init": "int", "horizon_final": "int",
+        "status": "str", "optimizer": "str", "steps": "int", "batch": "int", "device": "str",
+        "error": "str",
+    },
+    "long_range_trace": {
+        **_LONG_RANGE_KEY_KINDS, "step": "int", "n_updates": "int", "n_clipped": "int",
+        "n_skipped": "int",
+    },
+    "long_range_summary": {
+        "task": "str", "model": "str", "init": "str", "seq_len": "int", "n_seeds": "int",
+        "n_solved": "int", "n_skipped_total": "int", "n_clipped_total": "int",
+    },
+    "bench": {
+        "op": "str", "model": "str", "variant": "str", "hidden": "int", "batch": "int",
+        "seq_len": "int", "k": "int", "label": "str", "status": "str", "reason": "str",
+        "bound": "str", "n": "int", "check_keys": "str", "check_seq_len": "int",
+        "check_batch": "int", "allow_tf32": "bool", "impl": "str", **_BENCH_DEVICE_KINDS,
+    },
+    "peak": {
+        "quantity": "str", "method": "str", "size": "int", "n": "int", "unit": "str",
+        "peak": "bool", **_BENCH_DEVICE_KINDS,
+    },
+    "bench_targets": {
+        "target": "str", "description": "str", "op": "str", "variant": "str", "metric": "str",
+        "baseline": "str", "aggregate": "str", "met": "bool", "rows": "int", "note": "str",
+    },
+    "compare_agreement": {
+        "table": "str", "metric": "str", "key": "str", **_CELL_KINDS, "regime": "str",
+        "within": "bool", "note": "str",
+    },
+    "compare_timing_ratio": {"table": "str", "metric": "str", "kind": "str", "key": "str"},
+    "compare_caveats": {c: "str" for c in ("item", "value_a", "value_b", "severity", "effect")},
+}
+KINDS = ("float", "int", "str", "bool", "any")
+
+
+def column_kind(table: str, column: str) -> str:
+    """The declared dtype kind of a contract column (see COLUMN_KINDS), without the "?"."""
+    return COLUMN_KINDS.get(table, {}).get(column, "float").rstrip("?")
+
+
+def column_optional(table: str, column: str) -> bool:
+    """True for a column a table may lack (its kind ends in "?")."""
+    return COLUMN_KINDS.get(table, {}).get(column, "").endswith("?")
+
+
 def _cell_values(record: Mapping[str, Any]) -> dict[str, Any]:
     spec = record["spec"]
     return {k: spec[k] for k in CELL_KEYS}
