@@ -97,7 +97,7 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
     seed, hidden, batch = ctx.seeds[0], sec["hidden"], sec["batch"]
     static = [float(s) for s in sec["loss_scale"]]
     cond0 = f"linear RNN W = sQ, zero inputs, H={hidden}, batch {batch}, seed {seed}"
-    shown = False
+    shown = {"underflow": False, "overflow": False}
     for kind, scales in (("underflow", sec["vanish_scale"]), ("overflow", sec["explode_scale"])):
         for scale in [float(s) for s in scales]:
             ln_s_max = math.log(max(static + [pr.DYNAMIC_INIT_SCALE]))
@@ -148,18 +148,18 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
                           f"tolerance: both predicted intervals [{lo:g}, {hi:g}] and "
                           f"[{lo_s:g}, {hi_s:g}]."),
                 ))
-                if not shown and kind == "underflow":
-                    _curve(curves, f"float16, S={sf.loss_scale:g}", sf.flow.log_norm_h)
-            grp = f"float16, s={scale:g}"
-            _curve(curves, grp, base.flow.log_norm_h)
-            curves.add("norm", f"float64, s={scale:g}", "predicted", np.arange(steps + 1),
+                if not shown[kind]:
+                    _curve(curves, kind, f"float16, s={scale:g}, S={sf.loss_scale:g}",
+                           sf.flow.log_norm_h)
+            _curve(curves, kind, f"float16, s={scale:g}", base.flow.log_norm_h)
+            curves.add(kind, f"float64, s={scale:g}", "predicted", np.arange(steps + 1),
                        ref.log_norm_h.mean(axis=1))
-            curves.add("norm", f"predicted {kind} lag k*, s={scale:g}", "vline", [k_star],
-                       [math.nan])
-            shown = True
+            curves.add(kind, f"predicted lag k*, s={scale:g}", "vline", [k_star], [math.nan])
+            shown[kind] = True
     lim16 = pr.limits("float16")
-    curves.add("norm", "ln 2^-24 (float16 subnormal)", "hline", [0.0], [lim16["ln_subnormal"]])
-    curves.add("norm", "ln 65504 (float16 max)", "hline", [0.0], [lim16["ln_max"]])
+    curves.add("underflow", "ln 2^-24 (float16 subnormal)", "hline", [0.0],
+               [lim16["ln_subnormal"]])
+    curves.add("overflow", "ln 65504 (float16 max)", "hline", [0.0], [lim16["ln_max"]])
 
     rows += _rates(sec, ctx, curves)
     rows += _autocast(sec, ctx, seed, cond0)
@@ -168,9 +168,9 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
     return ClaimResult(rows, curves)
 
 
-def _curve(curves: Curves, group: str, log_norm: np.ndarray) -> None:
+def _curve(curves: Curves, panel: str, group: str, log_norm: np.ndarray) -> None:
     mean = log_norm.mean(axis=1)
-    curves.add("norm", group, "measured", np.arange(mean.size),
+    curves.add(panel, group, "measured", np.arange(mean.size),
                np.where(np.isfinite(mean), mean, np.nan))
 
 
@@ -220,7 +220,9 @@ def _rates(sec: dict, ctx: Context, curves: Curves) -> list[dict]:
                       f"(the least-squares slope is a weighted mean of per-step increments)."),
             ))
             if seed_ == seed:
-                _curve(curves, f"bfloat16, s={scale:g}", sf.flow.log_norm_h)
+                _curve(curves, "bfloat16", f"bfloat16, s={scale:g}", sf.flow.log_norm_h)
+                curves.add("bfloat16", f"float64, s={scale:g}", "predicted",
+                           np.arange(steps + 1), ref.log_norm_h.mean(axis=1))
     return out
 
 
