@@ -56,7 +56,25 @@ COLUMNS: dict[str, dict[str, str]] = {
         "status": "ok, overflow (inf appeared), nan (NaN appeared) or error (see the cell log)",
         "first_nonfinite_lag": "first lag where some dL/dh_{T-k} or dL/dc_{T-k} is inf or NaN",
         "first_nonfinite_step": "first forward step t where a state h_t (or c_t) is inf or NaN",
-        "underflow_lag": "first lag where some ||dL/dh_{T-k}|| underflowed to exactly 0",
+        "underflow_lag": "first lag where some batch element's dL/dh_{T-k} is exactly the zero "
+        "vector (||.|| underflowed to 0)",
+        "underflow_lag_first": "first lag where some batch element's first entry of dL/dh_{T-k} "
+        "is exactly 0 (an underflow, or for rnn_relu also a zero derivative)",
+        "precision": "dtype the cell ran in: float32, float64, float16, bfloat16, or "
+        "autocast-<dtype> (float32 model under torch.autocast)",
+        "compute_dtype": "dtype of the matrix products (the autocast dtype under autocast)",
+        "grad_dtype": "dtype of the dL/dh_t tensors autograd returned (float32 under autocast)",
+        "loss_scale": "S the loss was multiplied by before BPTT (final S when dynamic); the "
+        "log norms have ln S taken off",
+        "loss_scale_mode": "static or dynamic (torch.amp.GradScaler rule: 2^16, halved on inf/NaN)",
+        "loss_scale_backoffs": "halvings of a dynamic loss scale (0 when static)",
+        "chain_dtype": "dtype the Jacobian chain ran in (float32 for float16/bfloat16 cells: "
+        "the same rounded weights, upcast)",
+        "growth_rate_float64": "growth rate of the same cell in float64 (same weights and inputs, "
+        "upcast), fitted over the lags where the measured ln||delta|| is finite; empty unless "
+        "the cell ran in float16/bfloat16, autocast or with a loss scale",
+        "rate_error_vs_float64": "growth_rate minus growth_rate_float64 (natural log per step); "
+        "empty where growth_rate_float64 is",
         "loss": "loss L at step T summed over the batch",
         "jacobian_backend": "engine that computed the Jacobian chain: numpy, torch or cupy",
         "device": "cpu or cuda",
@@ -361,7 +379,8 @@ def collect_cells(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
         )
         summary_rows.append(row)
     summary = pd.DataFrame(summary_rows, columns=list(COLUMNS["summary"]))
-    for col in ("horizon", "first_nonfinite_lag", "first_nonfinite_step", "underflow_lag"):
+    for col in ("horizon", "first_nonfinite_lag", "first_nonfinite_step", "underflow_lag",
+                "underflow_lag_first"):
         summary[col] = summary[col].astype("Int64")  # nullable: empty means "never"
     tables = {
         "gradient_flow": _frame(records, "gradient_flow"),
