@@ -167,6 +167,48 @@ def rate_vs_reference(flow: GradientFlow, ref: GradientFlow) -> tuple[float, flo
     return rate, rate64, rate - rate64
 
 
+class LossScaler:
+    """Loss scaling for training, with torch.amp.GradScaler's rule for ``dynamic``.
+
+    Static S: multiply the loss by S, divide the gradients by S. Dynamic: start at 2^16;
+    an update with an inf/NaN gradient is skipped and S halved; after ``growth_interval``
+    finite updates in a row S doubles (GradScaler's defaults). Written out rather than
+    using GradScaler because GradScaler refuses float16 parameters (pure float16 training).
+    """
+
+    def __init__(self, loss_scale: float | str, growth_interval: int = 2000) -> None:
+        self.dynamic = loss_scale == DYNAMIC
+        self.scale = DYNAMIC_INIT_SCALE if self.dynamic else float(loss_scale)
+        self.growth_interval = growth_interval
+        self.backoffs = 0
+        self._good = 0
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1.0 and not self.dynamic:
+            return loss
+        return loss.to(torch.promote_types(loss.dtype, torch.float32)) * self.scale
+
+    @torch.no_grad()
+    def unscale_(self, params: list[torch.nn.Parameter]) -> None:
+        if self.scale != 1.0:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(self.scale)
+
+    def update(self, found_inf: bool) -> None:
+        if not self.dynamic:
+            return
+        if found_inf:
+            self.scale *= DYNAMIC_BACKOFF
+            self.backoffs += 1
+            self._good = 0
+        else:
+            self._good += 1
+            if self._good >= self.growth_interval:
+                self.scale *= 2.0
+                self._good = 0
+
+
 # ----------------------------------------------------------------------------------------
 # predictions
 

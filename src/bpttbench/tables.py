@@ -137,6 +137,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "seq_len": "task length T: adding, sequence length; copy, the delay (sequence T + 20 steps)",
         "clip": "gradient clipping threshold on the global L2 norm; empty = no clipping",
         "seed": "random seed of weights, readout, training batches and evaluation set",
+        "precision": "precision of the run: float32, float64, float16, bfloat16 or "
+        "autocast-<dtype> (float32 model under torch.autocast), then the loss scale if any "
+        "(\", S=1024\" or \", S dynamic\")",
         "final_loss": "evaluation loss after the last update (adding: MSE; copy: cross-entropy, "
         "nats per step, natural log)",
         "baseline_loss": "loss of the best memoryless predictor: adding 1/6, copy 10 ln 8/(T+20)",
@@ -165,6 +168,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "device": "cpu or cuda",
         "wall_s": "wall time of the run in seconds (training and evaluation)",
         "error": "error message when status is error",
+        "loss_scale_final": "loss scale S at the end of training (1 = none; dynamic: after its "
+        "halvings and doublings)",
+        "loss_scale_backoffs": "halvings of a dynamic loss scale over the run (inf/NaN gradients)",
     },
     "long_range_trace": {
         "task": "adding or copy",
@@ -174,6 +180,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "seq_len": "task length T",
         "clip": "gradient clipping threshold; empty = no clipping",
         "seed": "random seed of the run",
+        "precision": "precision of the run: float32, float64, float16, bfloat16 or "
+        "autocast-<dtype> (float32 model under torch.autocast), then the loss scale if any "
+        "(\", S=1024\" or \", S dynamic\")",
         "step": "updates done when this row was written (0 = at init); the row covers the "
         "updates since the previous row",
         "eval_loss": "loss on the fixed evaluation set at this step",
@@ -192,6 +201,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "init": "initialisation of W_hh",
         "seq_len": "task length T",
         "clip": "gradient clipping threshold; empty = no clipping",
+        "precision": "precision of the run: float32, float64, float16, bfloat16 or "
+        "autocast-<dtype> (float32 model under torch.autocast), then the loss scale if any "
+        "(\", S=1024\" or \", S dynamic\")",
         "n_seeds": "runs (seeds) in the group",
         "n_solved": "runs that solved the task",
         "solved_rate": "n_solved / n_seeds",
@@ -206,6 +218,22 @@ COLUMNS: dict[str, dict[str, str]] = {
         "growth_rate_final_median": "median growth rate of ln||dL/dh_{T-k}|| per step after "
         "training",
         "wall_s_total": "summed wall time of the runs in seconds",
+    },
+    "long_range_precision": {
+        "task": "adding or copy",
+        "model": _CELL_DOCS["model"],
+        "init": "initialisation of W_hh",
+        "seq_len": "task length T",
+        "clip": "gradient clipping threshold; empty = no clipping",
+        "precision": "the reduced-precision setting of the row (as in long_range_summary)",
+        "solved_rate": "fraction of seeds that solved the task in this precision",
+        "reference": "the precision compared against: float32 (float64 if float32 did not run)",
+        "solved_rate_reference": "fraction of seeds that solved it in the reference precision",
+        "unscaled": "the same setting without loss scaling (empty if this row has no scale)",
+        "solved_rate_unscaled": "fraction of seeds that solved it without the loss scale",
+        "lost_vs_reference": "the reference solves it (solved_rate >= 0.5), this precision not",
+        "restored_by_scaling": "the unscaled setting lost it and this loss-scaled one solves it; "
+        "empty for rows without a loss scale",
     },
     # Bench stage (bpttbench.bench): the Jacobian engine against the alternatives, roofline.
     "bench": {
