@@ -215,3 +215,96 @@ def test_a_float16_cell_records_its_precision_and_a_float32_chain(rng_seed):
     plain = run_cell(next(gradient_flow_cells(validate({"device": "cpu", "gradient_flow": gf}))))
     assert math.isnan(plain["summary"]["rate_error_vs_float64"])
     assert plain["summary"]["chain_dtype"] == "float32"
+
+
+# ----------------------------------------------------------------------------------------
+# training: the long-range stage under reduced precision
+
+
+def _run_spec(**kw):
+    from bpttbench.long_range.train import RunSpec
+
+    base = dict(task="adding", model="rnn_tanh", init="orthogonal", hidden=8, seq_len=6,
+                clip=1.0, seed=0, weight_scale=1.0, input_scale=1.0, forget_bias=0.0,
+                optimizer="adam", lr=0.01, steps=4, batch=8, eval_every=2, eval_batch=16,
+                solved_fraction=0.1, device="cpu", dtype="float32", allow_tf32=False,
+                deterministic=True)
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def test_loss_scaler_follows_the_gradscaler_rule(rng_seed):
+    sc = pr.LossScaler("dynamic", growth_interval=3)
+    assert sc.scale == 2.0**16
+    sc.update(found_inf=True)
+    sc.update(found_inf=True)
+    assert sc.scale == 2.0**14 and sc.backoffs == 2
+    for _ in range(3):
+        sc.update(found_inf=False)
+    assert sc.scale == 2.0**15
+    static = pr.LossScaler(256.0)
+    static.update(found_inf=True)
+    assert static.scale == 256.0 and static.backoffs == 0
+    # scaling then unscaling a float32 gradient by a power of two is exact
+    p = torch.nn.Parameter(torch.randn(5, generator=torch.Generator().manual_seed(rng_seed)))
+    (static.scale_loss((p**2).sum())).backward()
+    static.unscale_([p])
+    assert torch.equal(p.grad, 2 * p.detach())
+
+
+def test_long_range_runs_under_autocast_and_dynamic_scaling_record_it():
+    from bpttbench.long_range.tables import collect, precision_label
+    from bpttbench.long_range.train import run_block
+
+    runs = [_run_spec(), _run_spec(autocast="float16", loss_scale="dynamic")]
+    assert runs[0].run_id.endswith("seed0") and runs[1].run_id.endswith("seed0-autocast_float16_S_dynamic")
+    recs = run_block(runs, progress=False)
+    for rec in recs:
+        assert rec["summary"]["status"] == "ok", rec.get("error")
+    s = recs[1]["summary"]
+    assert s["loss_scale_final"] == 2.0**16 * 0.5 ** s["loss_scale_backoffs"]
+    assert recs[1]["precision"]["autocast"] == "float16"
+    tables = collect(recs)
+    assert list(tables["long_range"]["precision"]) == ["autocast-float16, S dynamic", "float32"]
+    assert precision_label({"dtype": "float16", "loss_scale": 1024.0}) == "float16, S=1024"
+    out = tables["long_range_precision"]
+    assert len(out) == 1 and out["reference"].iloc[0] == "float32"
+
+
+def test_precision_outcomes_lost_and_restored():
+    import pandas as pd
+
+    from bpttbench.long_range.tables import precision_outcomes
+
+    base = {"task": "adding", "model": "rnn_tanh", "init": "orthogonal", "clip": 1.0}
+    rows = []
+    for T, rates in ((10, (1.0, 1.0, 1.0)), (50, (1.0, 0.0, 1.0)), (100, (0.0, 0.0, 0.0))):
+        for label, r in zip(("float32", "autocast-float16", "autocast-float16, S dynamic"), rates,
+                            strict=True):
+            rows.append({**base, "seq_len": T, "precision": label, "solved_rate": r})
+    out = precision_outcomes(pd.DataFrame(rows)).set_index(["seq_len", "precision"])
+    assert not out.loc[(10, "autocast-float16"), "lost_vs_reference"]
+    assert out.loc[(50, "autocast-float16"), "lost_vs_reference"]
+    assert out.loc[(50, "autocast-float16, S dynamic"), "restored_by_scaling"]
+    assert not out.loc[(10, "autocast-float16, S dynamic"), "restored_by_scaling"]
+    assert pd.isna(out.loc[(50, "autocast-float16"), "restored_by_scaling"])
+    assert not out.loc[(100, "autocast-float16"), "lost_vs_reference"]
+
+
+def test_long_range_precisions_config():
+    from bpttbench.long_range.sweep import long_range_runs
+
+    lr = {"models": "rnn_tanh", "seq_len": 10, "clip": None,
+          "precisions": [{"dtype": "float32"}, {"autocast": "bfloat16"},
+                         {"dtype": "float16", "loss_scale": "dynamic"}]}
+    runs = long_range_runs(validate({"long_range": lr}))
+    assert [(r.dtype, r.autocast, r.loss_scale) for r in runs] == [
+        ("float32", None, 1.0), ("float32", "bfloat16", 1.0), ("float16", None, "dynamic")]
+    with pytest.raises(ConfigError, match=r"long_range.precisions\[0\]"):
+        long_range_runs(validate({"long_range": {**lr, "precisions": [
+            {"dtype": "float16", "autocast": "float16"}]}}))
+    # without the key: the top-level settings
+    runs = long_range_runs(validate({"dtype": "bfloat16", "long_range": {"models": "lstm",
+                                                                        "seq_len": 10,
+                                                                        "clip": None}}))
+    assert runs[0].dtype == "bfloat16" and runs[0].run_id.endswith("-bfloat16")
