@@ -308,3 +308,28 @@ def test_long_range_precisions_config():
                                                                         "seq_len": 10,
                                                                         "clip": None}}))
     assert runs[0].dtype == "bfloat16" and runs[0].run_id.endswith("-bfloat16")
+
+
+def test_tf32_row_code_path_on_this_device():
+    """8i on the CPU: allow_tf32 does not touch CPU matmuls, so both rates are equal."""
+    from bpttbench.claims.precision import _tf32
+    from bpttbench.claims.settings import Context
+
+    ctx = Context("cpu", torch.float64, "torch", 3.0, (0,))
+    sec = {"hidden": 8, "batch": 2, "rate_scale": [0.9], "rate_steps": 30}
+    r = _tf32(sec, ctx, 0, "test")
+    assert r["measured"] == 0.0 and r["passed"] and r["tolerance"] > 2 * 2.0**-11
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # the switch is restored
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (TF32 matmuls)")
+def test_tf32_rate_is_within_its_mantissa_bound_on_gpu():
+    from bpttbench.claims.precision import _tf32
+    from bpttbench.claims.settings import Context
+
+    ctx = Context("cuda", torch.float64, "torch", 3.0, (0,))
+    sec = {"hidden": 64, "batch": 8, "rate_scale": [1.05], "rate_steps": 400}
+    r = _tf32(sec, ctx, 0, "test")
+    print(r["measured"], r["tolerance"], r["note"])
+    assert r["passed"]
