@@ -223,6 +223,8 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, task: Task, x: Tensor
         loss = task.loss(net(x), y)
     loss_value = float(loss.detach())
     if not math.isfinite(loss_value):
+        if scaler:  # its gradient would be non-finite too: GradScaler would halve S
+            scaler.update(found_inf=True)
         return loss_value, math.nan, "skipped"
     (scaler.scale_loss(loss) if scaler else loss).backward()
     if scaler:
