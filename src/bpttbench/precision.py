@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -94,14 +93,6 @@ class Precision:
     def is_default(self) -> bool:
         return self.autocast is None and self.loss_scale == 1 and self.dtype in ("float32",
                                                                                   "float64")
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> Precision:
-        prec = cfg.get("precision") or {}
-        mode = prec.get("mode", "none")
-        return cls(dtype=cfg.get("dtype", "float32"),
-                   autocast=prec.get("dtype", "float16") if mode == "autocast" else None,
-                   loss_scale=cfg.get("loss_scale", 1.0))
 
 
 @dataclass
