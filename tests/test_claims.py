@@ -365,7 +365,8 @@ def test_report_lists_every_claim_figure():
     from bpttbench.report import SECTIONS
 
     claims = next(s for s in SECTIONS if s.title == "Claims")
-    assert claims.figures == figure_names()
+    precision = next(s for s in SECTIONS if s.title == "Reduced precision")
+    assert claims.figures + precision.figures == figure_names()
     assert claims.tables == ["claims.csv"]
     for name in figure_names():
         assert (REPO / "workflow" / "report" / f"{name}.rst").exists(), name
@@ -407,6 +408,8 @@ TINY = {
         "gating": {"hidden": 4, "input_size": 2, "seq_len": 30, "batch": 2, "warmup": 3,
                    "weight_scale": [0.5], "gate_bias": [0.0], "exact_steps": 8,
                    "forget_bias": [0.0, 2.0]},
+        "precision": {"hidden": 8, "batch": 2, "vanish_scale": [0.5], "explode_scale": [2.0],
+                      "rate_steps": 40, "rate_seeds": 1},
     },
 }
 

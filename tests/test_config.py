@@ -26,8 +26,8 @@ from bpttbench.config import ConfigError, cells_by_id, load, validate
         ({"gradient_flow": {"batch": "16"}},
          "config key gradient_flow.batch: '16' is not allowed; allowed: integer >= 1"),
         ({"gradient_flow": {"weight_scale": 0}}, "config key gradient_flow.weight_scale: 0"),
-        ({"dtype": "float16"}, "config key dtype: 'float16' is not allowed; allowed: one of "
-         "float32, float64"),
+        ({"dtype": "float8"}, "config key dtype: 'float8' is not allowed; allowed: one of "
+         "float32, float64, float16, bfloat16"),
         ({"device": "tpu"}, "allowed: one of auto, cpu, cuda"),
         ({"allow_tf32": "yes"}, "config key allow_tf32: 'yes' is not allowed; allowed: boolean"),
         ({"jacobian_backend": "jax"}, "allowed: one of auto, cupy, torch, numpy"),

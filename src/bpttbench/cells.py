@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .config import CellSpec
 from .gradients import (
+    GradientFlow,
     first_lag_where,
     flow_status,
     growth_rate,
@@ -32,8 +33,18 @@ from .gradients import (
 from .hardware import apply_precision, resolve_device
 from .io import run_checkpointed
 from .models import RecurrentCell, init_parameters, spectral_stats, state_size
+from .precision import (
+    DYNAMIC,
+    LOW_DTYPES,
+    Precision,
+    rate_vs_reference,
+    reference_flow,
+    scaled_flow,
+    underflow_lags,
+)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64,
+          "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def now_iso() -> str:
@@ -106,15 +117,27 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     try:
         device = resolve_device(spec.device)
         record["device"] = device
-        record["precision"] = apply_precision(spec.allow_tf32, spec.deterministic)
+        record["precision"] = {"dtype": spec.dtype, "autocast": spec.precision,
+                               "loss_scale": spec.loss_scale,
+                               **apply_precision(spec.allow_tf32, spec.deterministic)}
         cell = build_cell(spec, device)
         x = make_inputs(spec, device)
         w_out, target = readout_problem(spec.hidden, spec.batch, seed=spec.seed)
         norm, radius = spectral_stats(spec.model, cell.weight_hh_l0)
         summary.update(spectral_norm_whh=norm, spectral_radius_whh=radius)
 
-        flow = measure_gradient_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch),
-                                     w_out, target)
+        prec = cell_precision(spec)
+        if prec.is_default:
+            flow = measure_gradient_flow(spec.model, cell.params(), x,
+                                         cell.initial_state(spec.batch), w_out, target)
+            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0))
+        else:  # the precision study: autocast and/or loss scaling, float64 reference
+            sf = scaled_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch), w_out,
+                             target, prec)
+            flow = sf.flow
+            ref = reference_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch),
+                                 w_out, target)
+            summary.update(precision_summary(spec, prec, flow, ref, sf.loss_scale, sf.backoffs))
         stats = lag_statistics(flow.log_norm_h)
         gf = {"lag": flow.lags, **stats}
         if flow.log_norm_c is not None:
@@ -134,7 +157,10 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
             loss=flow.loss,
         )
         try:
-            chain = _chain(spec, cell, x)
+            if spec.dtype in LOW_DTYPES:  # no half-precision chain: float32, same weights
+                chain = _chain(spec, *float32_copy(spec, cell, x, device))
+            else:
+                chain = _chain(spec, cell, x)
             record["lyapunov"], record["chain_spectrum"] = chain["lyapunov"], chain["chain_spectrum"]
             record["jacobian_backend"] = chain["backend"]
             summary["lyapunov_max"] = chain["lyapunov_max"]
@@ -145,6 +171,45 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     except Exception as exc:
         record_error(record, summary, exc)
     return finish_record(record, summary, t0)
+
+
+def cell_precision(spec: CellSpec) -> Precision:
+    return Precision(spec.dtype, None if spec.precision == "none" else spec.precision,
+                     spec.loss_scale)
+
+
+def precision_summary(spec: CellSpec, prec: Precision, flow: GradientFlow,
+                      ref: GradientFlow | None, loss_scale: float, backoffs: int
+                      ) -> dict[str, Any]:
+    """The precision columns of summary.csv (the float64 rate only for the precision study)."""
+    _, first = underflow_lags(flow)
+    out: dict[str, Any] = {
+        "underflow_lag_first": first,
+        "precision": prec.label.split(",")[0],
+        "compute_dtype": prec.compute_dtype,
+        "grad_dtype": flow.grad_dtype,
+        "loss_scale": loss_scale,
+        "loss_scale_mode": "dynamic" if prec.loss_scale == DYNAMIC else "static",
+        "loss_scale_backoffs": backoffs,
+        "chain_dtype": "float32" if spec.dtype in LOW_DTYPES else spec.dtype,
+        "growth_rate_float64": math.nan,
+        "rate_error_vs_float64": math.nan,
+    }
+    if ref is not None:
+        _, rate64, err = rate_vs_reference(flow, ref)
+        out.update(growth_rate_float64=rate64, rate_error_vs_float64=err)
+    return out
+
+
+def float32_copy(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor, device: str
+                 ) -> tuple[RecurrentCell, torch.Tensor]:
+    """The same (low-precision) weights and inputs in a float32 cell: exact upcasts."""
+    copy = RecurrentCell(spec.model, spec.input_size, spec.hidden, dtype=torch.float32,
+                         device=device)
+    with torch.no_grad():
+        for p, q in zip(copy.parameters(), cell.parameters(), strict=True):
+            p.copy_(q.to(torch.float32))
+    return copy, x.to(torch.float32)
 
 
 def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True

@@ -238,6 +238,7 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = _with_defaults(cfg)
     if not allow_large:
         _check_cell_memory(out)
+    precision_fields(out)  # autocast needs a float32 model: fail before any job runs
     return out
 
 
@@ -300,6 +301,8 @@ class CellSpec:
     allow_tf32: bool
     deterministic: bool
     jacobian_backend: str
+    precision: str = "none"  # autocast dtype (float16 | bfloat16) or none
+    loss_scale: float | str = 1.0  # S, or "dynamic"
 
     @property
     def cell_id(self) -> str:
@@ -352,7 +355,21 @@ def gradient_flow_cells(cfg: Mapping[str, Any]) -> Iterator[CellSpec]:
             allow_tf32=bool(cfg["allow_tf32"]),
             deterministic=bool(cfg["deterministic"]),
             jacobian_backend=cfg["jacobian_backend"],
+            **precision_fields(cfg),
         )
+
+
+def precision_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """CellSpec's precision and loss_scale from the top-level keys (defaults: none, 1)."""
+    prec = cfg.get("precision") or {}
+    mode = prec.get("mode", "none")
+    if mode == "autocast" and cfg.get("dtype", "float32") != "float32":
+        raise ConfigError(f"config key precision.mode: autocast runs a float32 model under "
+                          f"torch.autocast, but dtype is {cfg.get('dtype')!r}; allowed: dtype "
+                          f"float32 with autocast, or precision.mode none")
+    scale = cfg.get("loss_scale", 1.0)
+    return {"precision": prec.get("dtype", "bfloat16") if mode == "autocast" else "none",
+            "loss_scale": scale if scale == "dynamic" else float(scale)}
 
 
 def cells_by_id(cfg: Mapping[str, Any]) -> dict[str, CellSpec]:

@@ -12,6 +12,7 @@ they first appear, never raised.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,10 @@ class GradientFlow:
     log_norm_c: np.ndarray | None  # LSTM only: ln||dL/dc_{T-k}||
     first_nonfinite_step: int | None  # forward pass: first t with a non-finite state
     loss: float
+    # [T+1, B]: element 0 of dL/dh_{T-k} is exactly zero (the first element's underflow)
+    first_zero_h: np.ndarray | None = None
+    loss_scale: float = 1.0  # S: the loss was multiplied by S, log norms are of delta (ln S off)
+    grad_dtype: str | None = None  # dtype of the tensors dL/dh_t autograd returned
 
     @property
     def lags(self) -> np.ndarray:
@@ -61,29 +66,47 @@ def _log_norms(grads: list[Tensor | None]) -> np.ndarray:
 
 
 def measure_gradient_flow(
-    model: str, params: Params, x: Tensor, state0: State, w_out: Tensor, target: Tensor
+    model: str, params: Params, x: Tensor, state0: State, w_out: Tensor, target: Tensor,
+    *, loss_scale: float = 1.0, autocast: torch.dtype | None = None,
 ) -> GradientFlow:
     """Run BPTT for one batch and return ln||dL/dh_t|| (and ln||dL/dc_t||) for every step.
 
     ``state0`` tensors are made leaves that require grad so that delta_0 is measured too.
+    ``loss_scale`` S: backpropagate S L (static loss scaling, as mixed-precision training
+    does); the returned log norms are ln||S delta|| - ln S, so they compare with S = 1
+    while underflow and overflow happen where the scaled values cross the limits.
+    ``autocast``: run forward and loss under ``torch.autocast`` with this dtype (the
+    parameters stay in their own dtype, as users train).
     """
     state0 = tuple(s.detach().clone().requires_grad_(True) for s in state0)
-    states = unroll(model, params, x, state0)
+    ctx = (torch.autocast(x.device.type, dtype=autocast) if autocast is not None
+           else contextlib.nullcontext())
+    with ctx:
+        states = unroll(model, params, x, state0)
+        h_T = states[-1][0]
+        w_out = w_out.to(dtype=h_T.dtype, device=h_T.device)
+        target = target.to(dtype=h_T.dtype, device=h_T.device)
+        loss = 0.5 * ((h_T @ w_out.T - target) ** 2).sum()
     first_bad = None
     for t, s in enumerate(states):
         if not all(torch.isfinite(v).all() for v in s):
             first_bad = t
             break
-    h_T = states[-1][0]
-    w_out = w_out.to(dtype=h_T.dtype, device=h_T.device)
-    target = target.to(dtype=h_T.dtype, device=h_T.device)
-    loss = 0.5 * ((h_T @ w_out.T - target) ** 2).sum()
     hs = [s[0] for s in reversed(states)]  # lag 0 first
     cs = [s[1] for s in reversed(states)] if model == "lstm" else []
-    grads = torch.autograd.grad(loss, hs + cs, allow_unused=False)
+    # As torch.amp.GradScaler: its float32 scale promotes a half loss to float32, and the
+    # gradient S reaches the half graph rounded to its dtype (2^16 -> inf in float16).
+    scaled = loss if loss_scale == 1.0 else loss.to(torch.promote_types(loss.dtype,
+                                                                        torch.float32)) * loss_scale
+    grads = torch.autograd.grad(scaled, hs + cs, allow_unused=False)
     log_h = _log_norms(list(grads[: len(hs)]))
     log_c = _log_norms(list(grads[len(hs) :])) if cs else None
-    return GradientFlow(log_h, log_c, first_bad, float(loss.detach()))
+    if loss_scale != 1.0:  # ln||S delta|| - ln S; +-inf stay what they are
+        log_h = log_h - math.log(loss_scale)
+        log_c = None if log_c is None else log_c - math.log(loss_scale)
+    first_zero = torch.stack([g[..., 0] == 0 for g in grads[: len(hs)]]).cpu().numpy()
+    return GradientFlow(log_h, log_c, first_bad, float(loss.detach()), first_zero,
+                        float(loss_scale), str(grads[0].dtype).removeprefix("torch."))
 
 
 def lag_statistics(log_norms: np.ndarray) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import as_list, config_hash
+from .config import as_list, config_hash, precision_fields
 from .hardware import apply_precision, device_facts, git_commit, resolve_device, software_versions
 from .tables import read_table
 
@@ -34,7 +34,7 @@ def build_manifest(cfg: Mapping[str, Any], hw_tag: str, summary: pd.DataFrame,
         "git_commit": git_commit(repo),
         "config": dict(cfg),
         "config_hash": config_hash(cfg),
-        "precision": {"dtype": cfg.get("dtype"), **precision},
+        "precision": {"dtype": cfg.get("dtype"), **precision_fields(cfg), **precision},
         "jacobian_backend": {"requested": cfg.get("jacobian_backend"), "used": backends},
         "seeds": seeds,
         "cells": {"count": int(len(summary)), "status": statuses},

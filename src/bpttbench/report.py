@@ -32,6 +32,14 @@ SECTIONS: list[Section] = [
             ["claims_overview", "claim_1_depth", "claim_2_tied_untied", "claim_3_orthogonal",
              "claim_4_pascanu", "claim_5_mean_field", "claim_6_float32", "claim_7_gating"],
             ["claims.csv"]),
+    Section("Reduced precision", "BPTT in float16 and bfloat16, under torch.autocast and with "
+            "loss scaling (claim group 8_precision): the lag where a vanishing gradient becomes "
+            "exactly 0 and an exploding one inf, predicted from the float64 rate of the same "
+            "weights and the dtype's subnormal and largest values, and bfloat16 (and on GPUs "
+            "TF32) rates against float64. Rows are in claims.csv. long_range_precision.csv: "
+            "the task lengths a reduced precision fails that float32 solves, and whether loss "
+            "scaling restores them (no rows unless long_range.precisions sweeps precisions).",
+            ["claim_8_precision"], ["long_range_precision.csv"]),
     Section("Gradient flow through time", "BPTT with a loss at the last step: the norm of the "
             "total derivative ∂L/∂h_t at every lag, its per-step growth rate and the horizon "
             "where it has fallen a million-fold.",

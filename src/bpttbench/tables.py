@@ -56,7 +56,25 @@ COLUMNS: dict[str, dict[str, str]] = {
         "status": "ok, overflow (inf appeared), nan (NaN appeared) or error (see the cell log)",
         "first_nonfinite_lag": "first lag where some dL/dh_{T-k} or dL/dc_{T-k} is inf or NaN",
         "first_nonfinite_step": "first forward step t where a state h_t (or c_t) is inf or NaN",
-        "underflow_lag": "first lag where some ||dL/dh_{T-k}|| underflowed to exactly 0",
+        "underflow_lag": "first lag where some batch element's dL/dh_{T-k} is exactly the zero "
+        "vector (||.|| underflowed to 0)",
+        "underflow_lag_first": "first lag where some batch element's first entry of dL/dh_{T-k} "
+        "is exactly 0 (an underflow, or for rnn_relu also a zero derivative)",
+        "precision": "dtype the cell ran in: float32, float64, float16, bfloat16, or "
+        "autocast-<dtype> (float32 model under torch.autocast)",
+        "compute_dtype": "dtype of the matrix products (the autocast dtype under autocast)",
+        "grad_dtype": "dtype of the dL/dh_t tensors autograd returned (float32 under autocast)",
+        "loss_scale": "S the loss was multiplied by before BPTT (final S when dynamic); the "
+        "log norms have ln S taken off",
+        "loss_scale_mode": "static or dynamic (torch.amp.GradScaler rule: 2^16, halved on inf/NaN)",
+        "loss_scale_backoffs": "halvings of a dynamic loss scale (0 when static)",
+        "chain_dtype": "dtype the Jacobian chain ran in (float32 for float16/bfloat16 cells: "
+        "the same rounded weights, upcast)",
+        "growth_rate_float64": "growth rate of the same cell in float64 (same weights and inputs, "
+        "upcast), fitted over the lags where the measured ln||delta|| is finite; empty unless "
+        "the cell ran in float16/bfloat16, autocast or with a loss scale",
+        "rate_error_vs_float64": "growth_rate minus growth_rate_float64 (natural log per step); "
+        "empty where growth_rate_float64 is",
         "loss": "loss L at step T summed over the batch",
         "jacobian_backend": "engine that computed the Jacobian chain: numpy, torch or cupy",
         "device": "cpu or cuda",
@@ -119,6 +137,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "seq_len": "task length T: adding, sequence length; copy, the delay (sequence T + 20 steps)",
         "clip": "gradient clipping threshold on the global L2 norm; empty = no clipping",
         "seed": "random seed of weights, readout, training batches and evaluation set",
+        "precision": "precision of the run: float32, float64, float16, bfloat16 or "
+        "autocast-<dtype> (float32 model under torch.autocast), then the loss scale if any "
+        "(\", S=1024\" or \", S dynamic\")",
         "final_loss": "evaluation loss after the last update (adding: MSE; copy: cross-entropy, "
         "nats per step, natural log)",
         "baseline_loss": "loss of the best memoryless predictor: adding 1/6, copy 10 ln 8/(T+20)",
@@ -147,6 +168,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "device": "cpu or cuda",
         "wall_s": "wall time of the run in seconds (training and evaluation)",
         "error": "error message when status is error",
+        "loss_scale_final": "loss scale S at the end of training (1 = none; dynamic: after its "
+        "halvings and doublings)",
+        "loss_scale_backoffs": "halvings of a dynamic loss scale over the run (inf/NaN gradients)",
     },
     "long_range_trace": {
         "task": "adding or copy",
@@ -156,6 +180,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "seq_len": "task length T",
         "clip": "gradient clipping threshold; empty = no clipping",
         "seed": "random seed of the run",
+        "precision": "precision of the run: float32, float64, float16, bfloat16 or "
+        "autocast-<dtype> (float32 model under torch.autocast), then the loss scale if any "
+        "(\", S=1024\" or \", S dynamic\")",
         "step": "updates done when this row was written (0 = at init); the row covers the "
         "updates since the previous row",
         "eval_loss": "loss on the fixed evaluation set at this step",
@@ -174,6 +201,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "init": "initialisation of W_hh",
         "seq_len": "task length T",
         "clip": "gradient clipping threshold; empty = no clipping",
+        "precision": "precision of the run: float32, float64, float16, bfloat16 or "
+        "autocast-<dtype> (float32 model under torch.autocast), then the loss scale if any "
+        "(\", S=1024\" or \", S dynamic\")",
         "n_seeds": "runs (seeds) in the group",
         "n_solved": "runs that solved the task",
         "solved_rate": "n_solved / n_seeds",
@@ -188,6 +218,22 @@ COLUMNS: dict[str, dict[str, str]] = {
         "growth_rate_final_median": "median growth rate of ln||dL/dh_{T-k}|| per step after "
         "training",
         "wall_s_total": "summed wall time of the runs in seconds",
+    },
+    "long_range_precision": {
+        "task": "adding or copy",
+        "model": _CELL_DOCS["model"],
+        "init": "initialisation of W_hh",
+        "seq_len": "task length T",
+        "clip": "gradient clipping threshold; empty = no clipping",
+        "precision": "the reduced-precision setting of the row (as in long_range_summary)",
+        "solved_rate": "fraction of seeds that solved the task in this precision",
+        "reference": "the precision compared against: float32 (float64 if float32 did not run)",
+        "solved_rate_reference": "fraction of seeds that solved it in the reference precision",
+        "unscaled": "the same setting without loss scaling (empty if this row has no scale)",
+        "solved_rate_unscaled": "fraction of seeds that solved it without the loss scale",
+        "lost_vs_reference": "the reference solves it (solved_rate >= 0.5), this precision not",
+        "restored_by_scaling": "the unscaled setting lost it and this loss-scaled one solves it; "
+        "empty for rows without a loss scale",
     },
     # Bench stage (bpttbench.bench): the Jacobian engine against the alternatives, roofline.
     "bench": {
@@ -339,6 +385,11 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         **_CELL_KINDS, "horizon": "int", "status": "str", "first_nonfinite_lag": "int",
         "first_nonfinite_step": "int", "underflow_lag": "int", "jacobian_backend": "str",
         "device": "str", "started_at": "str", "finished_at": "str", "error": "str",
+        # the precision study's columns (absent from sets written before it)
+        "underflow_lag_first": "int?", "precision": "str?", "compute_dtype": "str?",
+        "grad_dtype": "str?", "loss_scale": "float?", "loss_scale_mode": "str?",
+        "loss_scale_backoffs": "int?", "chain_dtype": "str?", "growth_rate_float64": "float?",
+        "rate_error_vs_float64": "float?",
     },
     "lyapunov": {**_CELL_KINDS, "index": "int"},
     "chain_spectrum": {**_CELL_KINDS, "lag": "int", "index": "int"},
@@ -352,15 +403,22 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         **_LONG_RANGE_KEY_KINDS, "solved": "bool", "steps_to_solve": "int", "n_updates": "int",
         "n_clipped": "int", "n_skipped": "int", "horizon_init": "int", "horizon_final": "int",
         "status": "str", "optimizer": "str", "steps": "int", "batch": "int", "device": "str",
-        "error": "str",
+        "error": "str", "precision": "str?", "loss_scale_final": "float?",
+        "loss_scale_backoffs": "int?",
     },
     "long_range_trace": {
         **_LONG_RANGE_KEY_KINDS, "step": "int", "n_updates": "int", "n_clipped": "int",
-        "n_skipped": "int",
+        "n_skipped": "int", "precision": "str?",
     },
     "long_range_summary": {
         "task": "str", "model": "str", "init": "str", "seq_len": "int", "n_seeds": "int",
         "n_solved": "int", "n_skipped_total": "int", "n_clipped_total": "int",
+        "precision": "str?",
+    },
+    "long_range_precision": {
+        "task": "str", "model": "str", "init": "str", "seq_len": "int", "precision": "str",
+        "reference": "str", "unscaled": "str", "lost_vs_reference": "bool",
+        "restored_by_scaling": "bool",
     },
     "bench": {
         "op": "str", "model": "str", "variant": "str", "hidden": "int", "batch": "int",
@@ -441,7 +499,8 @@ def collect_cells(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
         )
         summary_rows.append(row)
     summary = pd.DataFrame(summary_rows, columns=list(COLUMNS["summary"]))
-    for col in ("horizon", "first_nonfinite_lag", "first_nonfinite_step", "underflow_lag"):
+    for col in ("horizon", "first_nonfinite_lag", "first_nonfinite_step", "underflow_lag",
+                "underflow_lag_first"):
         summary[col] = summary[col].astype("Int64")  # nullable: empty means "never"
     tables = {
         "gradient_flow": _frame(records, "gradient_flow"),

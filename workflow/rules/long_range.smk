@@ -13,6 +13,7 @@ LONG_RANGE_TABLES = {
     "runs": "results/{hw}/tables/long_range.parquet",
     "trace": "results/{hw}/tables/long_range_trace.parquet",
     "summary": "results/{hw}/tables/long_range_summary.csv",
+    "precision": "results/{hw}/tables/long_range_precision.csv",
 }
 LONG_RANGE_FIGURES = [
     "long_range_solved",

@@ -49,6 +49,9 @@ CLAIMS: dict[str, ClaimSpec] = {
         ClaimSpec("6_float32", "float32", "float32",
                   "Exploding gradients overflow float32; log scale and clipping"),
         ClaimSpec("7_gating", "gating", "gating", "Gating keeps gradients alive: LSTM and GRU"),
+        ClaimSpec("8_precision", "precision", "precision",
+                  "float16/bfloat16: gradients underflow to 0 and overflow to inf at predicted "
+                  "lags; loss scaling shifts them"),
     )
 }
 CLAIM_IDS: tuple[str, ...] = tuple(CLAIMS)

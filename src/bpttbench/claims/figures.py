@@ -92,6 +92,22 @@ PANELS: dict[str, dict[str, Panel]] = {
         "forget_bias": Panel("LSTM: forget-gate bias", "forget-gate bias b_f",
                              "lambda_max (nats/step)", zero=True),
     },
+    "8_precision": {
+        "underflow": Panel("float16, vanishing: exactly 0 at the predicted lag", LAG,
+                           "ln||dL/dh_{T-k}|| (nats; ln S taken off)",
+                           styles=(("measured", "float16 BPTT (ends: exactly 0)"),
+                                   ("predicted", "float64, same weights"),
+                                   ("vline", "predicted lag k*"))),
+        "overflow": Panel("float16, exploding: inf at the predicted lag", LAG,
+                          "ln||dL/dh_{T-k}|| (nats; ln S taken off)",
+                          styles=(("measured", "float16 BPTT (ends: inf)"),
+                                  ("predicted", "float64, same weights"),
+                                  ("vline", "predicted lag k*"))),
+        "bfloat16": Panel("bfloat16 against float64 (same weights)", LAG,
+                          "ln||dL/dh_{T-k}|| (nats)",
+                          styles=(("measured", "bfloat16 BPTT"),
+                                  ("predicted", "float64"))),
+    },
 }
 
 

@@ -76,6 +76,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     write_table(tables["long_range_trace"], out / "long_range_trace.parquet", "long_range_trace")
     write_table(tables["long_range_summary"], out / "long_range_summary.csv",
                 "long_range_summary")
+    write_table(tables["long_range_precision"], out / "long_range_precision.csv",
+                "long_range_precision")
     runs = tables["long_range"]
     print(f"collected {len(runs)} runs into {out}: {int(runs['solved'].sum())} solved; "
           f"status {runs['status'].value_counts().to_dict()}")

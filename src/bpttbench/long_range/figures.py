@@ -40,6 +40,8 @@ def _labels(df: pd.DataFrame) -> pd.DataFrame:
     usual = inits.index[0] if len(inits) else None
     df["label"] = [m if i == usual else f"{m} ({i})" for m, i in zip(df["model"], df["init"],
                                                                        strict=True)]
+    if "precision" in df and df["precision"].nunique() > 1:  # a precision sweep: one line each
+        df["label"] = [f"{lab} [{p}]" for lab, p in zip(df["label"], df["precision"], strict=True)]
     clip = df["clip"].astype("Float64")
     df["clipping"] = ["none" if pd.isna(c) else f"norm ≤ {clip_label(float(c))}" for c in clip]
     return df

@@ -12,7 +12,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ConfigError, as_list
+from ..config import ConfigError, as_list, precision_fields
+from ..precision import Precision
 from .train import RunSpec
 
 
@@ -29,14 +30,38 @@ def clip_values(value: Any) -> list[float | None]:
     return out
 
 
+def precision_settings(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The precision settings the stage sweeps: ``long_range.precisions`` if given, else the
+    top-level ``dtype``, ``precision`` and ``loss_scale`` (one setting)."""
+    items = cfg["long_range"].get("precisions")
+    if not items:
+        f = precision_fields(cfg)
+        items = [{"dtype": cfg["dtype"], "autocast": f["precision"],
+                  "loss_scale": f["loss_scale"]}]
+    out = []
+    for i, item in enumerate(items):
+        ac = item.get("autocast", "none")
+        setting = {"dtype": item.get("dtype", "float32"), "autocast": None if ac == "none" else ac,
+                   "loss_scale": item.get("loss_scale", 1.0)}
+        if setting["loss_scale"] != "dynamic":
+            setting["loss_scale"] = float(setting["loss_scale"])
+        try:
+            Precision(**setting)
+        except ValueError as exc:
+            raise ConfigError(f"config key long_range.precisions[{i}]: {exc}") from None
+        out.append(setting)
+    return out
+
+
 def long_range_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
-    """Every run of the stage, in sweep order (task, model, seq_len, clip, seed)."""
+    """Every run of the stage, in sweep order (task, model, seq_len, clip, seed, precision)."""
     lr = cfg["long_range"]
     overrides = dict(lr.get("init_by_model") or {})
     runs = []
     grid = itertools.product(as_list(lr["tasks"]), as_list(lr["models"]), as_list(lr["seq_len"]),
-                             clip_values(lr["clip"]), as_list(lr["seeds"]))
-    for task, model, seq_len, clip, seed in grid:
+                             clip_values(lr["clip"]), as_list(lr["seeds"]),
+                             precision_settings(cfg))
+    for task, model, seq_len, clip, seed, prec in grid:
         spec = RunSpec(
             task=task, model=model, init=overrides.get(model, lr["init"]),
             hidden=int(lr["hidden"]), seq_len=int(seq_len), clip=clip, seed=int(seed),
@@ -44,8 +69,9 @@ def long_range_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
             forget_bias=float(lr["forget_bias"]), optimizer=lr["optimizer"], lr=float(lr["lr"]),
             steps=int(lr["steps"]), batch=int(lr["batch"]), eval_every=int(lr["eval_every"]),
             eval_batch=int(lr["eval_batch"]), solved_fraction=float(lr["solved_fraction"]),
-            device=cfg["device"], dtype=cfg["dtype"], allow_tf32=bool(cfg["allow_tf32"]),
-            deterministic=bool(cfg["deterministic"]),
+            device=cfg["device"], dtype=prec["dtype"], allow_tf32=bool(cfg["allow_tf32"]),
+            deterministic=bool(cfg["deterministic"]), autocast=prec["autocast"],
+            loss_scale=prec["loss_scale"],
         )
         try:
             spec.check()
@@ -54,7 +80,9 @@ def long_range_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
         runs.append(spec)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
-        raise ConfigError("long_range: two runs share an id; clip values too close to tell apart")
+        raise ConfigError("long_range: two runs share an id; clip values too close to tell apart, "
+                          "or two precisions entries alike (float32 and float64 without autocast "
+                          "or loss scale share the id)")
     return runs
 
 

@@ -15,25 +15,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RUN_KEYS = ["task", "model", "init", "hidden", "seq_len", "clip", "seed"]
+from ..precision import Precision
+
+RUN_KEYS = ["task", "model", "init", "hidden", "seq_len", "clip", "seed", "precision"]
 SPEC_COLUMNS = ["weight_scale", "optimizer", "lr", "steps", "batch"]
 RUN_COLUMNS = RUN_KEYS + [
     "final_loss", "baseline_loss", "final_loss_ratio", "solved", "steps_to_solve", "best_loss",
     "n_updates", "n_clipped", "n_skipped", "grad_norm_max", "horizon_init", "growth_rate_init",
     "horizon_final", "growth_rate_final", "status", *SPEC_COLUMNS, "device", "wall_s", "error",
+    "loss_scale_final", "loss_scale_backoffs",
 ]
 TRACE_COLUMNS = RUN_KEYS + [
     "step", "eval_loss", "eval_loss_ratio", "train_loss", "log_grad_norm_mean", "grad_norm_max",
     "n_updates", "n_clipped", "n_skipped",
 ]
-GROUP_KEYS = ["task", "model", "init", "seq_len", "clip"]
+GROUP_KEYS = ["task", "model", "init", "seq_len", "clip", "precision"]
 NULLABLE_INT = ("steps_to_solve", "horizon_init", "horizon_final", "n_updates", "n_clipped",
                 "n_skipped")
 
 
+def precision_label(spec: Mapping[str, Any]) -> str:
+    """float32, float16, autocast-float16, "float16, S=1024", "autocast-float16, S dynamic"."""
+    return Precision(spec.get("dtype", "float32"), spec.get("autocast"),
+                     spec.get("loss_scale", 1.0)).label
+
+
 def _keys(record: Mapping[str, Any]) -> dict[str, Any]:
     spec = record["spec"]
-    return {k: spec[k] for k in RUN_KEYS}
+    return {**{k: spec[k] for k in RUN_KEYS if k != "precision"},
+            "precision": precision_label(spec)}
 
 
 def runs_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -122,7 +132,53 @@ def largest_solved(summary: pd.DataFrame, min_rate: float = 0.5) -> pd.DataFrame
     return out
 
 
+PRECISION_COLUMNS = ["task", "model", "init", "seq_len", "clip", "precision", "solved_rate",
+                     "reference", "solved_rate_reference", "unscaled", "solved_rate_unscaled",
+                     "lost_vs_reference", "restored_by_scaling"]
+
+
+def precision_outcomes(summary: pd.DataFrame, min_rate: float = 0.5) -> pd.DataFrame:
+    """Which lengths a reduced precision fails that the reference solves, and whether loss
+    scaling restores them.
+
+    Per task, model, init, seq_len, clip and each precision other than the reference
+    (float32 if it ran, else float64): solved (solved_rate >= ``min_rate``) against the
+    reference, and for a loss-scaled setting against the same setting without the scale.
+    Empty when only one precision ran.
+    """
+    rows = []
+    keys = ["task", "model", "init", "seq_len", "clip"]
+    labels = set(summary["precision"]) if len(summary) else set()
+    ref = "float32" if "float32" in labels else ("float64" if "float64" in labels else None)
+    if ref is None or len(labels) < 2:
+        return pd.DataFrame(columns=PRECISION_COLUMNS)
+    for k, g in summary.groupby(keys, dropna=False, sort=True):
+        rates = dict(zip(g["precision"], g["solved_rate"], strict=True))
+        if ref not in rates:
+            continue
+        for label, rate in rates.items():
+            if label == ref:
+                continue
+            base = label.split(", S")[0]
+            unscaled = base if base != label else None
+            r_un = rates.get(unscaled, np.nan) if unscaled else np.nan
+            solved, ref_solved = rate >= min_rate, rates[ref] >= min_rate
+            rows.append({**dict(zip(keys, k, strict=True)), "precision": label,
+                         "solved_rate": rate, "reference": ref,
+                         "solved_rate_reference": rates[ref], "unscaled": unscaled,
+                         "solved_rate_unscaled": r_un,
+                         "lost_vs_reference": bool(ref_solved and not solved),
+                         "restored_by_scaling": (bool(solved and ref_solved and r_un < min_rate)
+                                                 if unscaled and unscaled in rates else None)})
+    out = pd.DataFrame(rows, columns=PRECISION_COLUMNS)
+    out["clip"] = out["clip"].astype("Float64")
+    out["restored_by_scaling"] = out["restored_by_scaling"].astype("boolean")
+    return out
+
+
 def collect(records: list[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
     runs = runs_table(records)
+    summary = summary_table(runs)
     return {"long_range": runs, "long_range_trace": trace_table(records),
-            "long_range_summary": summary_table(runs)}
+            "long_range_summary": summary,
+            "long_range_precision": precision_outcomes(summary)}

@@ -22,8 +22,10 @@ a seed sees the same data. All draws are float64 on the CPU, cast afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,9 +41,11 @@ from ..gradients import growth_rate, horizon, lag_statistics, measure_gradient_f
 from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
 from ..models import INITS, RecurrentCell, gate_count, init_parameters
+from ..precision import LossScaler, Precision
 from .tasks import Task, check_seq_len, get_task
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64,
+          "float16": torch.float16, "bfloat16": torch.bfloat16}
 LONG_RANGE_INITS: tuple[str, ...] = (*INITS, "identity")
 OPTIMIZERS = ("adam", "sgd")
 FLOW_BATCH = 16  # sequences of the evaluation set used for the gradient horizon of a run
@@ -76,10 +80,18 @@ class RunSpec:
     dtype: str
     allow_tf32: bool
     deterministic: bool
+    autocast: str | None = None  # float16 | bfloat16: forward and loss under torch.autocast
+    loss_scale: float | str = 1.0  # S, or "dynamic" (GradScaler's rule)
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.dtype, self.autocast, self.loss_scale)
 
     @property
     def run_id(self) -> str:
-        return f"{self.block_id}-clip{clip_label(self.clip)}-seed{self.seed}"
+        prec = self.precision
+        tag = "" if prec.is_default else "-" + re.sub(r"[^A-Za-z0-9.]+", "_", prec.label)
+        return f"{self.block_id}-clip{clip_label(self.clip)}-seed{self.seed}{tag}"
 
     @property
     def block_id(self) -> str:
@@ -188,44 +200,69 @@ def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.op
     raise ValueError(f"long_range.optimizer: {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
+def autocast_context(device: str, autocast: str | None):
+    """torch.autocast for ``autocast`` (float16 | bfloat16), or nothing."""
+    if autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[autocast])
+
+
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, task: Task, x: Tensor, y: Tensor,
-               clip: float | None) -> tuple[float, float, str]:
+               clip: float | None, *, scaler: LossScaler | None = None,
+               autocast: str | None = None) -> tuple[float, float, str]:
     """One update: (training loss, gradient norm before clipping, outcome).
 
     outcome is ``skipped`` (non-finite loss or gradient: no update), ``clipped`` or ``ok``.
+    With a ``scaler`` the loss is multiplied by its S before backward and the gradients
+    divided by S before the norm, clipping and the update (as torch.amp.GradScaler); a
+    non-finite gradient halves a dynamic S.
     """
     params = [p for p in net.parameters() if p.requires_grad]
     opt.zero_grad(set_to_none=True)
-    loss = task.loss(net(x), y)
+    with autocast_context(x.device.type, autocast):
+        loss = task.loss(net(x), y)
     loss_value = float(loss.detach())
     if not math.isfinite(loss_value):
+        if scaler:  # its gradient would be non-finite too: GradScaler would halve S
+            scaler.update(found_inf=True)
         return loss_value, math.nan, "skipped"
-    loss.backward()
+    (scaler.scale_loss(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(params)
     norm = grad_norm(params)
     if not math.isfinite(norm):
         opt.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.update(found_inf=True)
         return loss_value, norm, "skipped"
     clipped = clip_gradients(params, norm, clip)
     opt.step()
+    if scaler:
+        scaler.update(found_inf=False)
     return loss_value, norm, "clipped" if clipped else "ok"
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, task: Task, x: Tensor, y: Tensor) -> float:
-    return float(task.loss(net(x), y))
+def evaluate(net: nn.Module, task: Task, x: Tensor, y: Tensor, autocast: str | None = None
+             ) -> float:
+    with autocast_context(x.device.type, autocast):
+        return float(task.loss(net(x), y))
 
 
-def gradient_horizon(net: SequenceModel, x: Tensor, seed: int) -> tuple[int | None, float]:
+def gradient_horizon(net: SequenceModel, x: Tensor, seed: int, autocast: str | None = None
+                     ) -> tuple[int | None, float]:
     """(horizon, growth rate) of ln||dL/dh_{T-k}|| for this network on task inputs ``x``.
 
     The same measurement as the gradient-flow stage (random fixed readout, loss at the last
-    step), so the numbers are comparable with ``summary.csv``.
+    step), so the numbers are comparable with ``summary.csv``; in the run's dtype and
+    autocast, without loss scaling.
     """
     cell = net.cell
     w_out, target = readout_problem(cell.hidden_size, x.shape[1], seed=seed)
     with torch.enable_grad():
         flow = measure_gradient_flow(cell.model, cell.params(), x,
-                                     cell.initial_state(x.shape[1]), w_out, target)
+                                     cell.initial_state(x.shape[1]), w_out, target,
+                                     autocast=DTYPES[autocast] if autocast else None)
     mean = lag_statistics(flow.log_norm_h)["log_grad_norm"]
     return horizon(mean), growth_rate(mean)[0]
 
@@ -260,8 +297,12 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
     try:
         device = resolve_device(spec.device)
         record["device"] = device
-        record["precision"] = apply_precision(spec.allow_tf32, spec.deterministic)
+        record["precision"] = {"dtype": spec.dtype, "autocast": spec.autocast,
+                               "loss_scale": spec.loss_scale,
+                               **apply_precision(spec.allow_tf32, spec.deterministic)}
         dtype = DTYPES[spec.dtype]
+        ac = spec.autocast
+        scaler = None if spec.precision.loss_scale == 1 else LossScaler(spec.loss_scale)
         net = SequenceModel(spec, task, device)
         opt = make_optimizer(spec.optimizer, list(net.parameters()), spec.lr)
         gen_train = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 1))
@@ -271,9 +312,9 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         y_eval = y_eval.to(device=device, dtype=dtype if not task.per_step else torch.int64)
         x_flow = x_eval[:, :FLOW_BATCH]
         summary["horizon_init"], summary["growth_rate_init"] = gradient_horizon(
-            net, x_flow, spec.seed)
+            net, x_flow, spec.seed, ac)
 
-        trace = [_window_row(0, evaluate(net, task, x_eval, y_eval), [], [], 0, 0)]
+        trace = [_window_row(0, evaluate(net, task, x_eval, y_eval, ac), [], [], 0, 0)]
         losses: list[float] = []
         norms: list[float] = []
         n_clipped = n_skipped = w_clipped = w_skipped = 0
@@ -284,13 +325,14 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
             x, y = task.sample(spec.seq_len, spec.batch, gen_train)
             x = x.to(device=device, dtype=dtype)
             y = y.to(device=device, dtype=dtype if not task.per_step else torch.int64)
-            loss, norm, outcome = train_step(net, opt, task, x, y, spec.clip)
+            loss, norm, outcome = train_step(net, opt, task, x, y, spec.clip, scaler=scaler,
+                                             autocast=ac)
             losses.append(loss)
             norms.append(norm)
             w_clipped += outcome == "clipped"
             w_skipped += outcome == "skipped"
             if step % spec.eval_every == 0 or step == spec.steps:
-                eval_loss = evaluate(net, task, x_eval, y_eval)
+                eval_loss = evaluate(net, task, x_eval, y_eval, ac)
                 trace.append(_window_row(step, eval_loss, losses, norms, w_clipped, w_skipped))
                 n_clipped += w_clipped
                 n_skipped += w_skipped
@@ -303,7 +345,7 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         final = trace[-1]["eval_loss"]
         params_finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
         summary["horizon_final"], summary["growth_rate_final"] = gradient_horizon(
-            net, x_flow, spec.seed)
+            net, x_flow, spec.seed, ac)
         all_norms = [r for r in trace[1:] if math.isfinite(r["grad_norm_max"])]
         summary.update(
             status="ok" if params_finite and math.isfinite(final) else "diverged",
@@ -316,6 +358,8 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
             n_clipped=n_clipped,
             n_skipped=n_skipped,
             grad_norm_max=max((r["grad_norm_max"] for r in all_norms), default=math.nan),
+            loss_scale_final=scaler.scale if scaler else 1.0,
+            loss_scale_backoffs=scaler.backoffs if scaler else 0,
         )
         record["trace"] = {k: [r[k] for r in trace] for k in trace[0]}
     except Exception as exc:

@@ -1,0 +1,266 @@
+"""Reduced precision: BPTT in float16/bfloat16, under autocast, with loss scaling.
+
+What a precision setting is (:class:`Precision`), where each dtype underflows and
+overflows (:func:`limits`), BPTT under a static or dynamic loss scale
+(:func:`scaled_flow`), the float64 reference of the same cell (:func:`reference_flow`:
+the low-precision weights and inputs upcast, so the numbers are identical), and the
+predicted underflow/overflow lags and rate-error bounds the claim group 8_precision
+tests (:func:`underflow_interval`, :func:`overflow_interval`, :func:`step_error_bound`).
+
+Log sums and norms stay float64 throughout (``gradients._log_norms`` upcasts before the
+norm), so only the BPTT arithmetic itself runs in the low precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .gradients import GradientFlow, first_lag_where, growth_rate, measure_gradient_flow
+from .models import Params, State
+
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64, "float32": torch.float32,
+    "float16": torch.float16, "bfloat16": torch.bfloat16,
+}
+LOW_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+DYNAMIC = "dynamic"
+DYNAMIC_INIT_SCALE = 2.0**16  # torch.amp.GradScaler's init_scale
+DYNAMIC_BACKOFF = 0.5  # GradScaler's backoff_factor
+DYNAMIC_MAX_BACKOFFS = 64  # 2^16 -> 2^-48: past that a finite gradient is out of reach
+U32 = 2.0**-24  # float32 unit round-off (matmuls accumulate in float32)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def limits(dtype: torch.dtype | str) -> dict[str, float]:
+    """ln of the smallest subnormal, of the largest finite value, and the unit round-off.
+
+    float16: 2^-24 (ln -16.64) and 65504 (ln 11.09), u = 2^-11; bfloat16: 2^-133 and
+    3.39e38, u = 2^-8 (8-bit mantissa); float32: 2^-149 and 3.40e38, u = 2^-24.
+    """
+    dt = torch_dtype(dtype) if isinstance(dtype, str) else dtype
+    fi = torch.finfo(dt)
+    return {"ln_subnormal": math.log(fi.tiny) + math.log(fi.eps), "ln_max": math.log(fi.max),
+            "unit_roundoff": fi.eps / 2.0, "mantissa_bits": -math.log2(fi.eps) + 1}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One precision setting: the model's dtype, autocast, and the loss scale.
+
+    ``autocast`` None runs everything in ``dtype``; ``float16``/``bfloat16`` runs forward
+    and loss under ``torch.autocast`` with the model in ``dtype`` (float32, as users
+    train). ``loss_scale`` 1 means none, a number S a static scale, ``dynamic`` the
+    GradScaler rule (start 2^16, halve on inf/NaN and try again).
+    """
+
+    dtype: str = "float32"
+    autocast: str | None = None
+    loss_scale: float | str = 1.0
+
+    def __post_init__(self) -> None:
+        torch_dtype(self.dtype)
+        if self.autocast is not None and self.autocast not in LOW_DTYPES:
+            raise ValueError(f"precision autocast {self.autocast!r}; allowed: none, "
+                             f"{', '.join(LOW_DTYPES)}")
+        if self.autocast is not None and self.dtype != "float32":
+            raise ValueError(f"autocast runs a float32 model; dtype is {self.dtype}")
+        if self.loss_scale != DYNAMIC and not (isinstance(self.loss_scale, int | float)
+                                               and self.loss_scale > 0):
+            raise ValueError(f"loss_scale {self.loss_scale!r}; allowed: a number > 0 or dynamic")
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the matrix products run in."""
+        return self.autocast or self.dtype
+
+    @property
+    def label(self) -> str:
+        base = f"autocast-{self.autocast}" if self.autocast else self.dtype
+        if self.loss_scale == DYNAMIC:
+            return f"{base}, S dynamic"
+        return base if self.loss_scale == 1 else f"{base}, S={self.loss_scale:g}"
+
+    @property
+    def is_default(self) -> bool:
+        return self.autocast is None and self.loss_scale == 1 and self.dtype in ("float32",
+                                                                                  "float64")
+
+
+@dataclass
+class ScaledFlow:
+    flow: GradientFlow
+    loss_scale: float  # the scale of the returned flow (the final one when dynamic)
+    backoffs: int  # halvings of a dynamic scale (0 for a static one)
+
+
+def _nonfinite(flow: GradientFlow) -> bool:
+    arrays = [flow.log_norm_h] + ([flow.log_norm_c] if flow.log_norm_c is not None else [])
+    return any(bool(np.isnan(a).any() or np.isposinf(a).any()) for a in arrays)
+
+
+def scaled_flow(model: str, params: Params, x: torch.Tensor, state0: State, w_out: torch.Tensor,
+                target: torch.Tensor, prec: Precision) -> ScaledFlow:
+    """BPTT under ``prec``'s autocast and loss scale; log norms are of the unscaled delta.
+
+    Dynamic: as GradScaler, start at 2^16 and halve while any delta_t is inf/NaN (GradScaler
+    skips the step and halves; here the same batch is tried again), at most 64 times.
+    """
+    ac = DTYPES[prec.autocast] if prec.autocast else None
+    if prec.loss_scale != DYNAMIC:
+        s = float(prec.loss_scale)
+        flow = measure_gradient_flow(model, params, x, state0, w_out, target, loss_scale=s,
+                                     autocast=ac)
+        return ScaledFlow(flow, s, 0)
+    s, backoffs = DYNAMIC_INIT_SCALE, 0
+    while True:
+        flow = measure_gradient_flow(model, params, x, state0, w_out, target, loss_scale=s,
+                                     autocast=ac)
+        if not _nonfinite(flow) or backoffs >= DYNAMIC_MAX_BACKOFFS:
+            return ScaledFlow(flow, s, backoffs)
+        s *= DYNAMIC_BACKOFF
+        backoffs += 1
+
+
+def reference_flow(model: str, params: Params, x: torch.Tensor, state0: State,
+                   w_out: torch.Tensor, target: torch.Tensor) -> GradientFlow:
+    """The same cell in float64: the same weights, inputs and state upcast (exact)."""
+    f64 = torch.float64
+    p64 = {k: v.detach().to(f64) for k, v in params.items()}
+    return measure_gradient_flow(model, p64, x.to(f64), tuple(s.to(f64) for s in state0),
+                                 w_out, target)
+
+
+def underflow_lags(flow: GradientFlow) -> tuple[int | None, int | None]:
+    """First lag where some batch element's delta is exactly the zero vector, and where
+    its first element is exactly 0 (None: never within T)."""
+    whole = first_lag_where(np.isneginf(flow.log_norm_h))
+    first = first_lag_where(flow.first_zero_h) if flow.first_zero_h is not None else None
+    return whole, first
+
+
+def rate_vs_reference(flow: GradientFlow, ref: GradientFlow) -> tuple[float, float, float]:
+    """(rate, float64 rate, rate - float64 rate) fitted over the same lags: those where the
+    measured batch-mean ln||delta|| is finite (underflowed or overflowed lags drop out)."""
+    mean = flow.log_norm_h.mean(axis=1)
+    with np.errstate(invalid="ignore"):
+        mean_ref = np.where(np.isfinite(mean), ref.log_norm_h.mean(axis=1), np.nan)
+    rate, _ = growth_rate(mean)
+    rate64, _ = growth_rate(mean_ref)
+    return rate, rate64, rate - rate64
+
+
+class LossScaler:
+    """Loss scaling for training, with torch.amp.GradScaler's rule for ``dynamic``.
+
+    Static S: multiply the loss by S, divide the gradients by S. Dynamic: start at 2^16;
+    an update with an inf/NaN gradient is skipped and S halved; after ``growth_interval``
+    finite updates in a row S doubles (GradScaler's defaults). Written out rather than
+    using GradScaler because GradScaler refuses float16 parameters (pure float16 training).
+    """
+
+    def __init__(self, loss_scale: float | str, growth_interval: int = 2000) -> None:
+        self.dynamic = loss_scale == DYNAMIC
+        self.scale = DYNAMIC_INIT_SCALE if self.dynamic else float(loss_scale)
+        self.growth_interval = growth_interval
+        self.backoffs = 0
+        self._good = 0
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1.0 and not self.dynamic:
+            return loss
+        return loss.to(torch.promote_types(loss.dtype, torch.float32)) * self.scale
+
+    @torch.no_grad()
+    def unscale_(self, params: list[torch.nn.Parameter]) -> None:
+        if self.scale != 1.0:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(self.scale)
+
+    def update(self, found_inf: bool) -> None:
+        if not self.dynamic:
+            return
+        if found_inf:
+            self.scale *= DYNAMIC_BACKOFF
+            self.backoffs += 1
+            self._good = 0
+        else:
+            self._good += 1
+            if self._good >= self.growth_interval:
+                self.scale *= 2.0
+                self._good = 0
+
+
+# ----------------------------------------------------------------------------------------
+# predictions
+
+
+def first_lag_above(level: float, log_start: float, rate: float) -> float:
+    """First integer lag k >= 0 with log_start + k |rate| > level (rate != 0), as a float."""
+    if log_start > level:
+        return 0.0
+    return math.floor((level - log_start) / abs(rate)) + 1.0
+
+
+def underflow_interval(rate: float, log_start: float, dtype: str, hidden: int,
+                       step_error: float = 0.0) -> tuple[float, float, float]:
+    """(earliest, latest, k*) lag at which a vanishing delta becomes exactly the zero vector.
+
+    ln||delta_{T-k}|| = log_start + k rate (rate < 0). Round to nearest sends an element to
+    0 once |delta_i| < half the smallest subnormal m; the largest element lies between
+    ||delta|| / sqrt(H) and ||delta||. So the vector is certainly 0 once ||delta|| < m/2,
+    and not yet while ||delta|| >= sqrt(H) m/2: k in [first lag with log_start - ln(m/2)
+    + 0.5 ln H < k|rate|, first lag with log_start - ln(m/2) < k|rate|], each end moved
+    out by the accumulated round-off ``step_error`` per step in the normal range.
+    k* = (log_start - ln m) / |rate| is the issue's point estimate.
+    """
+    ln_m = limits(dtype)["ln_subnormal"]
+    k_star = (log_start - ln_m) / abs(rate)
+    drift = step_error * k_star  # ln-norm error accumulated on the way down
+    level = log_start - (ln_m - math.log(2.0))  # k|rate| beyond which ||delta|| < m/2
+    lo = first_lag_above(level - 0.5 * math.log(hidden) - drift, 0.0, rate)
+    hi = first_lag_above(level + drift, 0.0, rate)
+    return lo, hi, k_star
+
+
+def overflow_interval(rate: float, log_start: float, dtype: str, hidden: int,
+                      step_error: float = 0.0) -> tuple[float, float, float]:
+    """(earliest, latest, k*) lag of the first inf in an exploding delta (rate > 0).
+
+    An element overflows once |delta_i| >= the largest finite value M plus half an ulp:
+    earliest when delta is concentrated on one
+    element (||delta|| > M), latest when spread evenly (||delta|| > sqrt(H) (M + ulp/2)).
+    k* = (ln M - log_start) / rate.
+    """
+    ln_max = limits(dtype)["ln_max"]
+    k_star = (ln_max - log_start) / rate
+    drift = step_error * k_star
+    half_ulp = math.log1p(limits(dtype)["unit_roundoff"])  # M + half an ulp rounds to inf
+    lo = first_lag_above(ln_max - drift, log_start, rate)
+    hi = first_lag_above(ln_max + half_ulp + 0.5 * math.log(hidden) + drift, log_start, rate)
+    return lo, hi, k_star
+
+
+def step_error_bound(w_hh: torch.Tensor, compute_dtype: str, operands_rounded: int = 1) -> float:
+    """Bound on the per-step error of ln||delta|| for a linear RNN (J_t = W at every step).
+
+    One step computes fl(W^T delta): products accumulated in float32 (H u_32) and rounded
+    once to the compute dtype (relative error <= u per element, so <= u in the norm; TF32
+    rounds both operands, ``operands_rounded`` = 2). The computed delta then points in a
+    slightly different direction than the exact one, and ||W^T v|| / ||v|| varies with v
+    by at most ln(sigma_max / sigma_min) of the W actually used. Sum of the three.
+    """
+    u = limits(compute_dtype)["unit_roundoff"] if compute_dtype != "tf32" else 2.0**-11
+    sv = torch.linalg.svdvals(w_hh.detach().to(torch.float64).cpu())
+    log_cond = float(torch.log(sv.max() / sv.min()))
+    hidden = w_hh.shape[-1]
+    return -operands_rounded * math.log1p(-u) + hidden * U32 + log_cond
