@@ -262,29 +262,41 @@ need_cuda() { # CUDA-only steps: skip with the reason when there is no usable GP
 }
 
 step_env() {
-    local missing rc
+    local missing rc d have="" lack=""
     run_timed "$PY" -m bpttbench.gpucheck probe --missing-out "$WORK/missing.txt"
     rc=$?
     [ "$rc" = 0 ] || { verdict "$rc" "probe failed with $PY (see env.log)"; return; }
     missing=$(tr '\n' ' ' <"$WORK/missing.txt" | sed 's/ $//')
     if [ -z "$missing" ]; then verdict 0 "every package present ($PY: $("$PY" -V 2>&1))"; return; fi
-    log "missing: $missing; installing from $WHEELS"
-    if [ ! -d "$WHEELS" ]; then
-        verdict 1 "missing: $missing; no wheel folder $WHEELS (build it with scripts/build-wheels.sh and carry it)"
+    for d in $missing; do # wheel names: lower case, '-' as '_'
+        if compgen -G "$WHEELS/$(tr 'A-Z-' 'a-z_' <<<"$d")-*.whl" >/dev/null; then have+=" $d"
+        else lack+=" $d"; fi
+    done
+    log "missing:$have$lack; in $WHEELS:${have:- none}"
+    if [ -z "$have" ]; then
+        verdict 1 "missing:$lack; not in the wheel folder $WHEELS (build it with scripts/build-wheels.sh and carry it)"
         return
     fi
-    # A venv over the system packages: pip installs only what is missing or too old, and
-    # nothing outside $WORK changes. --without-pip: pip of the base Python installs into it.
-    run_timed "$PY" -m venv --system-site-packages --without-pip "$WORK/venv" &&
-        run_timed "$PY" -m pip --python "$WORK/venv/bin/python" install --no-index \
-            --find-links "$WHEELS" --no-compile --disable-pip-version-check $missing
+    # pip resolves against what $PY already has (--dry-run --report: nothing is installed, and
+    # an externally managed Python allows it), then only the wheels it picked go into a
+    # private --target folder on PYTHONPATH: nothing outside $WORK changes, and nothing the
+    # machine has is shadowed unless it is too old for what needs it.
+    run_timed "$PY" -m pip install -q --disable-pip-version-check --dry-run --no-index \
+        --find-links "$WHEELS" --report "$WORK/pip-report.json" $have &&
+        "$PY" -m bpttbench.gpucheck pip-report "$WORK/pip-report.json" >"$WORK/wheels.txt" &&
+        run_timed xargs -a "$WORK/wheels.txt" "$PY" -m pip install -q --disable-pip-version-check \
+            --no-index --no-deps --no-compile --target "$WORK/site"
     rc=$?
-    if [ "$rc" = 0 ] && run_timed "$WORK/venv/bin/python" -c "import snakemake, jsonschema"; then
-        PY=$WORK/venv/bin/python
-        verdict 0 "installed from $(basename "$WHEELS") with pip --no-index: $missing"
-    else
-        verdict "$rc" "pip --no-index could not install: $missing (see env.log)"
+    if [ "$rc" = 0 ]; then
+        export PYTHONPATH="$REPO/src:$WORK/site"
+        if run_timed "$PY" -c "import snakemake, jsonschema"; then
+            rc=0
+            [ -z "$lack" ] || rc=1
+            verdict "$rc" "installed from $(basename "$WHEELS") with pip --no-index:$have ($(wc -l <"$WORK/wheels.txt") wheels)${lack:+; still missing:$lack}"
+            return
+        fi
     fi
+    verdict 1 "pip --no-index could not install:$have (see env.log)${lack:+; not in the wheel folder:$lack}"
 }
 
 # The pipeline's rules call `bpttbench`: a shim for the chosen interpreter and src/.

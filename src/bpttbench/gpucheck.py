@@ -199,6 +199,21 @@ def resultset(folder: str) -> int:
     return 0 if report.exists() else 1
 
 
+def pip_report(path: str) -> int:
+    """The local wheel files a ``pip install --dry-run --report`` would install, one a line."""
+    import json
+    from urllib.parse import unquote, urlparse
+
+    items = json.loads(Path(path).read_text()).get("install", [])
+    for item in items:
+        url = urlparse(item["download_info"]["url"])
+        if url.scheme != "file":
+            print(f"not a local file: {item['download_info']['url']}", file=sys.stderr)
+            return 1
+        print(unquote(url.path))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bpttbench.gpucheck", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("junit")
     p.add_argument("path")
     p.add_argument("--need-run", action="store_true")
-    for name in ("validation", "cell", "resultset"):
+    for name in ("validation", "cell", "resultset", "pip-report"):
         sub.add_parser(name).add_argument("path")
     a = parser.parse_args(argv)
     if a.command == "probe":
@@ -219,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return facts(a.out, a.key_out)
     if a.command == "junit":
         return junit(a.path, a.need_run)
-    return {"validation": validation, "cell": cell, "resultset": resultset}[a.command](a.path)
+    steps = {"validation": validation, "cell": cell, "resultset": resultset, "pip-report": pip_report}
+    return steps[a.command](a.path)
 
 
 if __name__ == "__main__":
