@@ -10,7 +10,7 @@
 #
 # Steps, in order, each under its own timeout; a failing step never stops the next:
 #   env        probe the Python packages; install what is missing from the wheel folder
-#              (pip --no-index, into a throw-away venv that sees the system packages)
+#              (pip --no-index, into a throw-away --target folder on PYTHONPATH)
 #   facts      nvidia-smi, driver, CUDA, torch/CuPy versions, tools (logs: facts.txt)
 #   pytest     pytest -m cuda with a JUnit XML (OUTDIR/pytest-cuda.xml)
 #   validate   bpttbench validate-kernels (OUTDIR/validation.csv)
@@ -35,7 +35,11 @@ PY=${PYTHON:-python3}
 ONLY=""
 OUT=""
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+needs_value() { [ $# -ge 2 ] || { echo "gpu-check: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
+    case "$1" in
+        --budget-s | --wheels | --python | --steps) needs_value "$@" ;;
+    esac
     case "$1" in
         --cpu-rehearsal) MODE=rehearsal ;;
         --budget-s) BUDGET_S=$2; shift ;;
@@ -81,7 +85,7 @@ for f in "$OUT"/* "$OUT"/.[!.]*; do # only our own files may be there (a previou
     [ -e "$f" ] || continue
     b=$(basename "$f")
     case " $OUT_NAMES " in *" $b "*) continue ;; esac
-    case "$b" in resultset-*.tar.gz | .summary.md.tmp) continue ;; esac
+    case "$b" in resultset-*.tar.gz | .summary.md.tmp | .logs.tmp) continue ;; esac
     echo "gpu-check: $OUT holds $b; give an empty or new OUTDIR (at most 8 files go there)" >&2
     exit 2
 done
@@ -288,7 +292,7 @@ step_env() {
             --no-index --no-deps --no-compile --target "$WORK/site"
     rc=$?
     if [ "$rc" = 0 ]; then
-        export PYTHONPATH="$REPO/src:$WORK/site"
+        export PYTHONPATH="$PYTHONPATH:$WORK/site"
         if run_timed "$PY" -c "import snakemake, jsonschema"; then
             rc=0
             [ -z "$lack" ] || rc=1
@@ -369,7 +373,8 @@ sanitize() { # sanitize TOOL SUMMARY_REGEX
         RESULT=skipped; REASON="compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"; return
     fi
     local rc line
-    run_timed "$SANITIZER" --tool "$1" --error-exitcode 3 --print-limit 20 --target-processes all \
+    # Lazy module loading: only the kernels used are loaded (and instrumented), not all of torch's.
+    CUDA_MODULE_LOADING=LAZY run_timed "$SANITIZER" --tool "$1" --error-exitcode 3 --print-limit 20 --target-processes all \
         "$PY" -c "$SANITIZED_VALIDATION" validate-kernels --out "$WORK/validation-$1.csv"
     rc=$?
     line=$(grep -E "$2" "$STEP_LOG" | tail -n 1 | sed 's/^=* *//')
@@ -446,7 +451,7 @@ log "mode $MODE, budget ${BUDGET_S} s, out $OUT, work $WORK"
 write_summary
 for step in "${ORDER[@]}"; do
     run_step "$step"
-    [ "$step" != env ] || make_shim # after env: PY may now be the venv's
+    [ "$step" != env ] || make_shim
 done
 pack_logs
 finish_files

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -60,8 +61,15 @@ def probe(missing_out: str | None) -> int:
     return 0
 
 
+def find_tool(name: str) -> str | None:
+    """A CUDA tool on PATH or in the usual CUDA folders (often not on PATH)."""
+    hits = [shutil.which(name), f"/usr/local/cuda/bin/{name}",
+            *sorted(glob.glob(f"/usr/local/cuda-*/bin/{name}"), reverse=True)]
+    return next((h for h in hits if h and os.access(h, os.X_OK)), None)
+
+
 def _run(cmd: Sequence[str]) -> str:
-    exe = shutil.which(cmd[0])
+    exe = find_tool(cmd[0])
     if exe is None:
         return f"{cmd[0]}: not found"
     try:
