@@ -4,7 +4,7 @@
 #   scripts/gpu-check.sh OUTDIR                   on an H100/H200 (or any CUDA machine)
 #   scripts/gpu-check.sh --cpu-rehearsal OUTDIR   the same steps on the CPU, tiny config
 #
-# Options: --budget-s N (all steps together; default 480), --wheels DIR (wheel folder for
+# Options: --budget-s N (all steps together; default 480, rehearsal 900), --wheels DIR (wheel folder for
 # what is missing; default .whl, built by scripts/build-wheels.sh), --python PY,
 # --steps a,b (run only these; the others are skipped with that reason).
 #
@@ -29,7 +29,7 @@ set -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=gpu
-BUDGET_S=480
+BUDGET_S=""
 WHEELS=${BPTTBENCH_WHEELS:-$REPO/.whl}
 PY=${PYTHON:-python3}
 ONLY=""
@@ -53,6 +53,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$OUT" ] || { usage >&2; exit 2; }
+# The rehearsal's budget is looser: on a shared 2-core CI machine its time says nothing.
+[ -n "$BUDGET_S" ] || { [ "$MODE" = gpu ] && BUDGET_S=480 || BUDGET_S=900; }
 case "$BUDGET_S" in '' | *[!0-9]*) echo "gpu-check: --budget-s needs whole seconds" >&2; exit 2 ;; esac
 
 # What each mode runs. The GPU cell is gpu-quick.yaml's LSTM at H=256, T=10^4, scale 1.
@@ -67,12 +69,14 @@ fi
 NCORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 
 # Steps: name, cap (s), floor (s). Caps sum to more than the budget on purpose: a step that
-# finishes early leaves its time to the ones after it.
+# finishes early leaves its time to the ones after it. The result set (sized for ~4 min) keeps
+# a floor of 3 min whatever the steps before it take.
 ORDER=(env facts pytest validate memcheck racecheck cell resultset)
-declare -A CAP=([env]=90 [facts]=45 [pytest]=100 [validate]=60 [memcheck]=75 [racecheck]=75
+declare -A CAP=([env]=90 [facts]=45 [pytest]=100 [validate]=60 [memcheck]=60 [racecheck]=60
     [cell]=120 [resultset]=300)
 declare -A FLOOR=([env]=10 [facts]=10 [pytest]=30 [validate]=20 [memcheck]=20 [racecheck]=20
-    [cell]=30 [resultset]=120)
+    [cell]=30 [resultset]=180)
+[ "$MODE" = gpu ] || CAP[resultset]=600
 PACK_RESERVE=15 # seconds kept for packing logs and the result set at the end
 declare -A STATUS SECS NOTE
 for s in "${ORDER[@]}"; do STATUS[$s]=pending; SECS[$s]=""; NOTE[$s]=""; done
@@ -357,7 +361,9 @@ step_validate() {
         [ "$rc" != 0 ] || rc=$vrc
         verdict "$rc" "$line"
     else
-        verdict "$rc" "no validation.csv (exit $rc; $(tail -n 1 "$STEP_LOG" | oneline))"
+        local last
+        last=$(tail -n 1 "$STEP_LOG" | oneline)
+        verdict "$rc" "no validation.csv (exit $rc${last:+; $last})"
     fi
 }
 
@@ -395,7 +401,9 @@ step_cell() {
         [ "$rc" != 0 ] || rc=$crc
         verdict "$rc" "$line"
     else
-        verdict "$rc" "no cell record (exit $rc; $(tail -n 1 "$STEP_LOG" | oneline))"
+        local last
+        last=$(tail -n 1 "$STEP_LOG" | oneline)
+        verdict "$rc" "no cell record (exit $rc${last:+; $last})"
     fi
 }
 

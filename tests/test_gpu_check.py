@@ -164,3 +164,17 @@ def test_script_refuses_a_foreign_outdir(tmp_path, repo) -> None:
                           env=dict(os.environ))
     assert proc.returncode == 2 and "holds mine.txt" in proc.stderr
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_quick_gpu_config_builds_its_workflow(tmp_path, repo, snakemake_env) -> None:
+    """snakemake -n on config/gpu-quick.yaml: the DAG the GPU run will build (here for the CPU)."""
+    proc = subprocess.run(["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(repo / "config" / "gpu-quick.yaml"), "-n",
+                           "--cores", "16"], capture_output=True, text=True,
+                          env=snakemake_env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert re.search(r"gradient_flow_block\s+10\b", text), text[-2000:]
+    for rule in ("bench_op", "bench_peak", "report_html", "manifest"):
+        assert rule in text

@@ -137,6 +137,8 @@ def junit(path: str, need_run: bool) -> int:
             f"{n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped")
     if n["skipped"] and reasons:
         line += f" (skip reasons: {'; '.join(reasons)[:300]})"
+    if need_run and ran == 0:
+        line += "; none ran, where a GPU check needs them to"
     print(line)
     bad = n["failures"] + n["errors"] > 0 or (need_run and ran == 0) or n["tests"] == 0
     return 1 if bad else 0
