@@ -106,7 +106,7 @@ def facts(out: str, key_out: str) -> int:
         key["cupy_cuda_driver"] = cp.cuda.runtime.driverGetVersion()
     key["hardware_tag"] = hardware_tag({"device": "auto"})
     for tool in ("nvcc", "compute-sanitizer", "ncu"):
-        key[tool] = _run([tool, "--version"]).splitlines()[-1]
+        key[tool] = (_run([tool, "--version"]) or "no output").splitlines()[-1]
     lines = [f"{k}: {v}" for k, v in key.items()]
     text = "\n".join(lines) + "\n\n" + "\n\n".join(
         f"$ {' '.join(c)}\n{_run(c)}" for c in (
