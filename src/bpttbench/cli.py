@@ -43,9 +43,20 @@ def _cmd_cell(args: argparse.Namespace) -> int:
     if args.cell_id not in cells:
         raise ValueError(f"cell {args.cell_id!r} is not in {args.config}; its cells are: "
                          f"{', '.join(list(cells)[:4])}, ... ({len(cells)} in all)")
-    record = run_cell(cells[args.cell_id])
+    spec = cells[args.cell_id]
+    if args.peak_memory:
+        from .memory import describe, peak_memory, reset_peak_memory
+
+        reset_peak_memory("cuda")  # a no-op without a GPU
+    record = run_cell(spec)
+    if args.peak_memory:  # on the device the cell resolved to (run_cell records it)
+        record["peak_memory"] = peak_memory(record.get("device", "cpu"))
     write_json(args.out, record)
     print(json.dumps(record["summary"], indent=1, default=str))
+    print(f"cell {spec.cell_id}: status {record['summary']['status']}, "
+          f"wall {record['wall_s']:.2f} s on {record.get('device', spec.device)}")
+    if args.peak_memory:
+        print(f"peak memory: {describe(record['peak_memory'])}")
     return 0
 
 
@@ -140,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cell_id")
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--out", required=True)
+    p.add_argument("--peak-memory", action="store_true",
+                   help="record peak memory in the record's peak_memory (GPU: torch peak and "
+                        "CuPy pool; always: the process's max RSS)")
     p.set_defaults(func=_cmd_cell)
 
     p = sub.add_parser("block", help="measure a block of cells (one pipeline job) into a JSON file")
