@@ -15,6 +15,7 @@ import fcntl
 import fnmatch
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -197,8 +198,8 @@ def run_checkpointed(items: Iterable[Any], key: Callable[[Any], str], spec: Call
 
     After an interruption, a rerun reuses every checkpoint whose recorded ``spec`` equals
     the item's, so no finished item is computed twice; a checkpoint that cannot be read
-    (truncated, empty) is moved aside with a warning and its item recomputed. The caller
-    removes the folder once the whole job's output is written.
+    (truncated, empty) is moved aside with a warning and its item recomputed. The folder is
+    removed by the step that builds the tables (remove_checkpoints).
     """
     records = []
     for item in items:
@@ -212,13 +213,30 @@ def run_checkpointed(items: Iterable[Any], key: Callable[[Any], str], spec: Call
                 records.append(done)
                 continue
         record = run(item)
+        _ledger("computed", key(item))  # finished, whether or not its checkpoint gets written
         if path is not None:
             write_json(path, record)
-        _ledger("computed", key(item))
         if report is not None:
             report(item, record)
         records.append(record)
     return records
+
+
+def checkpoint_dir(record_path: str | Path) -> Path:
+    """Where the job that writes ``record_path`` keeps its finished items: ``<stem>.partial/``."""
+    record_path = Path(record_path)
+    return record_path.with_name(record_path.stem + ".partial")
+
+
+def remove_checkpoints(record_paths: Iterable[str | Path]) -> None:
+    """Drop the checkpoints of these records once the tables built from them are written.
+
+    Not earlier, when the record is written: a job whose Snakemake was killed may finish
+    unseen, and the rerun of that (incomplete) job then reuses every item instead of
+    recomputing them.
+    """
+    for p in record_paths:
+        shutil.rmtree(checkpoint_dir(p), ignore_errors=True)
 
 
 # --- one pipeline per result set -----------------------------------------------------------
