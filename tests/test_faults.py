@@ -112,6 +112,34 @@ def test_unreadable_block_records_are_all_named_and_moved_aside(tmp_path, fault_
     assert len(read_records([p for p in paths if p not in bad])) == 6
 
 
+def test_collect_steps_name_an_unreadable_input_and_write_nothing(tmp_path, capsys,
+                                                                   fault_rng):
+    """claims-collect (JSON records) and the bench parts reader (Parquet)."""
+    import pandas as pd
+
+    from bpttbench.cli import main
+    from bpttbench.io import read_intermediates
+
+    record = tmp_path / "cells" / "claim.json"
+    write_json(record, {"rows": [], "wall_s": 1.0})
+    record.write_bytes(record.read_bytes()[:fault_rng.randrange(1, 10)])
+    table = tmp_path / "tables" / "claims.csv"
+    assert main(["claims-collect", "--out-table", str(table), "--curves",
+                 str(tmp_path / "tables" / "curves.parquet"), str(record)]) == 2
+    err = capsys.readouterr().err
+    assert f"bpttbench claims-collect: error: 1 unreadable intermediate file(s): {record}" in err
+    assert not table.exists() and record.with_name(record.name + CORRUPT_SUFFIX).exists()
+
+    parts = [tmp_path / f"part{i}.parquet" for i in range(3)]
+    for i, p in enumerate(parts):
+        pd.DataFrame({"op": ["chain"] * 4, "x": [float(i + j) for j in range(4)]}).to_parquet(p)
+    bad = fault_rng.choice(parts)
+    bad.write_bytes(bad.read_bytes()[:fault_rng.randrange(1, bad.stat().st_size - 1)])
+    with pytest.raises(UnreadableFile, match=str(bad)):
+        read_intermediates(parts, pd.read_parquet)
+    assert [p.exists() for p in parts] == [p != bad for p in parts]
+
+
 def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch, fault_rng):
     import bpttbench.io as bio
 
@@ -297,8 +325,14 @@ def test_sigkill_of_a_job_at_a_random_moment(tmp_path, repo, snakemake_env, base
                                              fault_rng, rep):
     pipe = Pipeline(tmp_path / "w", repo, snakemake_env)
     proc = pipe.start()
-    victim = fault_rng.choice(_random_moment(pipe, proc, fault_rng))
-    victim.send_signal(signal.SIGKILL)
+    jobs = _random_moment(pipe, proc, fault_rng)
+    while True:  # a job may exit between the look and the kill: then take another
+        victim = fault_rng.choice(jobs)
+        try:
+            victim.send_signal(signal.SIGKILL)
+            break
+        except psutil.NoSuchProcess:
+            jobs = _block_jobs(psutil.Process(proc.pid)) or _random_moment(pipe, proc, fault_rng)
     rc, out = pipe.wait(proc)
     assert rc != 0 and "Error in rule gradient_flow_block" in out
     kept = pipe.checkpoints()
@@ -313,7 +347,8 @@ def test_sigkill_of_snakemake(tmp_path, repo, snakemake_env, baseline, fault_rng
     orphans = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)  # Snakemake alone: its running jobs are orphaned
     pipe.wait(proc)
-    psutil.wait_procs(orphans, timeout=120)  # they finish (or fail) on their own
+    _, alive = psutil.wait_procs(orphans, timeout=240)  # they finish (or fail) on their own
+    assert not alive, f"orphaned jobs still running: {alive}"
     kept = pipe.checkpoints()
     if rep == 0:  # Snakemake's own lock outlives it: a rerun is refused, clearly, until --unlock
         rc, out = pipe.run("--rerun-incomplete")
