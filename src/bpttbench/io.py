@@ -105,7 +105,8 @@ def read_json(path: str | Path) -> Any:
 class UnreadableFile(ValueError):
     """Intermediate files that could not be read; each has been moved aside."""
 
-    def __init__(self, moved: dict[Path, Path], what: str = "rerun to recompute it"):
+    def __init__(self, moved: dict[Path, tuple[Path, str]],
+                 what: str = "rerun to recompute it"):
         self.moved = moved
         names = "; ".join(f"{src} (moved aside to {dst.name}: {why})"
                           for src, (dst, why) in moved.items())
