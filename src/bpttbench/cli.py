@@ -61,12 +61,10 @@ def _cmd_cell(args: argparse.Namespace) -> int:
 
 
 def _cmd_block(args: argparse.Namespace) -> int:
-    import shutil
-
     from .cells import run_block
     from .config import block_from_json
     from .hardware import check_result_set_tag
-    from .io import write_json
+    from .io import checkpoint_dir, write_json
 
     cells = block_from_json(args.spec)
     if not cells:
@@ -74,17 +72,17 @@ def _cmd_block(args: argparse.Namespace) -> int:
     if args.hw_tag:
         check_result_set_tag(args.hw_tag, cells[0].device, args.hw_tag_is_explicit)
     out = Path(args.out)
-    checkpoints = out.with_name(out.stem + ".partial")
+    checkpoints = checkpoint_dir(out)  # kept until collect: see io.remove_checkpoints
     print(f"block {cells[0].block_id}: {len(cells)} cells", flush=True)
     records = run_block(cells, checkpoints)
     write_json(out, records)
-    shutil.rmtree(checkpoints, ignore_errors=True)
     statuses = [r["summary"]["status"] for r in records]
     print(f"block done: {', '.join(f'{s}={statuses.count(s)}' for s in sorted(set(statuses)))}")
     return 0
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from .io import remove_checkpoints
     from .tables import collect_cells, write_columns_doc, write_table
 
     out = Path(args.out_dir)
@@ -95,6 +93,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     write_table(tables["chain_spectrum"], out / "chain_spectrum.parquet", "chain_spectrum",
                 csv_twin=False)
     write_columns_doc(out / "COLUMNS.md")
+    remove_checkpoints(args.cells)
     counts = tables["summary"]["status"].value_counts().to_dict()
     print(f"collected {len(args.cells)} cells into {out}: status {counts}")
     return 0

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import read_json, write_text, write_with
+from .io import is_record, read_intermediates, write_text, write_with
 
 CELL_KEYS = ["model", "init", "hidden", "seq_len", "weight_scale", "seed"]
 CSV_TWIN_MAX_ROWS = 20_000
@@ -477,8 +477,8 @@ def _frame(records: Iterable[Mapping[str, Any]], part: str) -> pd.DataFrame:
 def read_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Cell records from files that each hold one record or a list of them (a block)."""
     records: list[dict[str, Any]] = []
-    for p in paths:
-        data = read_json(p)
+    # An unreadable file is moved aside and named in the error: no table from partial input.
+    for data in read_intermediates(paths, check=is_record):
         records.extend(data if isinstance(data, list) else [data])
     return records
 

@@ -73,3 +73,17 @@ def all_targets():
 # Kernel validation runs only where the CUDA kernels are used (a CUDA device).
 if cluster.uses_gpu(config):
     REPORT_INPUTS.append("results/{hw}/tables/validation.csv")
+
+
+# One pipeline per result set. Snakemake's lock (.snakemake/locks) is per working directory
+# and checked, then written: two runs started at the same instant can both pass it. This
+# flock on results/<hw_tag>/ is atomic, holds across working directories, and dies with the
+# process that holds it (no stale lock after a kill). --nolock skips both. docs/reproducibility.md
+onstart:
+    if getattr(getattr(workflow, "execution_settings", None), "lock", True):
+        from bpttbench.io import hold_result_lock
+
+        try:
+            hold_result_lock(f"results/{HW}")
+        except RuntimeError as err:
+            raise WorkflowError(f"Refused: {err}") from None

@@ -137,11 +137,13 @@ def _collect(parts: list[str | Path], peak_path: str | Path, targets_path: str |
     import pandas as pd
 
     from bpttbench.bench.runner import collect, evaluate_targets, load_targets
+    from bpttbench.io import read_intermediates
     from bpttbench.tables import read_table, write_table
 
     targets = load_targets(targets_path)
     peaks = read_table(peak_path)
-    df = collect([pd.read_parquet(p) for p in parts], peaks)
+    # An unreadable part is moved aside and named in the error: no table from partial input.
+    df = collect(read_intermediates(parts, pd.read_parquet), peaks)
     out = Path(out_dir)
     write_table(df, out / "bench.parquet", "bench", csv_twin=True)
     tdf = evaluate_targets(df, targets)

@@ -205,9 +205,10 @@ def write_tables(records: Sequence[Mapping[str, Any]], out_table: str | Path,
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from ..io import read_json
+    from ..io import read_intermediates
 
-    records = [read_json(p) for p in args.records]
+    # An unreadable record is moved aside and named in the error: no table from partial input.
+    records = read_intermediates(args.records, check=lambda r: isinstance(r, dict) and "rows" in r)
     table, _ = write_tables(records, args.out_table, args.curves)
     print(f"{int(table['passed'].sum())} of {len(table)} claim rows pass -> {args.out_table}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 
@@ -11,7 +10,7 @@ def _cmd_block(args: argparse.Namespace) -> int:
     import torch
 
     from ..hardware import check_result_set_tag
-    from ..io import write_json
+    from ..io import checkpoint_dir, write_json
     from .train import run_block, runs_from_json
 
     runs = runs_from_json(args.spec)
@@ -21,11 +20,10 @@ def _cmd_block(args: argparse.Namespace) -> int:
         check_result_set_tag(args.hw_tag, runs[0].device, args.hw_tag_is_explicit)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    checkpoints = out.with_name(out.stem + ".partial")
+    checkpoints = checkpoint_dir(out)  # kept until collect: see io.remove_checkpoints
     print(f"block {runs[0].block_id}: {len(runs)} runs, {args.threads} thread(s)", flush=True)
     records = run_block(runs, checkpoints)
     write_json(out, records)
-    shutil.rmtree(checkpoints, ignore_errors=True)
     solved = sum(bool(r["summary"].get("solved")) for r in records)
     statuses = [r["summary"]["status"] for r in records]
     print(f"block done: {solved}/{len(records)} solved; status "
@@ -67,6 +65,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from ..io import remove_checkpoints
     from ..tables import read_records, write_table
     from .tables import collect
 
@@ -78,6 +77,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                 "long_range_summary")
     write_table(tables["long_range_precision"], out / "long_range_precision.csv",
                 "long_range_precision")
+    remove_checkpoints(args.records)
     runs = tables["long_range"]
     print(f"collected {len(runs)} runs into {out}: {int(runs['solved'].sum())} solved; "
           f"status {runs['status'].value_counts().to_dict()}")
