@@ -180,6 +180,8 @@ class CellSpec:
     allow_tf32: bool
     deterministic: bool
     jacobian_backend: str
+    warmup_forward: int = 10
+    warmup_align: int = 10
 
     @property
     def cell_id(self) -> str:
@@ -232,6 +234,8 @@ def gradient_flow_cells(cfg: Mapping[str, Any]) -> Iterator[CellSpec]:
             allow_tf32=bool(cfg["allow_tf32"]),
             deterministic=bool(cfg["deterministic"]),
             jacobian_backend=cfg["jacobian_backend"],
+            warmup_forward=int(gf["warmup_forward"]),
+            warmup_align=int(gf["warmup_align"]),
         )
 
 

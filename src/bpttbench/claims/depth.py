@@ -69,7 +69,7 @@ def measure_cell(model: str, init: str, scale: float, seed: int, sec: dict, ctx:
         chain = analyse_chain(model, detached(cell.params()), x, None, k=1,
                               backend=ctx.jacobian_backend)
     warm, last = sec["warmup"], steps - sec["warmup"]
-    top = np.concatenate([[0.0], chain.log_sv[:, 0]])  # lag 0..T
+    top = np.concatenate([[0.0], chain.frame_log_stretch[:, 0]])  # lag 0..T
     return {
         "log_norm": flow.log_norm_h,
         "lyapunov": float((top[last] - top[warm]) / (last - warm)),

@@ -87,7 +87,7 @@ def top_exponent(model: str, scale: float, seed: int, sec: dict, ctx: Context,
     with torch.no_grad():
         chain = analyse_chain(model, detached(cell.params()), x, None, k=1,
                               backend=ctx.jacobian_backend)
-    top = np.concatenate([[0.0], chain.log_sv[:, 0]])
+    top = np.concatenate([[0.0], chain.frame_log_stretch[:, 0]])
     last = steps - warm
     return float((top[last] - top[warm]) / (last - warm)), float(chain.exponents_std[0])
 

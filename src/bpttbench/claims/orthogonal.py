@@ -76,7 +76,7 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
         "3a", "linear RNN with W = sQ: every singular value of the k-step Jacobian product is "
         "s^k (largest |ln sigma_i - k ln s| over i, k, s, seeds)", worst_sv, 0.0, tol,
         "m<=p+tol", condition=cond, n=n * steps * hidden, unit="nats", source=SOURCE,
-        note=(f"QR frame of all {hidden} directions (analyse_chain, backend "
+        note=(f"true singular values of the products (full-frame pass of analyse_chain, backend "
               f"{ctx.jacobian_backend}); worst at {where_sv}; tolerance {ROUNDOFF_C:g} T H eps "
               f"= {fmt(tol)} (round-off bound)."),
     ))
