@@ -265,7 +265,16 @@ def analyse_chain(
         saved = cupy_backend.saved_to_cupy(saved_t)
     totals, rows = run_chain(saved, bk, k, int(qr_every))
     steps = saved.steps
-    window = _window_exponents(saved, bk, k, int(qr_every), totals, wf, wa)
+    ff = None
+    if singular_values:
+        from bpttbench.jacobians.spectrum import full_frame, full_frame_chain
+
+        ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k))
+    if ff is not None and qr_every == 1:
+        # the full frame's first k columns are the k-frame (same start, QR every step)
+        window = ff.logdiag[wa:steps - wf, :, :k].sum(axis=0) / (steps - wf - wa)
+    else:
+        window = _window_exponents(saved, bk, k, int(qr_every), totals, wf, wa)
     per_elem = -np.sort(-window, axis=1)
     n = per_elem.shape[0]
     with np.errstate(invalid="ignore"):  # -inf/NaN exponents (dead or exploding) are data
@@ -276,10 +285,7 @@ def analyse_chain(
         half = np.stack([(padded[mid] - padded[wa]) / (mid - wa),
                          (padded[steps - wf] - padded[mid]) / (steps - wf - mid)])
     lags_sv, log_sv, sum_exp, mean_det = None, None, math.nan, math.nan
-    if singular_values:
-        from bpttbench.jacobians.spectrum import full_frame_chain
-
-        ff = full_frame_chain(saved, bk, sv_lags)
+    if ff is not None:
         lags_sv = ff.lags
         with np.errstate(invalid="ignore"):
             log_sv = ff.log_sv.mean(axis=1)[:, :k]  # NaN where any element is unresolved

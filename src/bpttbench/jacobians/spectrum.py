@@ -10,9 +10,10 @@ orthonormal D x D frame F through the adjoint chain, QR every step,
 so the singular values of P_{T,T-lag} are those of the upper-triangular A_lag (Q_lag and F
 are orthogonal). A_lag = R_lag A_{lag-1} is kept column-scaled, A = U diag(exp(c)) with unit
 columns U and float64 logs c: a column's growth over one step cannot overflow, so no lag
-is too long. ln sigma_i(A) = max(c) + ln sigma_i(U diag(exp(c - max c))) by a float64 SVD,
-whose error is about D eps sigma_1: ln sigma_i is resolved where sigma_i > RESOLVE sigma_1,
-and reported NaN below that (not a number the SVD can give).
+is too long. :func:`log_singular_values` then reads ln sigma_i off A without forming it:
+close values by a float64 SVD of their block, widely spread ones after zero-shift QR
+sweeps that decouple them (relative accuracy ~1e-11 against a 200-digit reference over
+300 nats of spread, tests/test_spectrum.py). A value it cannot resolve is NaN.
 
 The same pass gives every step's ln|diag R| (the full Lyapunov spectrum) and, computed
 independently by LU (slogdet), ln|det J_t|: with a full frame sum_i ln|R_ii| = ln|det J_t|
@@ -30,8 +31,11 @@ import numpy as np
 from bpttbench.jacobians.analytic import Saved, step_jacobians
 from bpttbench.jacobians.backends import ArrayBackend
 
-#: smallest sigma_i / sigma_1 reported: below it a float64 SVD resolves nothing (~D eps)
-RESOLVE = 1e-11
+#: widest range (nats) below the largest value of a block that one float64 SVD reports:
+#: its relative error there is about D eps e^SPAN (1e-6 for D = 64); lower values are NaN
+SPAN = 18.0
+#: coupled values further apart than this (nats) are first separated by QR sweeps
+SWEEP_GAP = 8.0
 
 
 @dataclass
@@ -40,7 +44,7 @@ class FullFrame:
 
     lags:    [L] the lags (1..T) of the rows of log_sv
     log_sv:  [L, B, D] ln sigma_i(P_{T,T-lag}) at lag = lags[row], descending in i
-             (NaN where sigma_i < RESOLVE sigma_1, -inf for an exactly singular product)
+             (NaN where unresolved, -inf for an exactly singular product)
     logdiag: [T, B, D] ln|diag R| of the QR at lag = row + 1 (column i: i-th Lyapunov direction)
     log_det: [T, B] ln|det J| of the Jacobian applied at lag = row + 1, by LU (slogdet)
     """
@@ -66,34 +70,60 @@ def _transpose(u: np.ndarray, logc: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return _unit_columns(np.sign(t) * np.exp(logs - top[..., None, :]), top)
 
 
+def _block_ids(coupled: np.ndarray) -> np.ndarray:
+    """[..., n] id of the contiguous block of each index: blocks are the index ranges that no
+    coupling (i < j) crosses."""
+    n = coupled.shape[-1]
+    last = n - 1 - np.argmax(coupled[..., ::-1], axis=-1)  # furthest j coupled to i
+    reach = np.where(coupled.any(axis=-1), last, np.arange(n))
+    crossed = np.maximum.accumulate(reach, axis=-1)[..., :-1] > np.arange(n - 1)
+    zero = np.zeros(crossed.shape[:-1] + (1,), dtype=int)
+    return np.concatenate([zero, np.cumsum(~crossed, axis=-1)], axis=-1)
+
+
 def _blocks(coupled: np.ndarray) -> list[tuple[int, int]]:
     """Contiguous index ranges [lo, hi) that no coupling crosses, of size > 1."""
-    n = coupled.shape[-1]
-    reach = np.where(coupled.any(axis=-1), n - 1 - np.argmax(coupled[:, ::-1], axis=-1),
-                     np.arange(n))
-    crossed = np.maximum.accumulate(reach)[:-1] > np.arange(n - 1)
-    out, lo = [], 0
-    for i in range(n - 1):
-        if not crossed[i]:
-            if i + 1 - lo > 1:
-                out.append((lo, i + 1))
-            lo = i + 1
-    if n - lo > 1:
-        out.append((lo, n))
-    return out
+    ids = _block_ids(coupled)
+    starts = np.flatnonzero(np.diff(np.concatenate([[-1], ids])))
+    ends = np.concatenate([starts[1:], [ids.size]])
+    return [(int(lo), int(hi)) for lo, hi in zip(starts, ends, strict=True) if hi - lo > 1]
 
 
-def log_singular_values(u: np.ndarray, logc: np.ndarray, tol: float = 1e-9,
-                        sweeps: int = 4) -> np.ndarray:
+def _coupling(u: np.ndarray, logc: np.ndarray, tol: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(ln|A_ii| [m, n], coupled [m, n, n]: i < j with |A_ij| > tol max(|A_ii|, |A_jj|)).
+
+    An uncoupled pair's singular values are |A_ii|, |A_jj| to a relative (A_ij / max)^2."""
+    n = u.shape[-1]
+    ln_diag = logc + np.log(np.abs(np.diagonal(u, axis1=-2, axis2=-1)))
+    ln_a = np.log(np.abs(u)) + logc[..., None, :]
+    rel = ln_a - np.maximum(ln_diag[..., :, None], ln_diag[..., None, :])
+    upper = np.triu(np.ones((n, n), dtype=bool), 1)
+    return ln_diag, upper & (rel > np.log(tol)) & np.isfinite(ln_diag)[..., :, None]
+
+
+def _wide(ln_diag: np.ndarray, coupled: np.ndarray) -> np.ndarray:
+    """[m] whether a block of coupled values holds two more than SWEEP_GAP nats apart (a QR
+    sweep multiplies their coupling by about exp(-2 SWEEP_GAP))."""
+    ids = _block_ids(coupled)
+    same = ids[..., :, None] == ids[..., None, :]
+    gap = np.abs(ln_diag[..., :, None] - ln_diag[..., None, :])
+    return (same & np.isfinite(gap) & (gap > SWEEP_GAP)).any(axis=(-2, -1))
+
+
+def log_singular_values(u: np.ndarray, logc: np.ndarray, tol: float = 1e-8,
+                        max_sweeps: int = 6) -> np.ndarray:
     """ln sigma(U diag(exp(logc))) descending, [..., n], for U upper triangular.
 
-    Zero-shift QR sweeps (A -> R^T of the QR of A^T, which keeps the singular values),
-    done on the column-scaled form so that no entry overflows: each sweep multiplies the
-    coupling of singular values i < j by about (sigma_j / sigma_i)^2, so widely spread
-    (graded) values decouple in a few sweeps and are read off the diagonal, to the
-    relative accuracy of the Householder QR. Values still coupled after the sweeps (close
-    to each other, in contiguous diagonal blocks) come from a float64 SVD of their block
-    scaled by its largest column; where a block spans more than 1/RESOLVE they are NaN.
+    Values that are coupled (off-diagonal entries above ``tol`` relative to the diagonal)
+    come from a float64 SVD of their diagonal block scaled by its largest column (relative
+    error about n eps exp(distance below the block's largest)). Where two coupled values
+    lie more than SWEEP_GAP nats apart, zero-shift QR sweeps (A -> R^T of the QR of A^T,
+    which keeps the singular values), done on the column-scaled form so that no entry
+    overflows, decouple them: each sweep multiplies the coupling of values i < j by about
+    (sigma_j / sigma_i)^2, so spread-out (graded) values separate in a few sweeps and are
+    read off the diagonal, to the relative accuracy of the Householder QR. A block value
+    more than SPAN nats below the block's largest after ``max_sweeps`` sweeps is NaN.
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
         n = u.shape[-1]
@@ -102,41 +132,62 @@ def log_singular_values(u: np.ndarray, logc: np.ndarray, tol: float = 1e-9,
         logc = logc.reshape((-1, n)).astype(np.float64)
         bad = ~(np.isfinite(u).all(axis=(-2, -1)) & ~np.isnan(logc).any(axis=-1))
         u[bad], logc[bad] = np.eye(n), 0.0
-        upper = np.triu(np.ones((n, n), dtype=bool), 1)
-        for _ in range(sweeps):
-            v, m = _transpose(u, logc)
+        ln_diag, coupled = _coupling(u, logc, tol)
+        todo = np.flatnonzero(_wide(ln_diag, coupled))
+        for _ in range(max_sweeps):
+            if todo.size == 0:
+                break
+            v, m = _transpose(u[todo], logc[todo])
             r = np.linalg.qr(v, mode="r")
-            u, logc = _unit_columns(r, m)  # upper triangular, same singular values
-        ln_diag = logc + np.log(np.abs(np.diagonal(u, axis1=-2, axis2=-1)))
-        # |A_ij| relative to the smaller of |A_ii|, |A_jj| (coupling of i and j)
-        ln_a = np.log(np.abs(u)) + logc[..., None, :]
-        rel = ln_a - np.minimum(ln_diag[..., :, None], ln_diag[..., None, :])
-        coupled = upper & (rel > np.log(tol))
+            u[todo], logc[todo] = _unit_columns(r, m)  # upper triangular, same sing. values
+            ln_diag[todo], coupled[todo] = _coupling(u[todo], logc[todo], tol)
+            todo = todo[_wide(ln_diag[todo], coupled[todo])]
         out = ln_diag.copy()
-        for b in np.flatnonzero(coupled.any(axis=(-2, -1))):  # close values: SVD of the block
+        by_size: dict[int, list[tuple[int, int]]] = {}  # coupled blocks, batched by size
+        for b in np.flatnonzero(coupled.any(axis=(-2, -1))):
             for lo, hi in _blocks(coupled[b]):
-                sub_c = logc[b, lo:hi]
-                top = np.max(sub_c)
-                if not np.isfinite(top):
-                    continue
-                sv = np.log(np.linalg.svd(u[b, lo:hi, lo:hi] * np.exp(sub_c - top)[None, :],
-                                          compute_uv=False)) + top
-                out[b, lo:hi] = np.where(sv - sv[0] >= np.log(RESOLVE), sv, np.nan)
+                by_size.setdefault(hi - lo, []).append((b, lo))
+        for size, where in by_size.items():
+            bs, los = np.array([w[0] for w in where]), np.array([w[1] for w in where])
+            idx = los[:, None] + np.arange(size)[None, :]  # [nb, size]
+            sub = u[bs[:, None, None], idx[:, :, None], idx[:, None, :]]
+            sub_c = logc[bs[:, None], idx]
+            top = np.max(sub_c, axis=-1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)
+            sv = np.log(np.linalg.svd(sub * np.exp(sub_c - top)[:, None, :],
+                                      compute_uv=False)) + top
+            out[bs[:, None], idx] = np.where(sv - sv[:, :1] >= -SPAN, sv, np.nan)
         out[bad] = np.nan
-        return -np.sort(-out, axis=-1).reshape(lead + (n,))  # descending, NaN last
+        # descending; an unresolved (NaN) value keeps the place its diagonal estimate gives
+        key = np.where(np.isnan(out), ln_diag, out)
+        order = np.argsort(-key, axis=-1, kind="stable")
+        return np.take_along_axis(out, order, axis=-1).reshape(lead + (n,))
 
 
 def _triu_mask(bk: ArrayBackend, dim: int, ref) -> object:
     return bk.like(bk.asarray(np.triu(np.ones((dim, dim)))), ref)
 
 
-def report_lags(steps: int, dense: int = 12, total: int = 32) -> np.ndarray:
+def report_lags(steps: int, dense: int = 8, total: int = 24) -> np.ndarray:
     """The lags at which singular values are reported: every lag up to ``dense``, then
     about ``total - dense`` geometrically spaced ones up to T (always including T)."""
     if steps <= total:
         return np.arange(1, steps + 1)
     tail = np.geomspace(dense + 1, steps, total - dense).round().astype(int)
     return np.unique(np.concatenate([np.arange(1, dense + 1), tail, [steps]]))
+
+
+def full_frame(dim: int, k: int) -> np.ndarray:
+    """An orthonormal D x D frame whose first k columns are ``initial_frame(dim, k)``, so
+    that the full pass's first k columns are the k-frame chain (QR every step)."""
+    from bpttbench.jacobians.chain import FRAME_SEED, initial_frame
+
+    first = initial_frame(dim, k)
+    rest = np.random.default_rng(FRAME_SEED + 1).standard_normal((dim, dim - k))
+    q, r = np.linalg.qr(np.concatenate([first, rest], axis=1))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    q[:, :k] = first  # equal up to round-off; keep the k-frame's columns exactly
+    return q
 
 
 def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = None,
@@ -151,9 +202,7 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
     want = set(lags.tolist())
     w = saved.w_hh
     if frame0 is None:
-        from bpttbench.jacobians.chain import initial_frame
-
-        frame0 = initial_frame(dim, dim)
+        frame0 = full_frame(dim, dim)
     q = bk.zeros((batch, dim, dim), w) + bk.like(bk.asarray(frame0), w)
     mask = _triu_mask(bk, dim, w)
     u = np.broadcast_to(np.eye(dim), (batch, dim, dim)).copy()  # A_0 = I, column-scaled
@@ -166,15 +215,18 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
     with bk.small_problem(batch * dim * dim), np.errstate(divide="ignore", invalid="ignore"):
         for hi in range(steps, 0, -chunk):
             lo = max(0, hi - chunk)
-            jac = None if rnn else step_jacobians(saved, bk, lo, hi)
+            if rnn:
+                dets = bk.to_numpy(bk.sum(bk.log(bk.abs(bk.f64(saved.deriv[lo:hi]))), -1))
+                dets = dets + logdet_w
+            else:
+                jac = step_jacobians(saved, bk, lo, hi)
+                dets = bk.to_numpy(bk.logabsdet(bk.f64(jac)))  # [n, B], one batched LU
             for i in range(hi - 1, lo - 1, -1):
+                ld = dets[i - lo]
                 if rnn:
-                    d = saved.deriv[i]
-                    m = w_t @ (d[..., :, None] * q)
-                    ld = bk.to_numpy(bk.sum(bk.log(bk.abs(bk.f64(d))), -1)) + logdet_w
+                    m = w_t @ (saved.deriv[i][..., :, None] * q)
                 else:
                     m = bk.mT(jac[i - lo]) @ q
-                    ld = bk.to_numpy(bk.logabsdet(bk.f64(jac[i - lo])))
                 q, logd = bk.qr_logdiag(m)
                 r = (bk.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
                 v = bk.to_numpy(bk.f64(r)) @ u  # R_lag A_{lag-1}, one step of growth
