@@ -341,9 +341,17 @@ def test_exploding_states_are_data_not_errors():
         dtype=torch.float32,
     )
     res = analyse_chain("rnn_relu", params, x, state0, k=2, backend="torch")
-    assert res.log_sv.shape == (200, 2)
-    res64 = analyse_chain("rnn_relu", params, x, state0, k=2, backend="numpy")
-    assert res64.log_sv.shape == (200, 2)
+    assert res.frame_log_stretch.shape == (200, 2) and res.log_sv.shape == (200, 2)
+    p64 = {n: v.double() for n, v in params.items()}
+    res64 = analyse_chain("rnn_relu", p64, x.double(), tuple(s.double() for s in state0), k=2,
+                          backend="numpy")
+    # float64 does not overflow (30^200 < 1e308): exploding, lambda_1 within ln 2 of ln 30
+    assert np.isfinite(res64.exponents).all() and abs(res64.exponents[0] - math.log(30)) < 0.7
+    assert np.isfinite(res64.log_sv[:, 0]).all()
+    # float32 states overflow: every exponent is either the float64 one or not finite
+    # (recorded as data), never a finite wrong number
+    ok = ~np.isfinite(res.exponents) | (np.abs(res.exponents - res64.exponents) < 1e-3)
+    assert ok.all()
 
 
 def test_exponents_after_warmup():
