@@ -113,6 +113,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "passed": "True when measured and predicted agree as the comparison column states",
         "comparison": "|m-p|<=tol (equal within tolerance), m<=p+tol (upper bound or count), "
         "m>=p-tol (lower bound) or p<=m<=p+tol (inside the predicted interval)",
+        "kind": "prediction (can fail if the theory or seed text is wrong), exactness (an "
+        "identity of the mathematics or the code: fails only by a bug) or method agreement "
+        "(two numerical methods for one quantity)",
         "score": "deviation in units of the tolerance; the row passes exactly when score <= 1 "
         "(inf: a count that should be zero is not)",
         "claim": "the claim (experiment) the row belongs to: 1_depth ... 7_gating",

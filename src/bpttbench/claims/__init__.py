@@ -206,7 +206,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     records = [read_json(p) for p in args.records]
     table, _ = write_tables(records, args.out_table, args.curves)
-    print(f"{int(table['passed'].sum())} of {len(table)} claim rows pass -> {args.out_table}")
+    from .common import headline
+
+    print(f"{headline(table)} -> {args.out_table}")
     return 0
 
 
@@ -258,7 +260,9 @@ def _cmd_all(args: argparse.Namespace) -> int:
     table, _ = write_tables(records, args.out_table,
                             args.curves or Path(args.out_table).with_name(CURVES))
     draw_figures(Path(args.out_table).parent, args.figures_dir)
-    print(f"{int(table['passed'].sum())} of {len(table)} claim rows pass")
+    from .common import headline
+
+    print(headline(table))
     return 0
 
 
