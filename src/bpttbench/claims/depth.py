@@ -67,7 +67,7 @@ def measure_cell(model: str, init: str, scale: float, seed: int, sec: dict, ctx:
                                  target)
     with torch.no_grad():
         chain = analyse_chain(model, detached(cell.params()), x, None, k=1,
-                              backend=ctx.jacobian_backend)
+                              backend=ctx.jacobian_backend, singular_values=False)
     warm, last = sec["warmup"], steps - sec["warmup"]
     top = np.concatenate([[0.0], chain.frame_log_stretch[:, 0]])  # lag 0..T
     return {
