@@ -109,6 +109,15 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
     if 2 * sec["warmup"] + 4 > sec["seq_len"]:
         raise ValueError(f"claims.gating.warmup={sec['warmup']} leaves fewer than 4 lags of "
                          f"seq_len={sec['seq_len']} (warm-up at both ends)")
+    fbs = [float(b) for b in sec["forget_bias"]]
+    f_steps, f_warm = int(sec["forget_bias_seq_len"]), int(sec["forget_bias_warmup"])
+    memory = 1.0 / (1.0 - 1.0 / (1.0 + math.exp(-max(fbs))))
+    if f_steps - 2 * f_warm < 4 * memory:
+        raise ValueError(
+            f"claims.gating.forget_bias_seq_len={f_steps} with forget_bias_warmup={f_warm} "
+            f"leaves {f_steps - 2 * f_warm} lags, fewer than 4 memory times (4 x {memory:.0f}) "
+            f"of the largest forget bias {max(fbs):g}: the exponent would be a finite-length "
+            "artefact; raise forget_bias_seq_len")
     eps = float(torch.finfo(ctx.dtype).eps)
     tol = ROUNDOFF_C * steps * eps
     lags = np.arange(steps + 1)
@@ -215,16 +224,7 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
             ))
 
     # 7d, 7e: forget-gate bias sweep, at T >> the memory time 1 / (1 - sigmoid(b_f))
-    fbs = [float(b) for b in sec["forget_bias"]]
     fscale = float(sec["forget_bias_scale"])
-    f_steps, f_warm = int(sec["forget_bias_seq_len"]), int(sec["forget_bias_warmup"])
-    memory = 1.0 / (1.0 - 1.0 / (1.0 + math.exp(-max(fbs))))
-    if f_steps - 2 * f_warm < 4 * memory:
-        raise ValueError(
-            f"claims.gating.forget_bias_seq_len={f_steps} with forget_bias_warmup={f_warm} "
-            f"leaves {f_steps - 2 * f_warm} lags, fewer than 4 memory times (4 x {memory:.0f}) "
-            f"of the largest forget bias {max(fbs):g}: the exponent would be a finite-length "
-            "artefact; raise forget_bias_seq_len")
     vals = [seed_stats([top_exponent("lstm", fscale, s, sec, ctx, forget_bias=fb,
                                      steps=f_steps, warm=f_warm) for s in ctx.seeds])
             for fb in fbs]
