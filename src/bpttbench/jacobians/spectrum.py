@@ -112,7 +112,7 @@ def _wide(ln_diag: np.ndarray, coupled: np.ndarray) -> np.ndarray:
     return (same & np.isfinite(gap) & (gap > SWEEP_GAP)).any(axis=(-2, -1))
 
 
-def log_singular_values(u: np.ndarray, logc: np.ndarray, tol: float = 1e-8,
+def log_singular_values(u: np.ndarray, logc: np.ndarray, tol: float = 1e-6,
                         max_sweeps: int = 6) -> np.ndarray:
     """ln sigma(U diag(exp(logc))) descending, [..., n], for U upper triangular.
 
@@ -169,7 +169,7 @@ def _triu_mask(bk: ArrayBackend, dim: int, ref) -> object:
     return bk.like(bk.asarray(np.triu(np.ones((dim, dim)))), ref)
 
 
-def report_lags(steps: int, dense: int = 8, total: int = 24) -> np.ndarray:
+def report_lags(steps: int, dense: int = 8, total: int = 20) -> np.ndarray:
     """The lags at which singular values are reported: every lag up to ``dense``, then
     about ``total - dense`` geometrically spaced ones up to T (always including T)."""
     if steps <= total:
