@@ -47,6 +47,7 @@ ROW_KINDS: dict[str, str] = {
     "1b": "method agreement",  # BPTT growth rate vs the chain's top exponent
     "3a": "exactness",  # W = sQ: the singular values of W^k are s^k
     "3b": "exactness",  # the same for BPTT norms
+    "3c": "exactness",  # full frame: sum of the exponents = mean ln|det J| (QR vs LU)
     "4a": "exactness",  # ||prod J|| <= prod ||J|| (submultiplicativity)
     "4b": "exactness",  # the same bound through the sweep
     "6b": "exactness",  # the log-scale engine does not overflow
