@@ -358,7 +358,7 @@ def test_run_claim_record_and_job_config(tmp_path):
     cfg = {"device": "cpu", "claims": {"seeds": [0], "orthogonal": {"hidden": 4, "steps": 5}}}
     rec = run_claim("3_orthogonal", cfg)
     assert rec["claim"] == "3_orthogonal" and rec["settings"]["hidden"] == 4
-    assert {r["claim_id"] for r in rec["rows"]} == {"3a", "3b"}
+    assert {r["claim_id"] for r in rec["rows"]} == {"3a", "3b", "3c"}
     json.dumps(rec)  # JSON-ready
     job = json.loads(job_config(cfg, "3_orthogonal"))
     assert set(job["claims"]) == {"dtype", "z", "seeds", "orthogonal"}
