@@ -237,7 +237,7 @@ def test_top_exponent_is_long_run_growth_rate_of_delta():
     jac = jacobians(model, params, x, state0)
     q0 = initial_frame(state_size(model, 12), 1)[:, 0]
     logs_q0 = log_norm_adjoint_chain(jac, np.broadcast_to(q0, (4, q0.size)).copy())
-    assert np.abs(logs_q0[1:].mean(axis=1) - res.log_sv[:, 0]).max() < 1e-9
+    assert np.abs(logs_q0[1:].mean(axis=1) - res.frame_log_stretch[:, 0]).max() < 1e-9
 
 
 # --------------------------------------------------------------------------- the chain
@@ -341,17 +341,26 @@ def test_exploding_states_are_data_not_errors():
         dtype=torch.float32,
     )
     res = analyse_chain("rnn_relu", params, x, state0, k=2, backend="torch")
-    assert res.log_sv.shape == (200, 2)
-    res64 = analyse_chain("rnn_relu", params, x, state0, k=2, backend="numpy")
-    assert res64.log_sv.shape == (200, 2)
+    assert res.frame_log_stretch.shape == (200, 2) and res.log_sv.shape == (200, 2)
+    p64 = {n: v.double() for n, v in params.items()}
+    res64 = analyse_chain("rnn_relu", p64, x.double(), tuple(s.double() for s in state0), k=2,
+                          backend="numpy")
+    # float64 does not overflow (30^200 < 1e308): exploding, lambda_1 within ln 2 of ln 30
+    assert np.isfinite(res64.exponents).all() and abs(res64.exponents[0] - math.log(30)) < 0.7
+    assert np.isfinite(res64.log_sv[:, 0]).all()
+    # float32 states overflow: every exponent is either the float64 one or not finite
+    # (recorded as data), never a finite wrong number
+    ok = ~np.isfinite(res.exponents) | (np.abs(res.exponents - res64.exponents) < 1e-3)
+    assert ok.all()
 
 
 def test_exponents_after_warmup():
     params, x, state0 = make_case("rnn_tanh", hidden=5, steps=20, seed=18)
     res = analyse_chain("rnn_tanh", params, x, state0, k=2, backend="numpy")
-    np.testing.assert_allclose(exponents_after_warmup(res, 0), res.log_sv[-1] / 20)
+    stretch = res.frame_log_stretch
+    np.testing.assert_allclose(exponents_after_warmup(res, 0), stretch[-1] / 20)
     w = exponents_after_warmup(res, 5)
-    np.testing.assert_allclose(w, (res.log_sv[-1] - res.log_sv[4]) / 15)
+    np.testing.assert_allclose(w, (stretch[-1] - stretch[4]) / 15)
     with pytest.raises(ValueError, match="warmup"):
         exponents_after_warmup(res, 20)
 

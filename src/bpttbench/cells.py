@@ -45,6 +45,9 @@ from .precision import (
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: summary columns that come from the Jacobian chain (NaN when only the chain failed)
+CHAIN_SUMMARY = ("lyapunov_max", "lyapunov_max_se", "lyapunov_sum", "mean_log_abs_det",
+                 "lyapunov_det_gap")
 
 
 def now_iso() -> str:
@@ -84,28 +87,49 @@ def _columns(values: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     return {k: np.asarray(v).tolist() for k, v in values.items()}
 
 
+def warmups(spec: CellSpec) -> tuple[int, int]:
+    """(forward, alignment) warm-ups of a cell: the configured ones, each capped at T // 4."""
+    cap = spec.seq_len // 4
+    return min(spec.warmup_forward, cap), min(spec.warmup_align, cap)
+
+
 def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor) -> dict[str, Any]:
-    """Lyapunov spectrum and chain singular values from the Jacobian engine."""
-    from .jacobians import analyse_chain
+    """Lyapunov spectrum (after the warm-ups) and true chain singular values."""
+    from .jacobians import analyse_chain, report_lags
 
     k = min(spec.lyapunov_k, state_size(spec.model, spec.hidden))
+    wf, wa = warmups(spec)
     with torch.no_grad():
         res = analyse_chain(spec.model, cell.params(), x, cell.initial_state(spec.batch), k=k,
-                            qr_every=spec.qr_every, backend=spec.jacobian_backend)
-    lags = np.arange(1, res.log_sv.shape[0] + 1)
+                            qr_every=spec.qr_every, backend=spec.jacobian_backend,
+                            warmup_forward=wf, warmup_align=wa,
+                            sv_lags=report_lags(spec.seq_len))
+    lags = res.sv_lags
     return {
         "backend": res.backend,
         "lyapunov": _columns({
             "index": np.arange(1, k + 1),
             "exponent": res.exponents,
             "exponent_std": res.exponents_std,
+            "exponent_se": res.exponents_se,
+            "exponent_first_half": res.exponents_half[0],
+            "exponent_second_half": res.exponents_half[1],
+            "warmup_forward": np.full(k, wf),
+            "warmup_align": np.full(k, wa),
         }),
         "chain_spectrum": _columns({
             "lag": np.repeat(lags, k),
             "index": np.tile(np.arange(1, k + 1), lags.size),
             "log_sv": res.log_sv.reshape(-1),
+            "frame_log_stretch": res.frame_log_stretch[lags - 1].reshape(-1),
         }),
-        "lyapunov_max": float(res.exponents[0]),
+        "summary": {
+            "lyapunov_max": float(res.exponents[0]),
+            "lyapunov_max_se": float(res.exponents_se[0]),
+            "lyapunov_sum": res.sum_exponents,
+            "mean_log_abs_det": res.mean_log_det,
+            "lyapunov_det_gap": res.det_gap,
+        },
     }
 
 
@@ -146,10 +170,14 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
 
         status, bad_lag = flow_status(flow)
         rate, r2 = growth_rate(stats["log_grad_norm"])
+        wf, wa = warmups(spec)
+        # lags wa .. T - wf: the fit without the alignment and forward transients
+        steady, _ = growth_rate(stats["log_grad_norm"][wa:spec.seq_len - wf + 1])
         summary.update(
             status=status,
             growth_rate=rate,
             growth_fit_r2=r2,
+            growth_rate_steady=steady,
             horizon=horizon(stats["log_grad_norm"]),
             first_nonfinite_lag=bad_lag,
             first_nonfinite_step=flow.first_nonfinite_step,
@@ -163,9 +191,9 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
                 chain = _chain(spec, cell, x)
             record["lyapunov"], record["chain_spectrum"] = chain["lyapunov"], chain["chain_spectrum"]
             record["jacobian_backend"] = chain["backend"]
-            summary["lyapunov_max"] = chain["lyapunov_max"]
+            summary.update(chain["summary"])
         except Exception as exc:  # the chain failing must not lose the BPTT measurement
-            summary["lyapunov_max"] = math.nan
+            summary.update({c: math.nan for c in CHAIN_SUMMARY})
             record["chain_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
     except Exception as exc:

@@ -303,6 +303,8 @@ class CellSpec:
     jacobian_backend: str
     precision: str = "none"  # autocast dtype (float16 | bfloat16) or none
     loss_scale: float | str = 1.0  # S, or "dynamic"
+    warmup_forward: int = 10
+    warmup_align: int = 10
 
     @property
     def cell_id(self) -> str:
@@ -356,6 +358,8 @@ def gradient_flow_cells(cfg: Mapping[str, Any]) -> Iterator[CellSpec]:
             deterministic=bool(cfg["deterministic"]),
             jacobian_backend=cfg["jacobian_backend"],
             **precision_fields(cfg),
+            warmup_forward=int(gf["warmup_forward"]),
+            warmup_align=int(gf["warmup_align"]),
         )
 
 

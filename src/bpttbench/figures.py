@@ -146,7 +146,8 @@ def lyapunov_spectrum(lyap: pd.DataFrame) -> plt.Figure:
 
 
 def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
-    """ln sigma_1 and ln sigma_k of the chain P_{T,T-k} against lag, per model."""
+    """True ln sigma_1 and ln sigma_k of the chain P_{T,T-k} against lag, per model (from
+    the full-frame pass; NaN where float64 cannot resolve them: gaps in the lines)."""
     if spectrum.empty:
         return _empty("no chain spectra in this result set")
     sel, where = _typical_slice(spectrum)
@@ -160,7 +161,8 @@ def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
     )
     g.set_axis_labels("lag k (steps)", "ln σ_i of J_T⋯J_{T−k+1}")
     g.legend.set_title("weight scale s / singular value")
-    g.figure.suptitle(f"Singular values of the Jacobian product against lag ({where})", y=1.03)
+    g.figure.suptitle(f"True singular values of the Jacobian product against lag ({where})",
+                      y=1.03)
     return g.figure
 
 

@@ -48,9 +48,21 @@ COLUMNS: dict[str, dict[str, str]] = {
         "growth_rate": "least-squares slope of mean ln||dL/dh_{T-k}|| against k, natural log per "
         "step (negative = vanishing, positive = exploding); finite lags only",
         "growth_fit_r2": "R^2 of that linear fit (1 = exactly exponential in the lag)",
+        "growth_rate_steady": "the same slope fitted on lags warmup_align .. T - warmup_forward "
+        "only (the transients at both ends left out; see the lyapunov table), natural log per "
+        "step",
         "horizon": "first lag k where ||dL/dh_{T-k}|| / ||dL/dh_T|| < 1e-6 (batch mean of logs); "
         "empty if never within T",
-        "lyapunov_max": "largest Lyapunov exponent of the Jacobian chain, natural log per step",
+        "lyapunov_max": "largest Lyapunov exponent of the Jacobian chain, natural log per step, "
+        "after the forward and alignment warm-ups (lyapunov table), batch mean",
+        "lyapunov_max_se": "standard error of lyapunov_max over the batch (given the weights; "
+        "the spread over seeds is in the rows of the other seeds)",
+        "lyapunov_sum": "sum of all D Lyapunov exponents (full frame) over the same window, "
+        "natural log per step",
+        "mean_log_abs_det": "mean of ln|det J_t| over the same steps and the batch, by LU: "
+        "equals lyapunov_sum exactly in exact arithmetic",
+        "lyapunov_det_gap": "lyapunov_sum - mean_log_abs_det: the engine's round-off (a "
+        "consistency check, not a measurement)",
         "spectral_norm_whh": "largest singular value of W_hh (max over gate blocks)",
         "spectral_radius_whh": "largest |eigenvalue| of W_hh (max over gate blocks)",
         "status": "ok, overflow (inf appeared), nan (NaN appeared) or error (see the cell log)",
@@ -86,14 +98,26 @@ COLUMNS: dict[str, dict[str, str]] = {
     "lyapunov": {
         **_CELL_DOCS,
         "index": "1 = largest exponent",
-        "exponent": "Lyapunov exponent of the Jacobian chain, natural log per step, batch mean",
+        "exponent": "Lyapunov exponent of the Jacobian chain (an input-driven random dynamical "
+        "system: it depends on the input statistics), natural log per step, over lags "
+        "warmup_align+1 .. T-warmup_forward, batch mean",
         "exponent_std": "standard deviation of the exponent over the batch",
+        "exponent_se": "standard error of the batch mean (given the weights)",
+        "exponent_first_half": "the exponent over the first half of the window (lags from the "
+        "loss), batch mean, QR-frame column order: convergence check",
+        "exponent_second_half": "the exponent over the second half of the window",
+        "warmup_forward": "steps after s_0 left out (forward transient from the zero state)",
+        "warmup_align": "lags after the loss left out (alignment transient of the QR frame)",
     },
     "chain_spectrum": {
         **_CELL_DOCS,
         "lag": "k: the chain P_{T,T-k} = J_T ... J_{T-k+1}",
         "index": "1 = largest singular value",
-        "log_sv": "ln sigma_index(P_{T,T-k}) estimated by the QR frame, batch mean (natural log)",
+        "log_sv": "ln sigma_index(P_{T,T-k}), the true singular value of the product (from the "
+        "accumulated triangular factors of a full frame), batch mean (natural log); NaN where "
+        "float64 cannot resolve it (below 1e-11 sigma_1 within a block of close values)",
+        "frame_log_stretch": "log stretching of column index of the QR frame after k steps, "
+        "batch mean: not a singular value (only its sum over a full frame is ln|det P|)",
     },
     # Claims stage (bpttbench.claims): each claim measured against its prediction.
     "claims": {
@@ -107,6 +131,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "passed": "True when measured and predicted agree as the comparison column states",
         "comparison": "|m-p|<=tol (equal within tolerance), m<=p+tol (upper bound or count), "
         "m>=p-tol (lower bound) or p<=m<=p+tol (inside the predicted interval)",
+        "kind": "prediction (can fail if the theory or seed text is wrong), exactness (an "
+        "identity of the mathematics or the code: fails only by a bug) or method agreement "
+        "(two numerical methods for one quantity)",
         "score": "deviation in units of the tolerance; the row passes exactly when score <= 1 "
         "(inf: a count that should be zero is not)",
         "claim": "the claim (experiment) the row belongs to: 1_depth ... 7_gating",
@@ -391,10 +418,11 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         "loss_scale_backoffs": "int?", "chain_dtype": "str?", "growth_rate_float64": "float?",
         "rate_error_vs_float64": "float?",
     },
-    "lyapunov": {**_CELL_KINDS, "index": "int"},
+    "lyapunov": {**_CELL_KINDS, "index": "int", "warmup_forward": "int?", "warmup_align": "int?"},
     "chain_spectrum": {**_CELL_KINDS, "lag": "int", "index": "int"},
     "claims": {
         "claim_id": "str", "description": "str", "passed": "bool", "comparison": "str",
+        "kind": "str?",
         "claim": "str", "condition": "str", "n": "int", "unit": "str", "source": "str",
         "note": "str",
     },

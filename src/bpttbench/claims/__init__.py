@@ -210,7 +210,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     # An unreadable record is moved aside and named in the error: no table from partial input.
     records = read_intermediates(args.records, check=lambda r: isinstance(r, dict) and "rows" in r)
     table, _ = write_tables(records, args.out_table, args.curves)
-    print(f"{int(table['passed'].sum())} of {len(table)} claim rows pass -> {args.out_table}")
+    from .common import headline
+
+    print(f"{headline(table)} -> {args.out_table}")
     return 0
 
 
@@ -262,7 +264,9 @@ def _cmd_all(args: argparse.Namespace) -> int:
     table, _ = write_tables(records, args.out_table,
                             args.curves or Path(args.out_table).with_name(CURVES))
     draw_figures(Path(args.out_table).parent, args.figures_dir)
-    print(f"{int(table['passed'].sum())} of {len(table)} claim rows pass")
+    from .common import headline
+
+    print(headline(table))
     return 0
 
 

@@ -35,8 +35,45 @@ COMPARISONS: dict[str, str] = {
 #: Columns of claims.csv in order (the contract: claim_id .. passed first).
 ROW_COLUMNS: tuple[str, ...] = (
     "claim_id", "description", "measured", "predicted", "tolerance", "passed",
-    "comparison", "score", "claim", "condition", "n", "stderr", "unit", "source", "note",
+    "comparison", "kind", "score", "claim", "condition", "n", "stderr", "unit", "source", "note",
 )
+
+#: What a row is. A prediction can fail when the theory or the seed text is wrong; an
+#: exactness check is an identity of the mathematics that only a bug (or round-off beyond
+#: its bound) can break; a method agreement compares two numerical methods for one quantity.
+KINDS: tuple[str, ...] = ("prediction", "exactness", "method agreement")
+#: claim ids (before the first '.') that are not predictions, and why
+ROW_KINDS: dict[str, str] = {
+    "1b": "method agreement",  # BPTT growth rate vs the chain's top exponent
+    "3a": "exactness",  # W = sQ: the singular values of W^k are s^k
+    "3b": "exactness",  # the same for BPTT norms
+    "3c": "exactness",  # full frame: sum of the exponents = mean ln|det J| (QR vs LU)
+    "4a": "exactness",  # ||prod J|| <= prod ||J|| (submultiplicativity)
+    "4b": "exactness",  # the same bound through the sweep
+    "6b": "exactness",  # the log-scale engine does not overflow
+    "6c": "exactness",
+    "6d": "exactness",
+    "7a": "exactness",  # W_hh = 0 gate chains are diagonal: sigmoid(b)^k
+    "7b": "exactness",
+}
+
+
+def row_kind(claim_id: str) -> str:
+    """The kind of a row from its id (prediction unless ROW_KINDS says otherwise)."""
+    return ROW_KINDS.get(claim_id.split(".")[0], "prediction")
+
+
+def headline(table) -> str:
+    """'N of M predictions hold; K of L exactness checks pass; ...' from a claims table."""
+    kinds = table["kind"] if "kind" in table else table["claim_id"].map(row_kind)  # old sets
+    parts = []
+    for kind, verb, plural in (("prediction", "hold", "predictions"),
+                               ("exactness", "pass", "exactness checks"),
+                               ("method agreement", "agree", "method agreements")):
+        sel = table[kinds == kind]
+        if len(sel):
+            parts.append(f"{int(sel['passed'].sum())} of {len(sel)} {plural} {verb}")
+    return "; ".join(parts) if parts else "no claim rows"
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -113,6 +150,7 @@ def row(
         "tolerance": tol,
         "passed": verdict(m, p, tol, comparison),
         "comparison": comparison,
+        "kind": row_kind(claim_id),
         "score": score(m, p, tol, comparison),
         "condition": condition,
         "n": n,

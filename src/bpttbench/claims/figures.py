@@ -23,6 +23,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from .common import headline  # noqa: E402
+
 sns.set_theme(context="notebook", style="whitegrid")
 
 PASS_COLOUR, FAIL_COLOUR = "#2a9d4b", "#d1362f"
@@ -268,9 +270,7 @@ def overview_figure(table: pd.DataFrame) -> plt.Figure:
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel("|measured - predicted| / tolerance (passes when <= 1; > at the edge: "
                   "beyond 10 or a failed count; x: not measurable)")
-    n_pass = int(table["passed"].sum())
-    ax.set_title(f"bpttbench claims: {n_pass} of {n} checks pass "
-                 f"({table['claim'].nunique()} claims)", fontsize=12)
+    ax.set_title(f"bpttbench claims: {headline(table)}", fontsize=11)
     ax.grid(axis="y", visible=False)
     fig.tight_layout()
     return fig

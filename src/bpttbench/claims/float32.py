@@ -64,11 +64,11 @@ def overflow_run(scale: float, sec: dict, seed: int, ctx: Context) -> dict:
     with torch.no_grad():
         xc = torch.zeros(sec["chain_steps"], batch, inp, device=ctx.device, dtype=F32)
         chain = analyse_chain("rnn_linear", detached(cell.params()), xc, None, k=hidden,
-                              backend=ctx.jacobian_backend)
+                              backend=ctx.jacobian_backend, singular_values=False)
     return {"steps": steps, "status": status, "onset": bad_lag, "early": min(early),
             "late": min(late_b), "log_norm": flow.log_norm_h, "log_start": log_start,
             "exponents": chain.exponents, "chain_backend": chain.backend,
-            "chain_top": chain.log_sv[:, 0]}
+            "chain_top": chain.frame_log_stretch[:, 0]}
 
 
 def clip_sweep(sec: dict, seed: int, ctx: Context) -> dict[str, np.ndarray]:

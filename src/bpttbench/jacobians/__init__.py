@@ -2,9 +2,10 @@
 
 Public API:
 
-- :func:`analyse_chain` -> :class:`ChainResult`: Lyapunov exponents and log singular
-  values of P_{T,t} = J_T ... J_{t+1} applied backward (as BPTT does), by QR
-  re-orthonormalisation with float64 log accumulation;
+- :func:`analyse_chain` -> :class:`ChainResult`: Lyapunov exponents (after forward and
+  alignment warm-ups, with standard errors), the QR frame's stretching, and the true
+  singular values of P_{T,t} = J_T ... J_{t+1} (full-frame pass, :mod:`.spectrum`),
+  applied backward (as BPTT does) with float64 log accumulation;
 - :func:`jacobians`, :func:`forward_saved`, :func:`step_jacobians`: the analytic J_t;
 - :func:`apply_adjoint_chain`, :func:`log_norm_adjoint_chain`: the chain applied to a
   given vector (delta_t = P_{T,t}^T delta_T), for delta checks;
@@ -30,12 +31,15 @@ from bpttbench.jacobians.chain import (
     log_norm_adjoint_chain,
     resolve_backend,
     run_chain,
+    slice_saved,
 )
+from bpttbench.jacobians.spectrum import FullFrame, full_frame_chain, report_lags
 
 __all__ = [
     "BACKENDS",
     "ArrayBackend",
     "ChainResult",
+    "FullFrame",
     "NumpyBackend",
     "Saved",
     "TorchBackend",
@@ -45,11 +49,14 @@ __all__ = [
     "check_k",
     "exponents_after_warmup",
     "forward_saved",
+    "full_frame_chain",
     "growth_rate",
     "initial_frame",
     "jacobians",
     "log_norm_adjoint_chain",
+    "report_lags",
     "resolve_backend",
     "run_chain",
+    "slice_saved",
     "step_jacobians",
 ]

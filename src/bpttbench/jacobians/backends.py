@@ -120,6 +120,10 @@ class ArrayBackend:
         """Reduced QR of a batch [..., m, n] (m >= n)."""
         raise NotImplementedError
 
+    def logabsdet(self, a: Array) -> Array:  # pragma: no cover
+        """ln|det a| of a batch [..., n, n] by LU (-inf for a singular matrix)."""
+        raise NotImplementedError
+
     # -- shared helpers built on the primitives ------------------------------------------------
     def colnorm64(self, m: Array) -> Array:
         """2-norms of the columns of [..., m, n], computed in float64 (no float32 underflow)."""
@@ -236,6 +240,9 @@ class NumpyBackend(ArrayBackend):
             q[finite], r[finite] = qf, rf
         return q, r
 
+    def logabsdet(self, a: Array) -> Array:
+        return self.xp.linalg.slogdet(a)[1]
+
 
 class TorchBackend(ArrayBackend):
     """PyTorch on any device, in the dtype of the data it is given."""
@@ -335,6 +342,9 @@ class TorchBackend(ArrayBackend):
     def qr(self, a: Array) -> tuple[Array, Array]:
         # torch.linalg.qr propagates NaN without raising, so no masking is needed here
         return torch.linalg.qr(a, mode="reduced")
+
+    def logabsdet(self, a: Array) -> Array:
+        return torch.linalg.slogdet(a)[1]
 
 
 def numpy_backend() -> NumpyBackend:

@@ -9,15 +9,17 @@ orthonormal vectors. Every step the columns are rescaled to unit norm (the log o
 scale goes into a float64 accumulator), and every ``qr_every`` steps (and at the
 last step) the frame is re-orthonormalised by a sign-fixed QR whose log|diag R| is
 added to the float64 totals. The totals after lag steps are the log stretching
-factors of the frame, i.e. estimates of the log singular values of P_{T,T-lag};
-their time averages are the (finite-time) Lyapunov exponents. See docs/NUMERICS.md.
+factors of the frame; their slopes over a window that leaves out the alignment and
+forward transients are the (finite-time) Lyapunov exponents. They are *not* the
+singular values of P_{T,T-lag}: those come from the full-frame pass in
+:mod:`bpttbench.jacobians.spectrum`. See docs/NUMERICS.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,22 +44,50 @@ FRAME_SEED = 20240917
 class ChainResult:
     """What :func:`analyse_chain` measures (natural logs, per step).
 
-    exponents:     [k] float64 Lyapunov exponents (accumulated log|diag R| / T), each
-                   batch element's k values sorted descending, then the mean over the batch
-    exponents_std: [k] their standard deviation over the batch (ddof=0)
-    log_sv:        [T, k] float64, row lag-1: mean over the batch of the accumulated log
-                   stretching of the k-frame after ``lag`` steps of the adjoint chain, i.e.
-                   the QR-frame estimate of the log singular values of P_{T,T-lag}
-                   (columns in frame order)
-    backend:       the backend actually used ("numpy", "torch", "cupy")
-    steps:         T
+    The adjoint chain runs over lags 1..T (lag = T - t). Lags 1..warmup_align are the
+    alignment transient of the frame, lags past T - warmup_forward the forward transient
+    (states near s_0); the exponents use only the window between them (L = T - both lags).
+
+    exponents:       [k] float64 Lyapunov exponents over the window: each batch element's
+                     (log stretching at lag T - warmup_forward minus that at lag warmup_align)
+                     / L, its k values sorted descending, then the mean over the batch
+    exponents_std:   [k] their standard deviation over the batch (ddof=0)
+    exponents_se:    [k] standard error of the batch mean (ddof=1 / sqrt(B)); batch elements
+                     share the weights, so this is the error given the weights
+    exponents_half:  [2, k] batch-mean exponents over the first and the second half of the
+                     window (lag order; frame column order): a convergence check
+    frame_log_stretch: [T, k] row lag-1: batch mean of the accumulated log stretching of the
+                     k columns of the QR frame after ``lag`` steps (frame order). Not the
+                     singular values of the product (only their sum over a full frame is)
+    sv_lags:         [L] lags of the rows of log_sv (None without singular values)
+    log_sv:          [L, k] batch mean of ln sigma_i(P_{T,T-lag}), i = 1..k, the true
+                     singular values (full-frame pass, :mod:`.spectrum`); NaN where sigma_i is
+                     below the float64 SVD's resolution; None when not requested
+    sum_exponents:   sum of all D exponents over the window (full frame; NaN without it)
+    mean_log_det:    mean of ln|det J_t| over the same steps and the batch, by LU
+    warmup_forward, warmup_align: the transients left out (steps)
+    backend:         the backend actually used ("numpy", "torch", "cupy")
+    steps:           T
     """
 
     exponents: np.ndarray
     exponents_std: np.ndarray
-    log_sv: np.ndarray
+    exponents_se: np.ndarray
+    exponents_half: np.ndarray
+    frame_log_stretch: np.ndarray
+    sv_lags: np.ndarray | None
+    log_sv: np.ndarray | None
+    sum_exponents: float
+    mean_log_det: float
+    warmup_forward: int
+    warmup_align: int
     backend: str
     steps: int
+
+    @property
+    def det_gap(self) -> float:
+        """sum of the exponents minus mean ln|det J|: zero up to the engine's round-off."""
+        return self.sum_exponents - self.mean_log_det
 
 
 def initial_frame(dim: int, k: int, seed: int = FRAME_SEED) -> np.ndarray:
@@ -148,6 +178,36 @@ def resolve_backend(backend: str, params: Mapping[str, torch.Tensor]) -> str:
     return "torch"
 
 
+def slice_saved(saved: Saved, lo: int, hi: int) -> Saved:
+    """The forward record of steps [lo, hi) only (a chain of hi - lo steps ending at hi)."""
+    arrays = {f: getattr(saved, f)[lo:hi] for f in ("deriv", "gates", "dgates", "prev", "aux",
+                                                    "aux2") if getattr(saved, f) is not None}
+    return replace(saved, steps=hi - lo, **arrays)
+
+
+def check_warmups(steps: int, warmup_forward: int, warmup_align: int) -> None:
+    for name, v in (("warmup_forward", warmup_forward), ("warmup_align", warmup_align)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise ValueError(f"{name}={v!r} must be an integer >= 0")
+    if steps - warmup_forward - warmup_align < 2:
+        raise ValueError(
+            f"warmup_forward={warmup_forward} + warmup_align={warmup_align} leave fewer than 2 "
+            f"of the T={steps} steps for the Lyapunov exponents; use a longer sequence or "
+            "shorter warm-ups")
+
+
+def _window_exponents(saved: Saved, bk: ArrayBackend, k: int, qr_every: int,
+                      totals: np.ndarray, wf: int, wa: int) -> np.ndarray:
+    """Per-element exponents [B, k] over lags wa+1 .. T-wf: the stretching of the frame at
+    lag T-wf minus that at lag wa (both from chains that start at lag 1 with the same frame
+    and end in a QR), over the window length."""
+    steps = saved.steps
+    end = totals if wf == 0 else run_chain(slice_saved(saved, wf, steps), bk, k, qr_every)[0]
+    start = 0.0 if wa == 0 else run_chain(slice_saved(saved, steps - wa, steps), bk, k,
+                                          qr_every)[0]
+    return (end - start) / (steps - wf - wa)
+
+
 def analyse_chain(
     model: str,
     params: Mapping[str, torch.Tensor],
@@ -157,12 +217,20 @@ def analyse_chain(
     k: int,
     qr_every: int = 1,
     backend: str = "auto",
+    warmup_forward: int = 0,
+    warmup_align: int = 0,
+    singular_values: bool = True,
+    sv_lags: np.ndarray | None = None,
 ) -> ChainResult:
-    """Lyapunov exponents and log singular values of the adjoint (BPTT) chain.
+    """Lyapunov exponents, frame stretching and true singular values of the adjoint chain.
 
     x is [T, B, input_size] (time-major); params use torch names. The forward pass
     that saves the gates runs in the params' dtype and device (numpy backend:
     float64 on the CPU); the log accumulators are float64 on every backend.
+    ``singular_values`` adds the full-frame pass (:mod:`.spectrum`): ln sigma_i of the
+    products at ``sv_lags`` (default: every lag), the sum of all exponents and mean
+    ln|det J|. It costs several times the k-frame chain; claims that need only the
+    exponents switch it off.
     """
     check_model(model)
     hidden = int(params["weight_hh_l0"].shape[1])
@@ -171,6 +239,9 @@ def analyse_chain(
         raise ValueError(f"qr_every={qr_every!r} must be an integer >= 1")
     if x.shape[0] < 1:
         raise ValueError("x has no time steps (T = 0); the chain needs T >= 1")
+    wf, wa = int(warmup_forward), int(warmup_align)
+    if wf or wa:
+        check_warmups(int(x.shape[0]), warmup_forward, warmup_align)
     name = resolve_backend(backend, params)
     if name == "numpy":
         bk: ArrayBackend = NumpyBackend()
@@ -194,26 +265,58 @@ def analyse_chain(
         saved = cupy_backend.saved_to_cupy(saved_t)
     totals, rows = run_chain(saved, bk, k, int(qr_every))
     steps = saved.steps
-    per_elem = -np.sort(-(totals / steps), axis=1)
+    ff = None
+    if singular_values:
+        from bpttbench.jacobians.spectrum import full_frame, full_frame_chain
+
+        ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k))
+    if ff is not None and qr_every == 1:
+        # the full frame's first k columns are the k-frame (same start, QR every step)
+        window = ff.logdiag[wa:steps - wf, :, :k].sum(axis=0) / (steps - wf - wa)
+    else:
+        window = _window_exponents(saved, bk, k, int(qr_every), totals, wf, wa)
+    per_elem = -np.sort(-window, axis=1)
+    n = per_elem.shape[0]
     with np.errstate(invalid="ignore"):  # -inf/NaN exponents (dead or exploding) are data
         mean, std = per_elem.mean(axis=0), per_elem.std(axis=0)
+        se = per_elem.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.full(k, math.nan)
+        padded = np.concatenate([np.zeros((1, k)), rows])  # lag 0..T
+        mid = wa + (steps - wf - wa) // 2
+        half = np.stack([(padded[mid] - padded[wa]) / (mid - wa),
+                         (padded[steps - wf] - padded[mid]) / (steps - wf - mid)])
+    lags_sv, log_sv, sum_exp, mean_det = None, None, math.nan, math.nan
+    if ff is not None:
+        lags_sv = ff.lags
+        with np.errstate(invalid="ignore"):
+            log_sv = ff.log_sv.mean(axis=1)[:, :k]  # NaN where any element is unresolved
+        win = slice(wa, steps - wf)  # rows of lags wa+1 .. T-wf
+        sum_exp = float(ff.logdiag[win].sum(axis=(0, 2)).mean() / (steps - wf - wa))
+        mean_det = float(ff.log_det[win].mean())
     return ChainResult(
         exponents=mean,
         exponents_std=std,
-        log_sv=rows,
+        exponents_se=se,
+        exponents_half=half,
+        frame_log_stretch=rows,
+        sv_lags=lags_sv,
+        log_sv=log_sv,
+        sum_exponents=sum_exp,
+        mean_log_det=mean_det,
+        warmup_forward=wf,
+        warmup_align=wa,
         backend=name,
         steps=steps,
     )
 
 
 def exponents_after_warmup(result: ChainResult, warmup: int) -> np.ndarray:
-    """Slopes (log_sv[T-1] - log_sv[warmup-1]) / (T - warmup): exponents with the first
+    """Slopes of the batch-mean frame stretching from lag ``warmup`` to T: exponents with the first
     ``warmup`` lags (frame alignment transient) discarded; column (frame) order."""
     steps = result.steps
     if not 0 <= warmup < steps:
         raise ValueError(f"warmup={warmup} must be in 0..{steps - 1}")
-    start = result.log_sv[warmup - 1] if warmup > 0 else 0.0
-    return (result.log_sv[-1] - start) / (steps - warmup)
+    start = result.frame_log_stretch[warmup - 1] if warmup > 0 else 0.0
+    return (result.frame_log_stretch[-1] - start) / (steps - warmup)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""True singular values of the chain products, warm-ups and the determinant check.
+
+References and tolerances:
+- ln sigma_i of the explicit float64 product P = J_T ... J_{T-lag+1} (short chains, no
+  overflow): 1e-7 absolute where sigma_i > 1e-6 sigma_1 (the explicit product's own SVD
+  has an absolute error ~ lag eps sigma_1, so smaller values are not a reference);
+- the same against a 200-digit mpmath product (graded spectra over > 50 nats):
+  10 D eps exp(SPAN), the bound of a block SVD (values within SPAN nats of the block's
+  largest; typically the error is 1e-11);
+- sum of all exponents vs mean ln|det J_t| by LU (float64): 10 D eps max cond(J_t)
+  max(1, |ln det|) per step (both factorisations are backward stable);
+- exponents with warm-ups from the full frame vs from the k-frame chains: 1e-10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bpttbench.jacobians import analyse_chain, forward_saved, step_jacobians
+from bpttbench.jacobians.backends import NumpyBackend
+from bpttbench.jacobians.spectrum import (
+    SPAN,
+    full_frame_chain,
+    log_singular_values,
+    report_lags,
+)
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+
+
+def random_case(model: str, hidden: int, steps: int, batch: int, scale: float, seed: int):
+    print(f"random seed {seed}")
+    rng = np.random.default_rng(seed)
+    g, inp = GATES[model], 3
+    params = {
+        "weight_hh_l0": torch.tensor(rng.standard_normal((g * hidden, hidden)) * scale
+                                     / math.sqrt(hidden)),
+        "weight_ih_l0": torch.tensor(rng.standard_normal((g * hidden, inp))),
+        "bias_ih_l0": torch.tensor(0.1 * rng.standard_normal(g * hidden)),
+        "bias_hh_l0": torch.tensor(0.1 * rng.standard_normal(g * hidden)),
+    }
+    x = torch.tensor(rng.standard_normal((steps, batch, inp)))
+    return params, x
+
+
+def explicit_products(jac: np.ndarray):
+    """P_lag = J_T ... J_{T-lag+1} for lag = 1..T (float64, no rescaling)."""
+    steps = jac.shape[0]
+    p = np.broadcast_to(np.eye(jac.shape[-1]), jac.shape[1:]).copy()
+    for lag in range(1, steps + 1):
+        p = p @ jac[steps - lag]
+        yield lag, p
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "lstm", "gru"])
+def test_singular_values_match_svd_of_explicit_product(model):
+    seed = int(np.random.default_rng().integers(1 << 31))
+    params, x = random_case(model, hidden=5, steps=25, batch=3, scale=1.4, seed=seed)
+    bk = NumpyBackend()
+    saved = forward_saved(model, params, x, None, bk)
+    ff = full_frame_chain(saved, bk)
+    worst = 0.0
+    for lag, p in explicit_products(step_jacobians(saved, bk)):
+        ref = np.log(np.linalg.svd(p, compute_uv=False))
+        ok = ref - ref[:, :1] > math.log(1e-6)
+        got = ff.log_sv[lag - 1]
+        assert np.isfinite(got[ok]).all()
+        worst = max(worst, float(np.abs(got - ref)[ok].max()))
+    print(f"largest |ln sigma error| vs explicit float64 SVD: {worst:.2e}")
+    assert worst < 1e-7
+
+
+def test_singular_values_match_high_precision_over_a_graded_spectrum():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 200
+    seed = int(np.random.default_rng().integers(1 << 31))
+    params, x = random_case("rnn_tanh", hidden=6, steps=60, batch=2, scale=1.3, seed=seed)
+    bk = NumpyBackend()
+    saved = forward_saved("rnn_tanh", params, x, None, bk)
+    ff = full_frame_chain(saved, bk)
+    jac = step_jacobians(saved, bk)
+    worst, spread = 0.0, 0.0
+    for b in range(2):
+        p = mpmath.eye(6)
+        for lag in range(1, 61):
+            p = p * mpmath.matrix(jac[60 - lag, b].tolist())
+            if lag % 15:
+                continue
+            ref = sorted((float(mpmath.log(v)) for v in mpmath.svd_r(p, compute_uv=False)),
+                         reverse=True)
+            got = ff.log_sv[lag - 1, b]
+            assert np.isfinite(got).all()
+            worst = max(worst, float(np.abs(got - np.array(ref)).max()))
+            spread = max(spread, ref[0] - ref[-1])
+    print(f"spread {spread:.1f} nats, largest |ln sigma error| vs 200 digits: {worst:.2e}")
+    assert spread > 50 and worst < 10 * 6 * np.finfo(float).eps * math.exp(SPAN)
+
+
+def test_frame_stretching_is_not_the_singular_values_but_sums_to_them():
+    # the issue's example: tanh RNN, H = 8, Gaussian s = 1.5
+    seed = int(np.random.default_rng().integers(1 << 31))
+    params, x = random_case("rnn_tanh", hidden=8, steps=30, batch=8, scale=1.5, seed=seed)
+    res = analyse_chain("rnn_tanh", params, x, k=8, backend="numpy")
+    true, frame = res.log_sv, res.frame_log_stretch[res.sv_lags - 1]
+    print(f"lag 1: ln sigma_1 {true[0, 0]:.3f}, frame column 1 {frame[0, 0]:.3f}; "
+          f"lag 10: {true[9, 0]:.3f} vs {frame[9, 0]:.3f}")
+    assert np.all(np.diff(true, axis=1) <= 1e-12)  # true values descend
+    assert np.all(true[:, 0] >= frame[:, 0] - 1e-12)  # sigma_1 bounds any stretching
+    assert np.abs(true[:, 0] - frame[:, 0]).max() > 0.1  # and here is far from it
+    np.testing.assert_allclose(true.sum(axis=1), frame.sum(axis=1), atol=1e-9)  # ln|det|
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "lstm", "gru"])
+def test_sum_of_exponents_equals_mean_log_det(model):
+    seed = int(np.random.default_rng().integers(1 << 31))
+    params, x = random_case(model, hidden=6, steps=40, batch=4, scale=1.2, seed=seed)
+    dim = 12 if model == "lstm" else 6
+    res = analyse_chain(model, params, x, k=dim, backend="numpy", warmup_forward=5,
+                        warmup_align=5)
+    # QR and LU are backward stable: each ln|det J_t| is off by ~ D eps cond(J_t)
+    bk = NumpyBackend()
+    kappa = float(np.linalg.cond(step_jacobians(forward_saved(model, params, x, None, bk),
+                                                bk)).max())
+    tol = 10 * dim * np.finfo(float).eps * kappa * max(1.0, abs(res.mean_log_det))
+    print(f"sum {res.sum_exponents:.6f}, mean ln|det J| {res.mean_log_det:.6f}, "
+          f"gap {res.det_gap:.2e}, tolerance {tol:.2e} (largest cond(J_t) {kappa:.3g})")
+    assert np.isfinite(res.sum_exponents) and abs(res.det_gap) < tol
+    assert abs(res.exponents.sum() - res.sum_exponents) < 1e-10  # k = D: the same sum
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "gru"])
+def test_warmup_exponents_full_frame_equal_k_frame_chains(model):
+    seed = int(np.random.default_rng().integers(1 << 31))
+    params, x = random_case(model, hidden=6, steps=50, batch=5, scale=1.3, seed=seed)
+    kw = dict(k=3, backend="numpy", warmup_forward=7, warmup_align=9)
+    full = analyse_chain(model, params, x, **kw)
+    kframe = analyse_chain(model, params, x, singular_values=False, **kw)
+    assert kframe.log_sv is None and math.isnan(kframe.sum_exponents)
+    np.testing.assert_allclose(full.exponents, kframe.exponents, atol=1e-10)
+    np.testing.assert_allclose(full.exponents_se, kframe.exponents_se, atol=1e-10)
+    # the window: lags 10 .. 43 of the batch-mean frame stretching
+    s = np.concatenate([np.zeros((1, 3)), full.frame_log_stretch])
+    first = (s[9 + 17] - s[9]) / 17
+    np.testing.assert_allclose(full.exponents_half[0], first, atol=1e-12)
+    assert full.exponents_se.shape == (3,) and np.all(full.exponents_se > 0)
+    with pytest.raises(ValueError, match="warmup"):
+        analyse_chain(model, params, x, k=3, warmup_forward=30, warmup_align=20)
+
+
+def test_log_singular_values_of_a_diagonal_beyond_float_range():
+    # diag(e^1000, e^0, e^-1000) as U = I, c = (1000, 0, -1000): nothing overflows
+    got = log_singular_values(np.eye(3)[None], np.array([[0.0, 1000.0, -1000.0]]))
+    np.testing.assert_allclose(got[0], [1000.0, 0.0, -1000.0], atol=1e-12)
+
+
+def test_report_lags():
+    lags = report_lags(200)
+    assert lags[0] == 1 and lags[-1] == 200 and np.all(np.diff(lags) > 0) and lags.size <= 20
+    np.testing.assert_array_equal(report_lags(10), np.arange(1, 11))
