@@ -53,6 +53,12 @@ def gradient_flow_block_files(wildcards):
     )
 
 
+def manifest_block_files(wildcards):
+    """This config's own set: the sweep's block records (a rerun of them reruns the manifest);
+    another machine's set: nothing (its manifest is never rewritten here)."""
+    return gradient_flow_block_files(wildcards) if wildcards.hw == HW else []
+
+
 # Each stage file appends the results/<hw>/... paths (with {hw}) the report embeds.
 REPORT_INPUTS = []
 

@@ -6,7 +6,11 @@ from bpttbench import cluster
 # rebuilds the manifest and report only, never the sweep.
 rule manifest:
     input:
-        summary="results/{hw}/tables/summary.csv",
+        # The manifest records the machine and commit that measured the set: a fresh clone
+        # with shuffled mtimes must never rewrite it (ancient), but a rerun of the sweep must
+        # (its temp block records are regenerated; missing after a clone, they trigger nothing).
+        summary=ancient("results/{hw}/tables/summary.csv"),
+        blocks=manifest_block_files,
     output:
         "results/{hw}/manifest.json",
     params:
