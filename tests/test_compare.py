@@ -505,7 +505,7 @@ def test_column_kinds_declare_only_contract_columns():
 
 def test_sets_written_by_the_current_code_meet_the_contract(set_a, set_f64):
     """The committed set (read only) and two sets measured now: no column problem at all."""
-    committed = REPO / "results" / "cpu-intel-xeon-2.50ghz"
+    committed = REPO / "results" / "cpu-intel-xeon"
     for path in (committed, set_a, set_f64):
         rs = C.load_result_set(path)
         assert rs.problems == [] and rs.unknown_tables == [], (path, rs.problems)

@@ -38,7 +38,7 @@ CONFIG_MUTATIONS_PER_FILE = 120
 CLI_MUTATIONS_PER_FILE = 4  # of them also through `bpttbench validate-config` (~1 s each)
 RESULT_SET_DAMAGES = 24
 CLI_DAMAGES = 2  # of them also through `bpttbench compare` (writes the figure: slower)
-COMMITTED = REPO / "results" / "cpu-intel-xeon-2.50ghz"
+COMMITTED = REPO / "results" / "cpu-intel-xeon"
 
 
 def _sha(path: Path) -> str:

@@ -818,6 +818,8 @@ def table_keys(df: pd.DataFrame, table: str = "") -> list[str]:
 def _generic_rows(table: str, ta: pd.DataFrame, tb: pd.DataFrame
                   ) -> tuple[pd.DataFrame, str | None]:
     """Agreement rows of a claims / long-range table; a reason when it cannot be compared."""
+    if ta.empty and tb.empty:  # e.g. long_range_precision of a sweep without precisions
+        return pd.DataFrame(columns=AGREEMENT_COLUMNS), None
     keys = [k for k in table_keys(ta, table) if k in tb.columns]
     if not keys:
         return pd.DataFrame(columns=AGREEMENT_COLUMNS), "no identifying columns in common"
