@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .config import CellSpec
+from .gpus import assigned_gpu_index
 from .gradients import (
     first_lag_where,
     flow_status,
@@ -31,6 +32,7 @@ from .gradients import (
 )
 from .hardware import apply_precision, resolve_device
 from .io import run_checkpointed
+from .memory import estimate_cell, release, too_large_reason
 from .models import RecurrentCell, init_parameters, spectral_stats, state_size
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -106,6 +108,12 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     try:
         device = resolve_device(spec.device)
         record["device"] = device
+        record["device_index"] = assigned_gpu_index() if device == "cuda" else None
+        record["memory_estimate_gib"] = estimate_cell(spec, device).peak_gib
+        reason = too_large_reason(spec, device)
+        if reason is not None:  # recorded, never an out-of-memory crash that loses the block
+            summary["status"], record["error"] = "too_large", reason
+            return finish_record(record, summary, t0)
         record["precision"] = apply_precision(spec.allow_tf32, spec.deterministic)
         cell = build_cell(spec, device)
         x = make_inputs(spec, device)
@@ -142,9 +150,19 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
             summary["lyapunov_max"] = math.nan
             record["chain_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+    except torch.OutOfMemoryError as exc:  # the estimate was short: still data, not a crash
+        summary["status"], record["error"] = "too_large", f"out of memory: {exc}"
     except Exception as exc:
         record_error(record, summary, exc)
     return finish_record(record, summary, t0)
+
+
+def run_cell_released(spec: CellSpec) -> dict[str, Any]:
+    """run_cell, then give its memory back before the next cell of the block."""
+    try:
+        return run_cell(spec)
+    finally:
+        release(spec.device if spec.device != "auto" else resolve_device("auto"))
 
 
 def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
@@ -161,4 +179,5 @@ def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
                    f"lyapunov_max={s.get('lyapunov_max', math.nan):.4g} ({record['wall_s']:.2f}s)")
 
     bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, mininterval=2)
-    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run_cell, checkpoint_dir, report)
+    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run_cell_released, checkpoint_dir,
+                            report)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-STAGE_MODULES = ("claims", "long_range", "bench", "compare", "validation")
+STAGE_MODULES = ("claims", "long_range", "bench", "compare", "validation", "plan", "gpus")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -80,3 +80,21 @@ def per_step(counter: Callable[[Callable[[], Any]], int], make: Callable[[int], 
     if t_long <= t_short:
         raise ValueError(f"t_long={t_long} must exceed t_short={t_short}")
     return (counter(make(t_long)) - counter(make(t_short))) / (t_long - t_short)
+
+
+def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
+    """Peak of the bytes held by tensors allocated while ``fn()`` runs (CPU or GPU).
+
+    From the profiler's allocation events (size > 0) and frees (size < 0) in time order:
+    what ``torch.cuda.max_memory_allocated`` reports on a GPU, measured the same way on the
+    CPU, without the C allocator's own overhead.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak

@@ -1,0 +1,126 @@
+"""Peak memory of a gradient-flow cell, known from its shape before it runs.
+
+A cell runs in two phases that never overlap (the BPTT graph is freed before the chain).
+With u = B x H x itemsize bytes per step:
+
+1. BPTT by autograd over the unrolled cell. The graph keeps ``GRAPH_UNITS`` u per step
+   (rnn_*: h_t; LSTM: i, f, g, o, c_t, tanh c_t, h_t and autograd's own buffers; GRU: r, z,
+   1 - z, n, h_t and W_hh h + b_hh [B, 3H], which r * h_n holds a view of), and
+   ``autograd.grad`` returns delta_t for all T + 1 steps (D = H, or 2H for the LSTM) while it
+   frees the graph. Then the states (kept by the caller) and the deltas are alive while the
+   norms are reduced in chunks (a stacked float32 copy and its float64 cast, at most
+   ``REDUCE_CHUNK_BYTES`` of float64).
+2. The Jacobian chain. ``forward_saved`` precomputes the input part of every gate for all
+   steps ([T, B, G H]) and keeps ``SAVED_UNITS`` u per step in lists that are then stacked
+   (lists and stacked copies alive together: twice). LSTM/GRU chains then build time chunks
+   of [n, B, D, D] Jacobians (``chain.CHUNK_BYTES`` each) with ``JAC_TEMPS`` such arrays
+   alive at once, next to the stacked saved tensors.
+
+Both phases hold the inputs x [T, B, I]. On a GPU the CUDA context, cuBLAS workspaces and
+the caching allocator's rounding come on top (``CUDA_OVERHEAD_BYTES``, ``ALLOCATOR_SLACK``).
+The per-step units were counted op by op and checked against the bytes torch allocates on
+the CPU (``profiling.peak_allocated_bytes``; ``tests/test_scale.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .config import CellSpec
+from .models import gate_count, state_size
+
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+#: B x H tensors the autograd graph keeps per step (see the module doc)
+GRAPH_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 8, "gru": 10}
+#: B x H state tensors per step the caller keeps (h, or h and c)
+STATE_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 2, "gru": 1}
+#: [n, B, D, D] Jacobian-chunk arrays alive at once while step_jacobians builds a chunk
+JAC_TEMPS = 4.25
+#: B x H tensors forward_saved keeps per step (deriv; gates 4H + dgates 4H + prev + aux + aux2
+#: for the LSTM; gates 3H + dgates 3H + prev + aux + aux2 for the GRU)
+SAVED_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 11, "gru": 9}
+CUDA_OVERHEAD_BYTES = 600 * 2**20  # context, cuBLAS/cuDNN workspaces, kernels of the module
+ALLOCATOR_SLACK = 1.10  # the CUDA caching allocator rounds and fragments
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of the two phases; ``peak_bytes`` is what the device must have free."""
+
+    bptt_bytes: int
+    chain_bytes: int
+    inputs_bytes: int
+    device: str
+
+    @property
+    def peak_bytes(self) -> int:
+        peak = self.inputs_bytes + max(self.bptt_bytes, self.chain_bytes)
+        if self.device == "cuda":
+            return int(peak * ALLOCATOR_SLACK) + CUDA_OVERHEAD_BYTES
+        return peak
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / 2**30
+
+
+def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
+    """Peak memory of ``spec`` (on ``device``, cpu or cuda) from its shape alone."""
+    from .gradients import REDUCE_CHUNK_BYTES
+    from .jacobians.chain import _chunk_steps
+
+    item = ITEMSIZE[spec.dtype]
+    t, b, h = spec.seq_len, spec.batch, spec.hidden
+    d = state_size(spec.model, h)
+    u = b * h * item
+    deltas = (t + 1) * b * d * item
+    reduce = min(3 * (t + 1) * u, 1.5 * REDUCE_CHUNK_BYTES)  # stacked copy + float64 cast
+    bptt = max(GRAPH_UNITS[spec.model] * u * t + deltas,
+               STATE_UNITS[spec.model] * u * (t + 1) + deltas + reduce)
+    saved = SAVED_UNITS[spec.model] * u * t
+    chain = gate_count(spec.model) * u * t + 2 * saved
+    if not spec.model.startswith("rnn_"):
+        jac = min(t, _chunk_steps(b, d, item)) * b * d * d * item
+        chain = max(chain, saved + JAC_TEMPS * jac)
+    inputs = t * b * spec.input_size * item
+    return MemoryEstimate(int(bptt), int(chain), int(inputs), device)
+
+
+def available_bytes(device: str) -> int:
+    """Memory a cell may use now: free device memory on CUDA, MemAvailable on the CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def too_large_reason(spec: CellSpec, device: str) -> str | None:
+    """Why ``spec`` cannot run on ``device`` now (estimate > free memory), or None if it fits."""
+    est = estimate_cell(spec, "cuda" if device.startswith("cuda") else "cpu")
+    free = available_bytes(device)
+    if est.peak_bytes <= free:
+        return None
+    return (f"estimated peak {est.peak_gib:.2f} GiB (BPTT graph {est.bptt_bytes / 2**30:.2f}, "
+            f"chain {est.chain_bytes / 2**30:.2f}, inputs {est.inputs_bytes / 2**30:.2f}) exceeds "
+            f"the {free / 2**30:.2f} GiB free on {device}; reduce seq_len, batch or hidden")
+
+
+def release(device: str) -> None:
+    """Give memory back between cells: collect cycles, empty the CUDA cache."""
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
