@@ -48,8 +48,14 @@ class Gpu:
         return int(USABLE_FRACTION * self.total_bytes / 2**20)
 
 
+#: a stand-in device list "INDEX:USABLE_MB,..." that replaces detection (tests, dry runs)
+STANDIN_ENV = "BPTTBENCH_STANDIN_GPUS"
+
+
 def detect_gpus() -> list[Gpu]:
-    """The CUDA devices this process sees (empty without CUDA)."""
+    """The CUDA devices this process sees (empty without CUDA), or the stand-in list."""
+    if os.environ.get(STANDIN_ENV):
+        return plan_from_arg(os.environ[STANDIN_ENV])
     import torch
 
     if not torch.cuda.is_available():
@@ -116,6 +122,27 @@ def plan_from_arg(text: str) -> list[Gpu]:
     if not gpus:
         raise ValueError("--gpus names no GPU; expected INDEX:USABLE_MB entries, e.g. 0:72000")
     return gpus
+
+
+def local_gpus(cfg: Any, local: bool) -> list[Gpu]:
+    """GPUs the local scheduler hands out: none for a cluster run (SLURM assigns them) or a
+    CPU config."""
+    from .cluster import uses_gpu
+
+    return detect_gpus() if local and uses_gpu(cfg) else []
+
+
+def job_resources(gpus: Sequence[Gpu], peak_bytes: int) -> dict[str, int]:
+    """The Snakemake resources of one GPU job of estimated peak ``peak_bytes``."""
+    return {"gpu_mem_mb": job_request_mb(peak_bytes, gpus), "gpu_jobs": 1} if gpus else {}
+
+
+def gpu_run_prefix(gpus: Sequence[Gpu], peak_bytes: int) -> str:
+    """Shell prefix that runs a job on its own GPU (empty without local GPUs)."""
+    if not gpus:
+        return ""
+    return (f"bpttbench gpu-run --gpus {plan_to_arg(gpus)} "
+            f"--mem-mb {job_request_mb(peak_bytes, gpus)} --")
 
 
 def _live_reservations(lock_dir: Path) -> list[Reservation]:

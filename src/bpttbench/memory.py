@@ -87,6 +87,29 @@ def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
     return MemoryEstimate(int(bptt), int(chain), int(inputs), device)
 
 
+def block_peak_bytes(cells: list[CellSpec], device: str) -> int:
+    """Peak of a job of cells run one after another (memory is released between cells)."""
+    return max((estimate_cell(c, device).peak_bytes for c in cells), default=0)
+
+
+def long_range_peak_bytes(runs: list, device: str) -> int:
+    """Peak of a long-range job: the largest run's training graph (autograd over the
+    unrolled cell, as in the BPTT phase of a cell) at its training or horizon batch."""
+    from .long_range.tasks import get_task
+    from .long_range.train import FLOW_BATCH
+
+    peak = 0
+    for r in runs:
+        task = get_task(r.task)
+        spec = CellSpec(r.model, "orthogonal", r.hidden, task.seq_steps(r.seq_len), 1.0, 0,
+                        task.input_size, 1.0, 0.0, max(r.batch, FLOW_BATCH), 1, 1, device,
+                        r.dtype, False, True, "torch")
+        est = estimate_cell(spec, device)
+        extra = CUDA_OVERHEAD_BYTES if device == "cuda" else 0
+        peak = max(peak, est.inputs_bytes + est.bptt_bytes + extra)
+    return peak
+
+
 def available_bytes(device: str) -> int:
     """Memory a cell may use now: free device memory on CUDA, MemAvailable on the CPU."""
     if device.startswith("cuda"):

@@ -30,7 +30,7 @@ from . import costmodel as cm
 from .config import CellSpec, blocks_by_id, load
 from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
 from .machines import Machine, get_machine
-from .memory import estimate_cell
+from .memory import block_peak_bytes, long_range_peak_bytes
 
 POST_JOBS = ("gradient_flow_collect", "gradient_flow_figures", "manifest", "report_html")
 
@@ -63,7 +63,7 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
     device = machine.kind
     for block, cells in blocks_by_id(cfg).items():
         times = [cell_seconds(c, machine) for c in cells]
-        peak = max(estimate_cell(c, device).peak_bytes for c in cells)
+        peak = block_peak_bytes(cells, device)
         jobs.append({
             "job": f"gradient_flow_block[{block}]", "rule": "gradient_flow_block",
             "gpu": device == "cuda", "cells": len(cells),
@@ -82,7 +82,6 @@ def long_range_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, 
     jobs = []
     for block, runs in long_range_blocks(cfg).items():
         wall = dev = 0.0
-        peak = 0
         for r in runs:
             task = get_task(r.task)
             steps = task.seq_steps(r.seq_len)
@@ -95,10 +94,7 @@ def long_range_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, 
             for cost, n in ((update, r.steps), (evals, n_eval), (flow, 2)):
                 w, d = step_seconds(cost, machine, r.dtype)
                 wall, dev = wall + n * w, dev + n * d
-            spec = CellSpec(r.model, "orthogonal", r.hidden, steps, 1.0, 0, inp, 1.0, 0.0,
-                            max(r.batch, FLOW_BATCH), 1, 1, machine.kind, r.dtype, False, True,
-                            "torch")
-            peak = max(peak, estimate_cell(spec, machine.kind).bptt_bytes)
+        peak = long_range_peak_bytes(runs, machine.kind)
         jobs.append({
             "job": f"long_range_block[{block}]", "rule": "long_range_block",
             "gpu": machine.kind == "cuda", "runs": len(runs),

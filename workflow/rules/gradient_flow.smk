@@ -1,10 +1,17 @@
 # Stage: the gradient-flow sweep, one job per block of cells, then tables and figures.
 from bpttbench import cluster
+from bpttbench.memory import block_peak_bytes
 
 # What a compute job asks a scheduler for (SLURM: docs/slurm.md): a GPU when the config's
 # device resolves to CUDA, memory and wall time growing with each retry (attempt).
 GPU_RESOURCES = cluster.gpu_resources(config)
 USES_GPU = bool(GPU_RESOURCES)
+BLOCK_DEVICE = "cuda" if USES_GPU else "cpu"
+BLOCK_GPU = {b: gpu_job(block_peak_bytes(cells, BLOCK_DEVICE)) for b, cells in BLOCKS.items()}
+
+
+def block_gpu_resource(name):
+    return lambda wc: BLOCK_GPU[wc.block][0].get(name, 0) if wc.block in BLOCK_GPU else 0
 
 GRADIENT_FLOW_TABLES = {
     "gradient_flow": "results/{hw}/tables/gradient_flow.parquet",
@@ -30,6 +37,7 @@ rule gradient_flow_block:
     params:
         spec=block_spec,
         explicit=hw_tag_flag,
+        gpu_run=lambda wc: BLOCK_GPU[wc.block][1] if wc.block in BLOCK_GPU else "",
     log:
         "logs/{hw}/gradient_flow/{block}.log",
     conda:
@@ -38,9 +46,11 @@ rule gradient_flow_block:
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=USES_GPU),
         runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        gpu_mem_mb=block_gpu_resource("gpu_mem_mb"),
+        gpu_jobs=block_gpu_resource("gpu_jobs"),
         **GPU_RESOURCES,
     shell:
-        "bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
+        "{params.gpu_run} bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
         " --out {output} > {log} 2>&1"
 
 
