@@ -40,6 +40,15 @@ def gpu_job(peak_bytes):
     return gpus.job_resources(LOCAL_GPUS, peak_bytes), gpus.gpu_run_prefix(LOCAL_GPUS, peak_bytes)
 
 
+def job_gpu_resource(jobs, wildcard, name):
+    """Resource ``name`` of the job named by ``wildcard`` in ``jobs`` (id -> gpu_job(...))."""
+    return lambda wc: jobs.get(getattr(wc, wildcard), ({}, ""))[0].get(name, 0)
+
+
+def job_gpu_prefix(jobs, wildcard):
+    return lambda wc: jobs.get(getattr(wc, wildcard), ({}, ""))[1]
+
+
 wildcard_constraints:
     hw=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     block=r"[A-Za-z0-9._-]+",

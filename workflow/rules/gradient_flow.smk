@@ -9,10 +9,6 @@ USES_GPU = bool(GPU_RESOURCES)
 BLOCK_DEVICE = "cuda" if USES_GPU else "cpu"
 BLOCK_GPU = {b: gpu_job(block_peak_bytes(cells, BLOCK_DEVICE)) for b, cells in BLOCKS.items()}
 
-
-def block_gpu_resource(name):
-    return lambda wc: BLOCK_GPU[wc.block][0].get(name, 0) if wc.block in BLOCK_GPU else 0
-
 GRADIENT_FLOW_TABLES = {
     "gradient_flow": "results/{hw}/tables/gradient_flow.parquet",
     "summary": "results/{hw}/tables/summary.csv",
@@ -37,7 +33,7 @@ rule gradient_flow_block:
     params:
         spec=block_spec,
         explicit=hw_tag_flag,
-        gpu_run=lambda wc: BLOCK_GPU[wc.block][1] if wc.block in BLOCK_GPU else "",
+        gpu_run=job_gpu_prefix(BLOCK_GPU, "block"),
     log:
         "logs/{hw}/gradient_flow/{block}.log",
     conda:
@@ -46,8 +42,8 @@ rule gradient_flow_block:
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=USES_GPU),
         runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
-        gpu_mem_mb=block_gpu_resource("gpu_mem_mb"),
-        gpu_jobs=block_gpu_resource("gpu_jobs"),
+        gpu_mem_mb=job_gpu_resource(BLOCK_GPU, "block", "gpu_mem_mb"),
+        gpu_jobs=job_gpu_resource(BLOCK_GPU, "block", "gpu_jobs"),
         **GPU_RESOURCES,
     shell:
         "{params.gpu_run} bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"

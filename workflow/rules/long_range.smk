@@ -37,7 +37,7 @@ rule long_range_block:
     params:
         spec=lambda wc: block_spec_json(LONG_RANGE_BLOCKS, wc.lr_block),
         explicit=hw_tag_flag,
-        gpu_run=lambda wc: LONG_RANGE_JOB_GPU[wc.lr_block][1] if wc.lr_block in LONG_RANGE_JOB_GPU else "",
+        gpu_run=job_gpu_prefix(LONG_RANGE_JOB_GPU, "lr_block"),
     wildcard_constraints:
         lr_block=r"[A-Za-z0-9._-]+",
     log:
@@ -48,8 +48,8 @@ rule long_range_block:
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(LONG_RANGE_GPU)),
         runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
-        gpu_mem_mb=lambda wc: LONG_RANGE_JOB_GPU.get(wc.lr_block, ({}, ""))[0].get("gpu_mem_mb", 0),
-        gpu_jobs=lambda wc: LONG_RANGE_JOB_GPU.get(wc.lr_block, ({}, ""))[0].get("gpu_jobs", 0),
+        gpu_mem_mb=job_gpu_resource(LONG_RANGE_JOB_GPU, "lr_block", "gpu_mem_mb"),
+        gpu_jobs=job_gpu_resource(LONG_RANGE_JOB_GPU, "lr_block", "gpu_jobs"),
         **LONG_RANGE_GPU,
     shell:
         "{params.gpu_run} bpttbench long-range-block --spec {params.spec:q} --hw-tag {wildcards.hw}"
