@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .blocks import thin_record
 from .config import CellSpec
 from .gpus import assigned_gpu_index
 from .gradients import (
@@ -165,8 +166,8 @@ def run_cell_released(spec: CellSpec) -> dict[str, Any]:
         release(spec.device if spec.device != "auto" else resolve_device("auto"))
 
 
-def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
-              ) -> list[dict[str, Any]]:
+def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True,
+              lags: str = "full") -> list[dict[str, Any]]:
     """Run the cells of one job, keeping each finished cell in ``checkpoint_dir``.
 
     A rerun after an interruption reuses every checkpoint whose spec equals the cell's,
@@ -179,5 +180,7 @@ def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
                    f"lyapunov_max={s.get('lyapunov_max', math.nan):.4g} ({record['wall_s']:.2f}s)")
 
     bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, mininterval=2)
-    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run_cell_released, checkpoint_dir,
-                            report)
+    def run(spec: CellSpec) -> dict[str, Any]:  # per-lag rows thinned before the checkpoint
+        return thin_record(run_cell_released(spec), lags)
+
+    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run, checkpoint_dir, report)

@@ -71,7 +71,7 @@ def block_spec(wildcards):
 
 def gradient_flow_block_files(wildcards):
     return expand(
-        "results/{hw}/cells/gradient_flow/{block}.json", hw=wildcards.hw, block=sorted(BLOCKS)
+        "results/{hw}/cells/gradient_flow/{block}", hw=wildcards.hw, block=sorted(BLOCKS)
     )
 
 

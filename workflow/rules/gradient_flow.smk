@@ -29,11 +29,12 @@ REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in GRADIENT_FLOW_FI
 # One job per block (model x init x hidden): every seq_len, weight scale and seed of it.
 rule gradient_flow_block:
     output:
-        temp("results/{hw}/cells/gradient_flow/{block}.json"),
+        temp(directory("results/{hw}/cells/gradient_flow/{block}")),
     params:
         spec=block_spec,
         explicit=hw_tag_flag,
         gpu_run=job_gpu_prefix(BLOCK_GPU, "block"),
+        lags=config["gradient_flow"]["lags"],
     log:
         "logs/{hw}/gradient_flow/{block}.log",
     conda:
@@ -47,7 +48,7 @@ rule gradient_flow_block:
         **GPU_RESOURCES,
     shell:
         "{params.gpu_run} bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
-        " --out {output} > {log} 2>&1"
+        " --lags {params.lags} --out {output} > {log} 2>&1"
 
 
 rule gradient_flow_collect:
