@@ -8,13 +8,13 @@ With u = B x H x itemsize bytes per step:
    1 - z, n, h_t and W_hh h + b_hh [B, 3H], which r * h_n holds a view of), and
    ``autograd.grad`` returns delta_t for all T + 1 steps (D = H, or 2H for the LSTM) while it
    frees the graph. Then the states (kept by the caller) and the deltas are alive while the
-   norms are reduced in chunks (a stacked float32 copy and its float64 cast, at most
-   ``REDUCE_CHUNK_BYTES`` of float64).
+   norms are reduced in chunks (a stacked copy and, unless already float64, its float64
+   cast; ``gradients.REDUCE_CHUNK_BYTES`` of float64 at most).
 2. The Jacobian chain. ``forward_saved`` precomputes the input part of every gate for all
    steps ([T, B, G H]) and keeps ``SAVED_UNITS`` u per step in lists that are then stacked
    (lists and stacked copies alive together: twice). LSTM/GRU chains then build time chunks
    of [n, B, D, D] Jacobians (``chain.CHUNK_BYTES`` each) with ``JAC_TEMPS`` such arrays
-   alive at once, next to the stacked saved tensors.
+   alive at once, next to the previous chunk and the stacked saved tensors.
 
 Both phases hold the inputs x [T, B, I]. On a GPU the CUDA context, cuBLAS workspaces and
 the caching allocator's rounding come on top (``CUDA_OVERHEAD_BYTES``, ``ALLOCATOR_SLACK``).
@@ -35,8 +35,9 @@ ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 GRAPH_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 8, "gru": 10}
 #: B x H state tensors per step the caller keeps (h, or h and c)
 STATE_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 2, "gru": 1}
-#: [n, B, D, D] Jacobian-chunk arrays alive at once while step_jacobians builds a chunk
-JAC_TEMPS = 4.25
+#: [n, B, D, D] arrays alive at once while step_jacobians builds a chunk (the four blocks,
+#: the two half-width rows and the result for the LSTM; partial sums for the GRU)
+JAC_TEMPS = 3
 #: B x H tensors forward_saved keeps per step (deriv; gates 4H + dgates 4H + prev + aux + aux2
 #: for the LSTM; gates 3H + dgates 3H + prev + aux + aux2 for the GRU)
 SAVED_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 11, "gru": 9}
@@ -75,14 +76,20 @@ def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
     d = state_size(spec.model, h)
     u = b * h * item
     deltas = (t + 1) * b * d * item
-    reduce = min(3 * (t + 1) * u, 1.5 * REDUCE_CHUNK_BYTES)  # stacked copy + float64 cast
+    # stacked chunk of per-step deltas, plus its float64 cast (a no-op for float64)
+    chunk_steps = min(t + 1, max(1, REDUCE_CHUNK_BYTES // (b * h * 8)))
+    reduce = chunk_steps * b * h * (item + (8 if item != 8 else 0))
     bptt = max(GRAPH_UNITS[spec.model] * u * t + deltas,
                STATE_UNITS[spec.model] * u * (t + 1) + deltas + reduce)
     saved = SAVED_UNITS[spec.model] * u * t
     chain = gate_count(spec.model) * u * t + 2 * saved
     if not spec.model.startswith("rnn_"):
-        jac = min(t, _chunk_steps(b, d, item)) * b * d * d * item
-        chain = max(chain, saved + JAC_TEMPS * jac)
+        # chunks of n steps, the latest first; building one holds JAC_TEMPS arrays of its
+        # size while the previous chunk is still referenced
+        first = min(t, _chunk_steps(b, d, item))
+        second = min(t - first, first)
+        jac_steps = max(JAC_TEMPS * first, first + JAC_TEMPS * second)
+        chain = max(chain, saved + jac_steps * b * d * d * item)
     inputs = t * b * spec.input_size * item
     return MemoryEstimate(int(bptt), int(chain), int(inputs), device)
 
