@@ -10,7 +10,7 @@ post-processing steps), the per-step costs of ``costmodel`` and a machine of ``m
 - the total on N GPUs starts the GPU jobs longest first, each on the GPU the local
   scheduler (``gpus.choose_gpu``) gives it once one has room for its estimated peak, never
   faster than the summed device time over N GPUs; then the post-processing steps, which
-  run one after another.
+  run one after another, and so do the bench jobs (each takes every core).
 
 Jobs the model does not cover are listed with ``est_seconds: null`` and left out of the
 total (the output says which): the claims stage (its experiments are many different kinds).
@@ -116,13 +116,19 @@ def other_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, Any]]
                          "gpu": machine.kind == "cuda", "est_seconds": bound,
                          "device_seconds": bound, "peak_memory_gib":
                          float(bench.get("max_memory_gib", 0)), "modelled": True,
-                         "note": "upper bound: the job stops starting sizes after max_op_s"})
+                         "exclusive": True,
+                         "note": "upper bound: the job stops starting sizes after max_op_s; "
+                         "it takes every core, so nothing runs beside it"})
     claims = cfg.get("claims") or {}
     for claim in claims.get("run", []) or []:
         jobs.append({"job": f"claims_run[{claim}]", "rule": "claims_run",
                      "gpu": machine.kind == "cuda", "est_seconds": None,
                      "device_seconds": None, "peak_memory_gib": None, "modelled": False,
                      "note": "not modelled (the claims' experiments are many kinds)"})
+    if machine.kind == "cuda":
+        jobs.append({"job": "validate_kernels", "rule": "validate_kernels", "gpu": True,
+                     "est_seconds": None, "device_seconds": None, "peak_memory_gib": None,
+                     "modelled": False, "note": "not modelled (kernel checks: seconds)"})
     for name in POST_JOBS:
         jobs.append({"job": name, "rule": name, "gpu": False, "est_seconds": machine.startup_s,
                      "device_seconds": 0.0, "peak_memory_gib": None, "modelled": True,
@@ -166,8 +172,9 @@ def makespan(jobs: list[dict[str, Any]], gpus: list[Gpu] | None, lanes: int = 1)
 def plan(cfg: Mapping[str, Any], machine: Machine, n_gpus: int = 1) -> dict[str, Any]:
     jobs = gradient_flow_jobs(cfg, machine) + long_range_jobs(cfg, machine) + other_jobs(
         cfg, machine)
-    compute = [j for j in jobs if j["rule"] not in POST_JOBS and j["modelled"]]
-    post = [j for j in jobs if j["rule"] in POST_JOBS]
+    compute = [j for j in jobs if j["rule"] not in POST_JOBS and j["modelled"]
+               and not j.get("exclusive")]
+    post = [j for j in jobs if j["rule"] in POST_JOBS or j.get("exclusive")]
     gpus = ([Gpu(i, machine.name, machine.memory_bytes) for i in range(n_gpus)]
             if machine.kind == "cuda" else None)
     for j in compute:
