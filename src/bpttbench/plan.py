@@ -32,7 +32,11 @@ from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
 from .machines import Machine, get_machine
 from .memory import block_peak_bytes, long_range_peak_bytes
 
-POST_JOBS = ("gradient_flow_collect", "gradient_flow_figures", "manifest", "report_html")
+POST_JOBS = ("gradient_flow_collect", "gradient_flow_figures", "long_range_collect",
+             "long_range_figures", "bench_collect", "bench_figures", "claims_collect",
+             "claims_figures", "manifest", "report_html")
+#: which stage a post-processing job belongs to (it runs only when the stage is on)
+POST_STAGE = {"long_range": "long_range", "bench": "bench", "claims": "claims"}
 
 
 def step_seconds(cost: cm.StepCost, machine: Machine, dtype: str) -> tuple[float, float]:
@@ -130,6 +134,14 @@ def other_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, Any]]
                      "est_seconds": None, "device_seconds": None, "peak_memory_gib": None,
                      "modelled": False, "note": "not modelled (kernel checks: seconds)"})
     for name in POST_JOBS:
+        stage = POST_STAGE.get(name.split("_")[0] if not name.startswith("long_range")
+                               else "long_range")
+        if stage == "long_range" and not (cfg.get("long_range") or {}).get("enabled", True):
+            continue
+        if stage == "bench" and not bench.get("enabled"):
+            continue
+        if stage == "claims" and not claims.get("run"):
+            continue
         jobs.append({"job": name, "rule": name, "gpu": False, "est_seconds": machine.startup_s,
                      "device_seconds": 0.0, "peak_memory_gib": None, "modelled": True,
                      "note": "start-up only (streaming; seconds of work)"})
