@@ -45,6 +45,10 @@ TORCH_LAUNCHES: dict[str, dict[str, float]] = {
 #: + mean + row store; rescale step = step kernel + colnorm_rescale + mean + row store.
 #: The persistent RNN kernel (H <= 128) runs all steps of a chunk in one launch (~0 per step).
 CUPY_CHAIN = {"qr": 6, "rescale": 4, "persistent": 0}
+#: of which our own kernels (RawKernel launches, counted through the kernel-emulation
+#: stand-in by tests/kernel_emulation/test_launch_counts.py): per step, by path
+CUPY_CUSTOM_KERNELS = {"gated_qr": 1, "gated_rescale": 1, "tiled_qr": 2, "tiled_rescale": 2,
+                       "persistent": 0}
 
 
 @dataclass(frozen=True)
