@@ -295,3 +295,25 @@ def test_gpu_yaml_fits_one_hour_on_one_h100():
     cfg = load("config/gpu.yaml")
     assert 10_000 in cfg["gradient_flow"]["seq_len"] and 256 in cfg["gradient_flow"]["hidden"]
     assert plan(cfg, MACHINES["h100"], 1)["total_hours"] <= 1.0
+
+
+def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
+    """A block whose every cell is too_large (no per-lag rows) collects beside a normal one."""
+    from bpttbench import memory
+    from bpttbench.blocks import write_block
+    from bpttbench.cells import run_block
+    from bpttbench.collect import collect_blocks
+    from bpttbench.config import blocks_by_id
+    from bpttbench.tables import read_table
+
+    blocks = list(blocks_by_id(_tiny_cfg(tmp_path)).items())
+    (b1, c1), (b2, c2) = blocks[0], blocks[-1]
+    ok = write_block(run_block(c1, tmp_path / "p1", progress=False), tmp_path / b1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 0)
+    big = write_block(run_block(c2, tmp_path / "p2", progress=False), tmp_path / b2)
+    summary = collect_blocks([big, ok], tmp_path / "t")
+    too_large = summary["status"] == "too_large"
+    assert too_large.sum() == len(c2) and set(summary.loc[too_large, "hidden"]) == {c2[0].hidden}
+    assert summary.loc[too_large, "error"].str.contains("exceeds").all()
+    gf = read_table(tmp_path / "t" / "gradient_flow.parquet")
+    assert set(gf["hidden"]) == {c1[0].hidden} and len(gf) > 0
