@@ -30,7 +30,7 @@ from . import costmodel as cm
 from .config import CellSpec, blocks_by_id, load
 from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
 from .machines import Machine, get_machine
-from .memory import block_peak_bytes, long_range_peak_bytes
+from .memory import block_peak_bytes, estimate_cell, long_range_peak_bytes
 
 POST_JOBS = ("gradient_flow_collect", "gradient_flow_figures", "long_range_collect",
              "long_range_figures", "bench_collect", "bench_figures", "claims_collect",
@@ -66,11 +66,13 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
     jobs = []
     device = machine.kind
     for block, cells in blocks_by_id(cfg).items():
-        times = [cell_seconds(c, machine) for c in cells]
-        peak = block_peak_bytes(cells, device)
+        # cells that cannot fit in the machine's memory are recorded too_large, not run
+        fits = [c for c in cells if estimate_cell(c, device).peak_bytes <= machine.memory_bytes]
+        times = [cell_seconds(c, machine) for c in fits]
+        peak = block_peak_bytes(fits or cells, device)
         jobs.append({
             "job": f"gradient_flow_block[{block}]", "rule": "gradient_flow_block",
-            "gpu": device == "cuda", "cells": len(cells),
+            "gpu": device == "cuda", "cells": len(cells), "too_large_cells": len(cells) - len(fits),
             "est_seconds": machine.startup_s + sum(t for t, _ in times),
             "device_seconds": sum(d for _, d in times),
             "peak_memory_gib": peak / 2**30, "modelled": True,
