@@ -239,15 +239,26 @@ def test_snakemake_dry_run_assigns_gpus(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ cost model and plan
+@pytest.fixture
+def determinism(request):
+    """torch.use_deterministic_algorithms(param) for the test, restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("determinism", [False, True], indirect=True)
 @pytest.mark.parametrize("model", ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"])
-def test_model_launch_counts_match_profiler(model):
-    """The cost model's launches per step are the profiler's counts of the code as it is."""
+def test_model_launch_counts_match_profiler(model, determinism):
+    """The cost model's launches per step are the profiler's counts of the code as it is
+    (in both determinism modes: deterministic torch fills every new allocation)."""
     from bpttbench.cells import _chain
-    from bpttbench.costmodel import TORCH_LAUNCHES
+    from bpttbench.costmodel import launches_of
     from bpttbench.jacobians.analytic import forward_saved
     from bpttbench.jacobians.backends import TorchBackend
 
-    table = TORCH_LAUNCHES[model]
+    table = launches_of(model, determinism)
     assert per_step(count_launches, lambda t: _flow_fn(model, t, hidden=8), 20, 60) == \
         table["bptt"]
 

@@ -29,17 +29,38 @@ ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 #: model per time step, train_update its fixed part (loss, norms, clipping, Adam);
 #: eval: no-grad forward per time step.
 TORCH_LAUNCHES: dict[str, dict[str, float]] = {
-    "rnn_tanh": {"bptt": 8, "saved": 16, "chain_qr": 24, "chain_rescale": 20, "train": 17,
+    "rnn_tanh": {"bptt": 8, "saved": 17, "chain_qr": 24, "chain_rescale": 20, "train": 17,
                  "train_update": 94, "eval": 6},
-    "rnn_relu": {"bptt": 8, "saved": 9, "chain_qr": 24, "chain_rescale": 20, "train": 17,
+    "rnn_relu": {"bptt": 8, "saved": 10, "chain_qr": 24, "chain_rescale": 20, "train": 17,
                  "train_update": 94, "eval": 6},
-    "rnn_linear": {"bptt": 6, "saved": 6, "chain_qr": 24, "chain_rescale": 20, "train": 15,
+    "rnn_linear": {"bptt": 6, "saved": 7, "chain_qr": 24, "chain_rescale": 20, "train": 15,
                    "train_update": 94, "eval": 5},
-    "lstm": {"bptt": 28, "saved": 50, "chain_qr": 23, "chain_rescale": 19, "train": 37,
+    "lstm": {"bptt": 28, "saved": 55, "chain_qr": 23, "chain_rescale": 19, "train": 37,
              "train_update": 93, "eval": 14},
-    "gru": {"bptt": 30, "saved": 38, "chain_qr": 23, "chain_rescale": 19, "train": 40,
+    "gru": {"bptt": 30, "saved": 43, "chain_qr": 23, "chain_rescale": 19, "train": 40,
             "train_update": 92, "eval": 16},
 }
+#: the same under torch.use_deterministic_algorithms(True) (config ``deterministic: true``,
+#: the default): torch then fills every uninitialised allocation (one more launch each)
+TORCH_LAUNCHES_DETERMINISTIC: dict[str, dict[str, float]] = {
+    "rnn_tanh": {"bptt": 8, "saved": 23, "chain_qr": 37, "chain_rescale": 26, "train": 17,
+                 "train_update": 130, "eval": 6},
+    "rnn_relu": {"bptt": 8, "saved": 13, "chain_qr": 37, "chain_rescale": 26, "train": 17,
+                 "train_update": 130, "eval": 6},
+    "rnn_linear": {"bptt": 6, "saved": 9, "chain_qr": 37, "chain_rescale": 26, "train": 15,
+                   "train_update": 130, "eval": 5},
+    "lstm": {"bptt": 28, "saved": 67, "chain_qr": 36, "chain_rescale": 25, "train": 37,
+             "train_update": 130, "eval": 14},
+    "gru": {"bptt": 31, "saved": 50, "chain_qr": 36, "chain_rescale": 25, "train": 41,
+            "train_update": 128, "eval": 17},
+}
+
+
+def launches_of(model: str, deterministic: bool) -> dict[str, float]:
+    """Torch launches per step of ``model``'s phases in the given determinism mode."""
+    return (TORCH_LAUNCHES_DETERMINISTIC if deterministic else TORCH_LAUNCHES)[model]
+
+
 #: CuPy chain launches per step (CupyBackend.run_chain, LSTM/GRU and the tiled RNN path):
 #: qr step = matmul (or the tiled RNN kernel) + mgs_qr_logdiag + total += scale + scale = 0
 #: + mean + row store; rescale step = step kernel + colnorm_rescale + mean + row store.
@@ -72,10 +93,11 @@ def _elementwise_bytes(launches: float, batch: int, width: int, item: int) -> fl
     return 3.0 * launches * batch * width * item
 
 
-def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str) -> StepCost:
+def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+              deterministic: bool = False) -> StepCost:
     """One step of measure_gradient_flow: forward with autograd, backward, norms."""
     g, item = gate_count(model), ITEMSIZE[dtype]
-    launches = TORCH_LAUNCHES[model]["bptt"]
+    launches = launches_of(model, deterministic)["bptt"]
     flops = 2 * batch * (inputs + hidden) * g * hidden + 2 * batch * g * hidden * hidden
     weights = 2 * g * hidden * (hidden + inputs) * item  # read forward and backward
     return StepCost(flops, weights + _elementwise_bytes(launches, batch, g * hidden, item) / g,
@@ -83,10 +105,10 @@ def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str) -> S
 
 
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
-               dtype: str, backend: str = "torch") -> StepCost:
+               dtype: str, backend: str = "torch", deterministic: bool = False) -> StepCost:
     """One step of the Jacobian chain: forward_saved plus the adjoint step (QR or rescale)."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
-    counts = TORCH_LAUNCHES[model]
+    counts = launches_of(model, deterministic)
     saved_launches = counts["saved"]
     saved = StepCost(2 * batch * (inputs + hidden) * g * hidden,
                      g * hidden * hidden * item
@@ -110,10 +132,11 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
     return saved + StepCost(mult + qr_flops, frame_bytes, launches)
 
 
-def train_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str) -> StepCost:
+def train_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                    deterministic: bool = False) -> StepCost:
     """One time step of one long-range update (forward, backward with weight gradients)."""
     g, item = gate_count(model), ITEMSIZE[dtype]
-    launches = TORCH_LAUNCHES[model]["train"]
+    launches = launches_of(model, deterministic)["train"]
     flops = 3 * 2 * batch * (inputs + hidden) * g * hidden
     weights = 3 * g * hidden * (hidden + inputs) * item
     return StepCost(flops, weights + _elementwise_bytes(launches, batch, g * hidden, item) / g,
@@ -121,18 +144,19 @@ def train_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str
 
 
 def train_update_cost(model: str, hidden: int, inputs: int, outputs: int,
-                      dtype: str) -> StepCost:
+                      dtype: str, deterministic: bool = False) -> StepCost:
     """The fixed part of an update: loss, gradient norm, clipping and the optimizer step."""
     n_params = gate_count(model) * hidden * (hidden + inputs + 2) + outputs * (hidden + 1)
     item = ITEMSIZE[dtype]
     return StepCost(20.0 * n_params, 8.0 * n_params * item,
-                    TORCH_LAUNCHES[model]["train_update"])
+                    launches_of(model, deterministic)["train_update"])
 
 
-def eval_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str) -> StepCost:
+def eval_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                   deterministic: bool = False) -> StepCost:
     """One time step of a no-grad forward pass (evaluation)."""
     g, item = gate_count(model), ITEMSIZE[dtype]
-    launches = TORCH_LAUNCHES[model]["eval"]
+    launches = launches_of(model, deterministic)["eval"]
     return StepCost(2 * batch * (inputs + hidden) * g * hidden,
                     g * hidden * (hidden + inputs) * item
                     + _elementwise_bytes(launches, batch, g * hidden, item) / g, launches)

@@ -77,7 +77,7 @@ def measure_this(device: str = "cpu") -> Machine:
 
     from .cells import build_cell, make_inputs
     from .config import CellSpec
-    from .costmodel import TORCH_LAUNCHES
+    from .costmodel import launches_of
     from .gradients import measure_gradient_flow, readout_problem
     from .memory import available_bytes
 
@@ -101,7 +101,8 @@ def measure_this(device: str = "cpu") -> Machine:
 
     short, long_ = flow(100), flow(1100)
     per_step = _median_time(long_, 3) - _median_time(short, 3)
-    launch_s = max(per_step / 1000 / TORCH_LAUNCHES["rnn_tanh"]["bptt"], 1e-7)
+    counted = launches_of("rnn_tanh", torch.are_deterministic_algorithms_enabled())["bptt"]
+    launch_s = max(per_step / 1000 / counted, 1e-7)
     t0 = time.perf_counter()
     import subprocess
     import sys

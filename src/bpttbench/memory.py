@@ -11,8 +11,9 @@ With u = B x H x itemsize bytes per step:
    norms are reduced in chunks (a stacked copy and, unless already float64, its float64
    cast; ``gradients.REDUCE_CHUNK_BYTES`` of float64 at most).
 2. The Jacobian chain. ``forward_saved`` precomputes the input part of every gate for all
-   steps ([T, B, G H]) and keeps ``SAVED_UNITS`` u per step in lists that are then stacked
-   (lists and stacked copies alive together: twice). LSTM/GRU chains then build time chunks
+   steps ([T, B, G H]) and writes ``SAVED_UNITS`` u per step into preallocated [T, ...]
+   arrays (lists stacked at the end used to hold them twice). LSTM/GRU chains then build
+   time chunks
    of [n, B, D, D] Jacobians (``chain.CHUNK_BYTES`` each) with ``JAC_TEMPS`` such arrays
    alive at once, next to the previous chunk and the stacked saved tensors.
 
@@ -82,7 +83,7 @@ def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
     bptt = max(GRAPH_UNITS[spec.model] * u * t + deltas,
                STATE_UNITS[spec.model] * u * (t + 1) + deltas + reduce)
     saved = SAVED_UNITS[spec.model] * u * t
-    chain = gate_count(spec.model) * u * t + 2 * saved
+    chain = gate_count(spec.model) * u * t + saved
     if not spec.model.startswith("rnn_"):
         # chunks of n steps, the latest first; building one holds JAC_TEMPS arrays of its
         # size while the previous chunk is still referenced

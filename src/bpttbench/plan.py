@@ -51,9 +51,11 @@ def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
     backend = "cupy" if machine.kind == "cuda" and spec.jacobian_backend in ("auto", "cupy") \
         else "torch"
     k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
-    per_step = (cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype)
+    det = spec.deterministic
+    per_step = (cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype,
+                             det)
                 + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
-                                spec.qr_every, spec.dtype, backend))
+                                spec.qr_every, spec.dtype, backend, det))
     wall, dev = step_seconds(per_step * spec.seq_len, machine, spec.dtype)
     # per cell: weights, W_hh spectra (SVD + eigenvalues, ~30 H^3 per gate block), set-up
     g = cm.gate_count(spec.model)
@@ -92,11 +94,13 @@ def long_range_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, 
             task = get_task(r.task)
             steps = task.seq_steps(r.seq_len)
             inp, out = task.input_size, task.output_size
-            update = (cm.train_step_cost(r.model, r.hidden, r.batch, inp, r.dtype) * steps
-                      + cm.train_update_cost(r.model, r.hidden, inp, out, r.dtype))
+            det = r.deterministic
+            update = (cm.train_step_cost(r.model, r.hidden, r.batch, inp, r.dtype, det) * steps
+                      + cm.train_update_cost(r.model, r.hidden, inp, out, r.dtype, det))
             n_eval = r.steps // r.eval_every + 2
-            evals = cm.eval_step_cost(r.model, r.hidden, r.eval_batch, inp, r.dtype) * steps
-            flow = cm.bptt_step(r.model, r.hidden, FLOW_BATCH, inp, r.dtype) * steps
+            evals = cm.eval_step_cost(r.model, r.hidden, r.eval_batch, inp, r.dtype,
+                                      det) * steps
+            flow = cm.bptt_step(r.model, r.hidden, FLOW_BATCH, inp, r.dtype, det) * steps
             for cost, n in ((update, r.steps), (evals, n_eval), (flow, 2)):
                 w, d = step_seconds(cost, machine, r.dtype)
                 wall, dev = wall + n * w, dev + n * d
