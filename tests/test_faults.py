@@ -231,7 +231,9 @@ class Pipeline:
         return out
 
     def finished_blocks(self) -> set[str]:
-        return {p.stem for p in (self.dir / CELLS_DIR).glob("*.json")}
+        """Blocks whose output folder (a Parquet table per contract table) is written."""
+        return {p.name for p in (self.dir / CELLS_DIR).glob("*")
+                if p.is_dir() and (p / "summary.parquet").exists()}
 
     def tables(self) -> Path:
         return self.dir / "results" / TAG / "tables"
@@ -399,8 +401,9 @@ def test_full_disk_on_the_tables_then_a_damaged_block_record(tmp_path, repo, sna
     rc, out = pipe.run(fault={FAULT_ENOSPC_ENV: "1:*/tables/*"})
     assert rc != 0 and pipe.finished_blocks() == set(BLOCKS)
     block = fault_rng.choice(sorted(BLOCKS))
-    path = pipe.dir / CELLS_DIR / f"{block}.json"
-    _damage(path, fault_rng.choice(["truncated", "zero-length"]), fault_rng)
+    path = pipe.dir / CELLS_DIR / block  # the block's output folder: one of its tables is cut
+    _damage(path / fault_rng.choice(["summary.parquet", "gradient_flow.parquet"]),
+            fault_rng.choice(["truncated", "zero-length"]), fault_rng)
     # the collect job names the file, moves it aside and fails: no table from partial input
     rc, out = pipe.run("--rerun-incomplete")
     log = (pipe.dir / "logs" / TAG / "gradient_flow_collect.log").read_text()

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .blocks import thin_record
 from .config import CellSpec
+from .gpus import assigned_gpu_index
 from .gradients import (
     GradientFlow,
     first_lag_where,
@@ -32,6 +34,7 @@ from .gradients import (
 )
 from .hardware import apply_precision, resolve_device
 from .io import run_checkpointed
+from .memory import estimate_cell, release, too_large_reason
 from .models import RecurrentCell, init_parameters, spectral_stats, state_size
 from .precision import (
     DYNAMIC,
@@ -141,6 +144,12 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     try:
         device = resolve_device(spec.device)
         record["device"] = device
+        record["device_index"] = assigned_gpu_index() if device == "cuda" else None
+        record["memory_estimate_gib"] = estimate_cell(spec, device).peak_gib
+        reason = too_large_reason(spec, device)
+        if reason is not None:  # recorded, never an out-of-memory crash that loses the block
+            summary["status"], record["error"] = "too_large", reason
+            return finish_record(record, summary, t0)
         record["precision"] = {"dtype": spec.dtype, "autocast": spec.precision,
                                "loss_scale": spec.loss_scale,
                                **apply_precision(spec.allow_tf32, spec.deterministic)}
@@ -196,6 +205,8 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
             summary.update({c: math.nan for c in CHAIN_SUMMARY})
             record["chain_error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+    except torch.OutOfMemoryError as exc:  # the estimate was short: still data, not a crash
+        summary["status"], record["error"] = "too_large", f"out of memory: {exc}"
     except Exception as exc:
         record_error(record, summary, exc)
     return finish_record(record, summary, t0)
@@ -240,8 +251,16 @@ def float32_copy(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor, device: s
     return copy, x.to(torch.float32)
 
 
-def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
-              ) -> list[dict[str, Any]]:
+def run_cell_released(spec: CellSpec) -> dict[str, Any]:
+    """run_cell, then give its memory back before the next cell of the block."""
+    try:
+        return run_cell(spec)
+    finally:
+        release(spec.device if spec.device != "auto" else resolve_device("auto"))
+
+
+def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True,
+              lags: str = "full") -> list[dict[str, Any]]:
     """Run the cells of one job, keeping each finished cell in ``checkpoint_dir``.
 
     A rerun after an interruption reuses every checkpoint whose spec equals the cell's,
@@ -254,4 +273,7 @@ def run_block(cells: list[CellSpec], checkpoint_dir: Path, progress: bool = True
                    f"lyapunov_max={s.get('lyapunov_max', math.nan):.4g} ({record['wall_s']:.2f}s)")
 
     bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, mininterval=2)
-    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run_cell, checkpoint_dir, report)
+    def run(spec: CellSpec) -> dict[str, Any]:  # per-lag rows thinned before the checkpoint
+        return thin_record(run_cell_released(spec), lags)
+
+    return run_checkpointed(bar, lambda c: c.cell_id, asdict, run, checkpoint_dir, report)

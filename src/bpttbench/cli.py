@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-STAGE_MODULES = ("claims", "long_range", "bench", "compare", "validation")
+STAGE_MODULES = ("claims", "long_range", "bench", "compare", "validation", "plan", "gpus")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def _cmd_cell(args: argparse.Namespace) -> int:
                          f"{', '.join(list(cells)[:4])}, ... ({len(cells)} in all)")
     spec = cells[args.cell_id]
     if args.peak_memory:
-        from .memory import describe, peak_memory, reset_peak_memory
+        from .peak_memory import describe, peak_memory, reset_peak_memory
 
         reset_peak_memory("cuda")  # a no-op without a GPU
     record = run_cell(spec)
@@ -74,8 +74,13 @@ def _cmd_block(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checkpoints = checkpoint_dir(out)  # kept until collect: see io.remove_checkpoints
     print(f"block {cells[0].block_id}: {len(cells)} cells", flush=True)
-    records = run_block(cells, checkpoints)
-    write_json(out, records)
+    records = run_block(cells, checkpoints, lags=args.lags)
+    if out.suffix == ".json":  # the records as they are (by hand; tests)
+        write_json(out, records)
+    else:  # a folder of Parquet tables (the pipeline; bpttbench.blocks)
+        from .blocks import write_block
+
+        write_block(records, out)
     statuses = [r["summary"]["status"] for r in records]
     print(f"block done: {', '.join(f'{s}={statuses.count(s)}' for s in sorted(set(statuses)))}")
     return 0
@@ -86,6 +91,16 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from .tables import collect_cells, write_columns_doc, write_table
 
     out = Path(args.out_dir)
+    if args.cells and all(Path(c).is_dir() for c in args.cells):  # block folders: streamed
+        from .collect import collect_blocks
+
+        summary = collect_blocks(args.cells, out)
+        write_columns_doc(out / "COLUMNS.md")
+        remove_checkpoints(args.cells)
+        counts = summary["status"].value_counts().to_dict() if len(summary) else {}
+        print(f"collected {len(summary)} cells of {len(args.cells)} blocks into {out}: "
+              f"status {counts}")
+        return 0
     tables = collect_cells(args.cells)
     write_table(tables["gradient_flow"], out / "gradient_flow.parquet", "gradient_flow")
     write_table(tables["summary"], out / "summary.csv", "summary")
@@ -160,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw-tag", help="result set the cells are for; must match this machine")
     p.add_argument("--hw-tag-is-explicit", action="store_true",
                    help="the tag was set in the config, so it need not match the machine")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="a folder for the block's Parquet tables, or a .json file of its records")
+    p.add_argument("--lags", choices=("log", "full"), default="full",
+                   help="lags kept in the per-lag tables (the pipeline passes gradient_flow.lags)")
     p.set_defaults(func=_cmd_block)
 
     p = sub.add_parser("collect", help="gather cell records into the contract tables")

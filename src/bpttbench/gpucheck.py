@@ -162,7 +162,7 @@ def cell(path: str) -> int:
     """A cell record: status, wall time and peak memory; fails on status error."""
     import json
 
-    from bpttbench.memory import describe
+    from bpttbench.peak_memory import describe
 
     rec = json.loads(Path(path).read_text())
     s = rec["summary"]

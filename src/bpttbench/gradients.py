@@ -54,15 +54,43 @@ def readout_problem(
     return w_out, target
 
 
+#: bytes of stacked per-step tensors reduced at once (bounds the extra memory of the reductions)
+REDUCE_CHUNK_BYTES = 64 * 2**20
+
+
+def _chunks(n_items: int, item_bytes: int, budget: int = REDUCE_CHUNK_BYTES) -> range:
+    return range(0, n_items, max(1, budget // max(1, item_bytes)))
+
+
 def _log_norms(grads: list[Tensor | None]) -> np.ndarray:
-    rows = []
-    for g in grads:
-        if g is None:  # h_t not on any path to L (cannot happen for t <= T, kept for safety)
-            raise RuntimeError("a hidden state is disconnected from the loss")
-        norm = torch.linalg.vector_norm(g.detach().to(torch.float64), dim=-1)
-        with np.errstate(divide="ignore"):
-            rows.append(np.log(norm.cpu().numpy()))
-    return np.stack(rows)
+    """ln||g||_2 over the last axis for each per-step gradient, as one [len, B] float64 array.
+
+    The norms are reduced on the tensors' device in chunks of steps (a few launches per
+    chunk, not per step) and come back to the host once: no round-trip per step.
+    """
+    if any(g is None for g in grads):  # h_t not on any path to L (cannot happen for t <= T)
+        raise RuntimeError("a hidden state is disconnected from the loss")
+    first = grads[0]
+    step = _chunks(len(grads), first.numel() * 8)
+    parts = [torch.log(torch.linalg.vector_norm(
+        torch.stack([g.detach() for g in grads[i:i + step.step]]).to(torch.float64), dim=-1))
+        for i in step]
+    return torch.cat(parts).cpu().numpy()
+
+
+def first_nonfinite_step(states: list[State]) -> int | None:
+    """First t whose state (h_t, or c_t) holds an inf or NaN; None if all are finite.
+
+    Per-step flags are reduced on the device in chunks and read back once.
+    """
+    flags = []
+    for j in range(len(states[0])):
+        seq = [s[j].detach() for s in states]
+        step = _chunks(len(seq), seq[0].numel() * seq[0].element_size())
+        flags.append(torch.cat([torch.isfinite(torch.stack(seq[i:i + step.step])).flatten(1).all(1)
+                                for i in step]))
+    bad = np.flatnonzero(~torch.stack(flags).all(0).cpu().numpy())
+    return int(bad[0]) if bad.size else None
 
 
 def measure_gradient_flow(
@@ -87,11 +115,7 @@ def measure_gradient_flow(
         w_out = w_out.to(dtype=h_T.dtype, device=h_T.device)
         target = target.to(dtype=h_T.dtype, device=h_T.device)
         loss = 0.5 * ((h_T @ w_out.T - target) ** 2).sum()
-    first_bad = None
-    for t, s in enumerate(states):
-        if not all(torch.isfinite(v).all() for v in s):
-            first_bad = t
-            break
+    first_bad = first_nonfinite_step(states)
     hs = [s[0] for s in reversed(states)]  # lag 0 first
     cs = [s[1] for s in reversed(states)] if model == "lstm" else []
     # As torch.amp.GradScaler: its float32 scale promotes a half loss to float32, and the

@@ -37,7 +37,11 @@ def build_manifest(cfg: Mapping[str, Any], hw_tag: str, summary: pd.DataFrame,
         "precision": {"dtype": cfg.get("dtype"), **precision_fields(cfg), **precision},
         "jacobian_backend": {"requested": cfg.get("jacobian_backend"), "used": backends},
         "seeds": seeds,
-        "cells": {"count": int(len(summary)), "status": statuses},
+        "cells": {"count": int(len(summary)), "status": statuses,
+                  # GPUs the cells ran on (physical indices; empty on the CPU): gpu-run
+                  # gives each job its own, see docs/scale.md
+                  "device_index": sorted({int(i) for i in summary["device_index"].dropna()})
+                  if "device_index" in summary else []},
         "started_at": summary["started_at"].min() if len(summary) else None,
         "finished_at": summary["finished_at"].max() if len(summary) else None,
         "cell_wall_s_total": round(float(summary["wall_s"].sum()), 3),

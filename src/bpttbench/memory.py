@@ -1,69 +1,157 @@
-"""Peak memory of a run: GPU memory held by torch and CuPy, and the process's max RSS.
+"""Peak memory of a gradient-flow cell, known from its shape before it runs.
 
-Used by ``bpttbench cell --peak-memory`` (and scripts/gpu-check.sh) to say what one
-full-size cell needs. torch and CuPy have separate caching allocators, so both are read:
-``torch.cuda.max_memory_allocated`` is torch's peak of live tensors since the last reset;
-CuPy's default pool never gives memory back by itself, so the bytes it holds at the end
-are the most CuPy ever had at once. Their sum bounds the GPU peak from above (the two
-peaks need not coincide).
+A cell runs in two phases that never overlap (the BPTT graph is freed before the chain).
+With u = B x H x itemsize bytes per step:
+
+1. BPTT by autograd over the unrolled cell. The graph keeps ``GRAPH_UNITS`` u per step
+   (rnn_*: h_t; LSTM: i, f, g, o, c_t, tanh c_t, h_t and autograd's own buffers; GRU: r, z,
+   1 - z, n, h_t and W_hh h + b_hh [B, 3H], which r * h_n holds a view of), and
+   ``autograd.grad`` returns delta_t for all T + 1 steps (D = H, or 2H for the LSTM) while it
+   frees the graph. Then the states (kept by the caller) and the deltas are alive while the
+   norms are reduced in chunks (a stacked copy and, unless already float64, its float64
+   cast; ``gradients.REDUCE_CHUNK_BYTES`` of float64 at most).
+2. The Jacobian chain. ``forward_saved`` precomputes the input part of every gate for all
+   steps ([T, B, G H]) and writes ``SAVED_UNITS`` u per step into preallocated [T, ...]
+   arrays (lists stacked at the end used to hold them twice). LSTM/GRU chains then build
+   time chunks
+   of [n, B, D, D] Jacobians (``chain.CHUNK_BYTES`` each) with ``JAC_TEMPS`` such arrays
+   alive at once, next to the previous chunk and the stacked saved tensors.
+
+Both phases hold the inputs x [T, B, I]. On a GPU the CUDA context, cuBLAS workspaces and
+the caching allocator's rounding come on top (``CUDA_OVERHEAD_BYTES``, ``ALLOCATOR_SLACK``).
+The per-step units were counted op by op and checked against the bytes torch allocates on
+the CPU (``profiling.peak_allocated_bytes``; ``tests/test_scale.py``).
 """
 
 from __future__ import annotations
 
-import resource
-import sys
-from typing import Any
+import os
+from dataclasses import dataclass
 
-import torch
+from .config import CellSpec
+from .models import gate_count, state_size
+
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+#: B x H tensors the autograd graph keeps per step (see the module doc)
+GRAPH_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 8, "gru": 10}
+#: B x H state tensors per step the caller keeps (h, or h and c)
+STATE_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 2, "gru": 1}
+#: [n, B, D, D] arrays alive at once while step_jacobians builds a chunk (the four blocks,
+#: the two half-width rows and the result for the LSTM; partial sums for the GRU)
+JAC_TEMPS = 3
+#: B x H tensors forward_saved keeps per step (deriv; gates 4H + dgates 4H + prev + aux + aux2
+#: for the LSTM; gates 3H + dgates 3H + prev + aux + aux2 for the GRU)
+SAVED_UNITS = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 11, "gru": 9}
+CUDA_OVERHEAD_BYTES = 600 * 2**20  # context, cuBLAS/cuDNN workspaces, kernels of the module
+ALLOCATOR_SLACK = 1.10  # the CUDA caching allocator rounds and fragments
 
 
-def reset_peak_memory(device: str) -> None:
-    """Start a new peak: torch's counter is reset (CuPy's pool and max RSS cannot be)."""
-    if device == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of the two phases; ``peak_bytes`` is what the device must have free."""
+
+    bptt_bytes: int
+    chain_bytes: int
+    inputs_bytes: int
+    device: str
+
+    @property
+    def peak_bytes(self) -> int:
+        peak = self.inputs_bytes + max(self.bptt_bytes, self.chain_bytes)
+        if self.device == "cuda":
+            return int(peak * ALLOCATOR_SLACK) + CUDA_OVERHEAD_BYTES
+        return peak
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / 2**30
 
 
-def max_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(kib) * (1 if sys.platform == "darwin" else 1024)
+def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
+    """Peak memory of ``spec`` (on ``device``, cpu or cuda) from its shape alone."""
+    from .gradients import REDUCE_CHUNK_BYTES
+    from .jacobians.chain import _chunk_steps
+
+    item = ITEMSIZE[spec.dtype]
+    t, b, h = spec.seq_len, spec.batch, spec.hidden
+    d = state_size(spec.model, h)
+    u = b * h * item
+    deltas = (t + 1) * b * d * item
+    # stacked chunk of per-step deltas, plus its float64 cast (a no-op for float64)
+    chunk_steps = min(t + 1, max(1, REDUCE_CHUNK_BYTES // (b * h * 8)))
+    reduce = chunk_steps * b * h * (item + (8 if item != 8 else 0))
+    bptt = max(GRAPH_UNITS[spec.model] * u * t + deltas,
+               STATE_UNITS[spec.model] * u * (t + 1) + deltas + reduce)
+    saved = SAVED_UNITS[spec.model] * u * t
+    chain = gate_count(spec.model) * u * t + saved
+    if not spec.model.startswith("rnn_"):
+        # chunks of n steps, the latest first; building one holds JAC_TEMPS arrays of its
+        # size while the previous chunk is still referenced
+        first = min(t, _chunk_steps(b, d, item))
+        second = min(t - first, first)
+        jac_steps = max(JAC_TEMPS * first, first + JAC_TEMPS * second)
+        chain = max(chain, saved + jac_steps * b * d * d * item)
+    inputs = t * b * spec.input_size * item
+    return MemoryEstimate(int(bptt), int(chain), int(inputs), device)
 
 
-def _cupy_pool_bytes() -> int | None:
-    cp = sys.modules.get("cupy")  # only if this run imported CuPy: never import it here
-    if cp is None:
-        return None
+def block_peak_bytes(cells: list[CellSpec], device: str) -> int:
+    """Peak of a job of cells run one after another (memory is released between cells)."""
+    return max((estimate_cell(c, device).peak_bytes for c in cells), default=0)
+
+
+def long_range_peak_bytes(runs: list, device: str) -> int:
+    """Peak of a long-range job: the largest run's training graph (autograd over the
+    unrolled cell, as in the BPTT phase of a cell) at its training or horizon batch."""
+    from .long_range.tasks import get_task
+    from .long_range.train import FLOW_BATCH
+
+    peak = 0
+    for r in runs:
+        task = get_task(r.task)
+        spec = CellSpec(r.model, "orthogonal", r.hidden, task.seq_steps(r.seq_len), 1.0, 0,
+                        task.input_size, 1.0, 0.0, max(r.batch, FLOW_BATCH), 1, 1, device,
+                        r.dtype, False, True, "torch")
+        est = estimate_cell(spec, device)
+        extra = CUDA_OVERHEAD_BYTES if device == "cuda" else 0
+        peak = max(peak, est.inputs_bytes + est.bptt_bytes + extra)
+    return peak
+
+
+def available_bytes(device: str) -> int:
+    """Memory a cell may use now: free device memory on CUDA, MemAvailable on the CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
     try:
-        return int(cp.get_default_memory_pool().total_bytes())
-    except Exception:  # a CuPy without a usable device
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def too_large_reason(spec: CellSpec, device: str) -> str | None:
+    """Why ``spec`` cannot run on ``device`` now (estimate > free memory), or None if it fits."""
+    est = estimate_cell(spec, "cuda" if device.startswith("cuda") else "cpu")
+    free = available_bytes(device)
+    if est.peak_bytes <= free:
         return None
+    return (f"estimated peak {est.peak_gib:.2f} GiB (BPTT graph {est.bptt_bytes / 2**30:.2f}, "
+            f"chain {est.chain_bytes / 2**30:.2f}, inputs {est.inputs_bytes / 2**30:.2f}) exceeds "
+            f"the {free / 2**30:.2f} GiB free on {device}; reduce seq_len, batch or hidden")
 
 
-def peak_memory(device: str) -> dict[str, Any]:
-    """What the run held at most: host max RSS; on CUDA also torch's peak and CuPy's pool.
+def release(device: str) -> None:
+    """Give memory back between cells: collect cycles, empty the CUDA cache."""
+    import gc
 
-    Keys: device, max_rss_bytes, torch_cuda_peak_bytes, cupy_pool_bytes and
-    gpu_peak_bytes_upper (torch peak + CuPy pool; None on the CPU).
-    """
-    out: dict[str, Any] = {"device": device, "max_rss_bytes": max_rss_bytes(),
-                           "torch_cuda_peak_bytes": None, "cupy_pool_bytes": None,
-                           "gpu_peak_bytes_upper": None}
-    if device == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize()
-        out["torch_cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
-        out["cupy_pool_bytes"] = _cupy_pool_bytes()
-        out["gpu_peak_bytes_upper"] = out["torch_cuda_peak_bytes"] + (out["cupy_pool_bytes"] or 0)
-    return out
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
 
-
-def describe(peak: dict[str, Any]) -> str:
-    """One line for logs and summaries."""
-    gib = 2.0**30
-    text = f"max RSS {peak['max_rss_bytes'] / gib:.3f} GiB"
-    if peak.get("gpu_peak_bytes_upper") is not None:
-        cupy_b = peak["cupy_pool_bytes"]
-        text = (f"GPU peak <= {peak['gpu_peak_bytes_upper'] / gib:.3f} GiB (torch "
-                f"max_memory_allocated {peak['torch_cuda_peak_bytes'] / gib:.3f} GiB + CuPy pool "
-                f"{0 if cupy_b is None else cupy_b / gib:.3f} GiB); " + text)
-    return text
+        torch.cuda.empty_cache()

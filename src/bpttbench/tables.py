@@ -65,7 +65,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "consistency check, not a measurement)",
         "spectral_norm_whh": "largest singular value of W_hh (max over gate blocks)",
         "spectral_radius_whh": "largest |eigenvalue| of W_hh (max over gate blocks)",
-        "status": "ok, overflow (inf appeared), nan (NaN appeared) or error (see the cell log)",
+        "status": "ok, overflow (inf appeared), nan (NaN appeared), too_large (its estimated "
+        "peak memory exceeded the free memory: not run; reason in error) or error (see the "
+        "cell log)",
         "first_nonfinite_lag": "first lag where some dL/dh_{T-k} or dL/dc_{T-k} is inf or NaN",
         "first_nonfinite_step": "first forward step t where a state h_t (or c_t) is inf or NaN",
         "underflow_lag": "first lag where some batch element's dL/dh_{T-k} is exactly the zero "
@@ -93,7 +95,11 @@ COLUMNS: dict[str, dict[str, str]] = {
         "wall_s": "wall time of the cell in seconds (BPTT + Jacobian chain)",
         "started_at": "UTC time the cell started (ISO 8601)",
         "finished_at": "UTC time the cell finished (ISO 8601)",
-        "error": "error message when status is error, or when only the Jacobian chain failed",
+        "error": "error message when status is error or too_large (the reason), or when only "
+        "the Jacobian chain failed",
+        "device_index": "physical index of the GPU the cell ran on (empty on the CPU)",
+        "memory_estimate_gib": "peak memory of the cell estimated from its shape before it ran, "
+        "GiB (bpttbench.memory)",
     },
     "lyapunov": {
         **_CELL_DOCS,
@@ -417,6 +423,8 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         "grad_dtype": "str?", "loss_scale": "float?", "loss_scale_mode": "str?",
         "loss_scale_backoffs": "int?", "chain_dtype": "str?", "growth_rate_float64": "float?",
         "rate_error_vs_float64": "float?",
+        # the GPU scale work's columns (absent from older sets)
+        "device_index": "int?", "memory_estimate_gib": "float?",
     },
     "lyapunov": {**_CELL_KINDS, "index": "int", "warmup_forward": "int?", "warmup_align": "int?"},
     "chain_spectrum": {**_CELL_KINDS, "lag": "int", "index": "int"},
@@ -513,7 +521,11 @@ def read_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 def collect_cells(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
     """Read finished cell records and return the contract tables, sorted by cell and lag/index."""
-    records = read_records(paths)
+    return tables_from_records(read_records(paths))
+
+
+def tables_from_records(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """The contract tables of cell records, sorted by cell and lag/index."""
     summary_rows = []
     for rec in records:
         row = {**_cell_values(rec), **rec["summary"]}
@@ -524,11 +536,13 @@ def collect_cells(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
             started_at=rec.get("started_at"),
             finished_at=rec.get("finished_at"),
             error=rec.get("error") or rec.get("chain_error"),
+            device_index=rec.get("device_index"),
+            memory_estimate_gib=rec.get("memory_estimate_gib"),
         )
         summary_rows.append(row)
     summary = pd.DataFrame(summary_rows, columns=list(COLUMNS["summary"]))
     for col in ("horizon", "first_nonfinite_lag", "first_nonfinite_step", "underflow_lag",
-                "underflow_lag_first"):
+                "underflow_lag_first", "device_index"):
         summary[col] = summary[col].astype("Int64")  # nullable: empty means "never"
     tables = {
         "gradient_flow": _frame(records, "gradient_flow"),

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from bpttbench.config import ConfigError, block_to_json, blocks_by_id
 from bpttbench.config import validate as validate_config
-from bpttbench import cluster
+from bpttbench import cluster, gpus
 from bpttbench.hardware import hardware_tag
 
 # Our validator first: it names the bad key and the allowed values. Then Snakemake's,
@@ -25,6 +25,28 @@ HW_TAG_IS_EXPLICIT = config['hardware_tag'] != 'auto'
 CONFIG_JSON = json.dumps({k: v for k, v in config.items() if k != "compare"}, sort_keys=True)
 # Absolute, so the workflow also runs with --directory elsewhere (tests do).
 REPORT_CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
+
+# GPUs of a local run (none on a cluster: nodes is set there, and SLURM assigns GPUs; none for
+# a CPU config). Each GPU job asks for its estimated peak (gpu_mem_mb) and one gpu_jobs slot,
+# and starts through `bpttbench gpu-run`, which gives it a GPU of its own (bpttbench.gpus).
+LOCAL_GPUS = gpus.local_gpus(config, local=workflow.nodes is None and workflow.is_main_process)
+for _name, _value in gpus.global_resources(LOCAL_GPUS).items():
+    if _name not in workflow.global_resources:  # the user's --resources win
+        workflow.register_resource(_name, _value)
+
+
+def gpu_job(peak_bytes):
+    """(resources, shell prefix) of a GPU job of estimated peak ``peak_bytes``."""
+    return gpus.job_resources(LOCAL_GPUS, peak_bytes), gpus.gpu_run_prefix(LOCAL_GPUS, peak_bytes)
+
+
+def job_gpu_resource(jobs, wildcard, name):
+    """Resource ``name`` of the job named by ``wildcard`` in ``jobs`` (id -> gpu_job(...))."""
+    return lambda wc: jobs.get(getattr(wc, wildcard), ({}, ""))[0].get(name, 0)
+
+
+def job_gpu_prefix(jobs, wildcard):
+    return lambda wc: jobs.get(getattr(wc, wildcard), ({}, ""))[1]
 
 
 wildcard_constraints:
@@ -49,7 +71,7 @@ def block_spec(wildcards):
 
 def gradient_flow_block_files(wildcards):
     return expand(
-        "results/{hw}/cells/gradient_flow/{block}.json", hw=wildcards.hw, block=sorted(BLOCKS)
+        "results/{hw}/cells/gradient_flow/{block}", hw=wildcards.hw, block=sorted(BLOCKS)
     )
 
 

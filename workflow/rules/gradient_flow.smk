@@ -1,10 +1,13 @@
 # Stage: the gradient-flow sweep, one job per block of cells, then tables and figures.
 from bpttbench import cluster
+from bpttbench.memory import block_peak_bytes
 
 # What a compute job asks a scheduler for (SLURM: docs/slurm.md): a GPU when the config's
 # device resolves to CUDA, memory and wall time growing with each retry (attempt).
 GPU_RESOURCES = cluster.gpu_resources(config)
 USES_GPU = bool(GPU_RESOURCES)
+BLOCK_DEVICE = "cuda" if USES_GPU else "cpu"
+BLOCK_GPU = {b: gpu_job(block_peak_bytes(cells, BLOCK_DEVICE)) for b, cells in BLOCKS.items()}
 
 GRADIENT_FLOW_TABLES = {
     "gradient_flow": "results/{hw}/tables/gradient_flow.parquet",
@@ -26,10 +29,12 @@ REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in GRADIENT_FLOW_FI
 # One job per block (model x init x hidden): every seq_len, weight scale and seed of it.
 rule gradient_flow_block:
     output:
-        temp("results/{hw}/cells/gradient_flow/{block}.json"),
+        temp(directory("results/{hw}/cells/gradient_flow/{block}")),
     params:
         spec=block_spec,
         explicit=hw_tag_flag,
+        gpu_run=job_gpu_prefix(BLOCK_GPU, "block"),
+        lags=config["gradient_flow"]["lags"],
     log:
         "logs/{hw}/gradient_flow/{block}.log",
     conda:
@@ -38,10 +43,12 @@ rule gradient_flow_block:
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=USES_GPU),
         runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        gpu_mem_mb=job_gpu_resource(BLOCK_GPU, "block", "gpu_mem_mb"),
+        gpu_jobs=job_gpu_resource(BLOCK_GPU, "block", "gpu_jobs"),
         **GPU_RESOURCES,
     shell:
-        "bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
-        " --out {output} > {log} 2>&1"
+        "{params.gpu_run} bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
+        " --lags {params.lags} --out {output} > {log} 2>&1"
 
 
 rule gradient_flow_collect:

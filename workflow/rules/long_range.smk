@@ -1,6 +1,7 @@
 # Stage: the long-range benchmark. Train an unrolled cell on the adding and copy tasks
 # (one job per task x model x seq_len), gather the tables, draw the figures.
 from bpttbench import cluster
+from bpttbench.memory import long_range_peak_bytes
 from bpttbench.long_range.sweep import block_record_files, block_spec_json, long_range_blocks
 
 try:
@@ -9,6 +10,10 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 LONG_RANGE_THREADS = config["long_range"]["threads"]
 LONG_RANGE_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
+LONG_RANGE_JOB_GPU = {
+    b: gpu_job(long_range_peak_bytes(runs, "cuda" if LONG_RANGE_GPU else "cpu"))
+    for b, runs in LONG_RANGE_BLOCKS.items()
+}
 LONG_RANGE_TABLES = {
     "runs": "results/{hw}/tables/long_range.parquet",
     "trace": "results/{hw}/tables/long_range_trace.parquet",
@@ -33,6 +38,7 @@ rule long_range_block:
     params:
         spec=lambda wc: block_spec_json(LONG_RANGE_BLOCKS, wc.lr_block),
         explicit=hw_tag_flag,
+        gpu_run=job_gpu_prefix(LONG_RANGE_JOB_GPU, "lr_block"),
     wildcard_constraints:
         lr_block=r"[A-Za-z0-9._-]+",
     log:
@@ -43,9 +49,11 @@ rule long_range_block:
     resources:
         mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(LONG_RANGE_GPU)),
         runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
+        gpu_mem_mb=job_gpu_resource(LONG_RANGE_JOB_GPU, "lr_block", "gpu_mem_mb"),
+        gpu_jobs=job_gpu_resource(LONG_RANGE_JOB_GPU, "lr_block", "gpu_jobs"),
         **LONG_RANGE_GPU,
     shell:
-        "bpttbench long-range-block --spec {params.spec:q} --hw-tag {wildcards.hw}"
+        "{params.gpu_run} bpttbench long-range-block --spec {params.spec:q} --hw-tag {wildcards.hw}"
         " {params.explicit} --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -110,7 +110,9 @@ def forward_saved(
             state = tuple(bk.asarray(s) for s in state0)
         gi_all = xs @ bk.mT(w_ih) + b_ih  # input part of every gate, all steps at once
         w_hh_t = bk.mT(w_hh)
-        deriv, gates, dgates, prev, aux, aux2 = [], [], [], [], [], []
+        # rows written into preallocated [T, ...] arrays: no list of T arrays stacked at the
+        # end, which held every saved quantity twice at the peak (bpttbench.memory)
+        deriv, gates, dgates, prev, aux, aux2 = (_Rows(bk, steps) for _ in range(6))
         h = state[0]
         c = state[1] if model == "lstm" else None
         for t in range(steps):
@@ -160,8 +162,8 @@ def forward_saved(
                 h = (1.0 - z) * n + z * h
         final = (h, c) if model == "lstm" else (h,)
 
-        def stk(xs_):
-            return bk.stack(xs_, axis=0) if xs_ else None
+        def stk(rows_):
+            return rows_.array
 
         return Saved(
             model,
@@ -177,6 +179,19 @@ def forward_saved(
             aux2=stk(aux2),
             final_state=final,
         )
+
+
+class _Rows:
+    """Append-only [T, ...] array of one backend, allocated at the first row."""
+
+    def __init__(self, bk: ArrayBackend, steps: int) -> None:
+        self.bk, self.steps, self.n, self.array = bk, steps, 0, None
+
+    def append(self, row: Array) -> None:
+        if self.array is None:
+            self.array = self.bk.zeros((self.steps, *tuple(row.shape)), row)
+        self.array[self.n] = row
+        self.n += 1
 
 
 def sech2(bk: ArrayBackend, a: Array) -> Array:

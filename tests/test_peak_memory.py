@@ -1,4 +1,4 @@
-"""Peak memory of a run (bpttbench.memory, `bpttbench cell --peak-memory`)."""
+"""Peak memory of a run (bpttbench.peak_memory, `bpttbench cell --peak-memory`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from bpttbench.cli import main
-from bpttbench.memory import max_rss_bytes, peak_memory, reset_peak_memory
+from bpttbench.peak_memory import max_rss_bytes, peak_memory, reset_peak_memory
 
 MIB = 2**20
 

@@ -1,0 +1,162 @@
+"""Cost of one step of each pipeline computation: FLOPs, bytes and kernel launches.
+
+A step's time on a machine is ``launches x launch_s + flops / flop_rate + bytes / bandwidth``
+(``machines.Machine``): for the small per-step kernels of an unrolled recurrent cell the
+launch (dispatch) cost dominates; for big shapes the FLOPs or bytes do.
+
+Launches per step are those of the code as it is, counted with the torch profiler
+(``profiling.count_launches``: leaf aten ops that do work) and re-counted by
+``tests/test_scale.py``; CuPy launches per step of the chain are those of
+``CupyBackend.run_chain`` (custom kernels counted through the kernel-emulation stand-in,
+plus the CuPy array ops written out in ``CUPY_CHAIN``).
+
+FLOPs count multiply-adds as 2; bytes count each weight matrix read once per step plus
+the B x H-sized operands of the element-wise launches (three arrays each: two in, one out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import gate_count, state_size
+
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+#: torch launches per step (and per call: the fixed part), counted by the profiler on the CPU.
+#: bptt: measure_gradient_flow (unrolled forward with autograd, backward, norm reduction);
+#: saved: jacobians.forward_saved; chain_qr / chain_rescale: the torch run_chain step with /
+#: without a QR (analyse_chain less forward_saved); train: one update of the long-range
+#: model per time step, train_update its fixed part (loss, norms, clipping, Adam);
+#: eval: no-grad forward per time step.
+TORCH_LAUNCHES: dict[str, dict[str, float]] = {
+    "rnn_tanh": {"bptt": 8, "saved": 17, "chain_qr": 24, "chain_rescale": 20, "train": 17,
+                 "train_update": 94, "eval": 6},
+    "rnn_relu": {"bptt": 8, "saved": 10, "chain_qr": 24, "chain_rescale": 20, "train": 17,
+                 "train_update": 94, "eval": 6},
+    "rnn_linear": {"bptt": 6, "saved": 7, "chain_qr": 24, "chain_rescale": 20, "train": 15,
+                   "train_update": 94, "eval": 5},
+    "lstm": {"bptt": 28, "saved": 55, "chain_qr": 23, "chain_rescale": 19, "train": 37,
+             "train_update": 93, "eval": 14},
+    "gru": {"bptt": 30, "saved": 43, "chain_qr": 23, "chain_rescale": 19, "train": 40,
+            "train_update": 92, "eval": 16},
+}
+#: the same under torch.use_deterministic_algorithms(True) (config ``deterministic: true``,
+#: the default): torch then fills every uninitialised allocation (one more launch each)
+TORCH_LAUNCHES_DETERMINISTIC: dict[str, dict[str, float]] = {
+    "rnn_tanh": {"bptt": 8, "saved": 23, "chain_qr": 37, "chain_rescale": 26, "train": 17,
+                 "train_update": 130, "eval": 6},
+    "rnn_relu": {"bptt": 8, "saved": 13, "chain_qr": 37, "chain_rescale": 26, "train": 17,
+                 "train_update": 130, "eval": 6},
+    "rnn_linear": {"bptt": 6, "saved": 9, "chain_qr": 37, "chain_rescale": 26, "train": 15,
+                   "train_update": 130, "eval": 5},
+    "lstm": {"bptt": 28, "saved": 67, "chain_qr": 36, "chain_rescale": 25, "train": 37,
+             "train_update": 130, "eval": 14},
+    "gru": {"bptt": 31, "saved": 50, "chain_qr": 36, "chain_rescale": 25, "train": 41,
+            "train_update": 128, "eval": 17},
+}
+
+
+def launches_of(model: str, deterministic: bool) -> dict[str, float]:
+    """Torch launches per step of ``model``'s phases in the given determinism mode."""
+    return (TORCH_LAUNCHES_DETERMINISTIC if deterministic else TORCH_LAUNCHES)[model]
+
+
+#: CuPy chain launches per step (CupyBackend.run_chain, LSTM/GRU and the tiled RNN path):
+#: qr step = matmul (or the tiled RNN kernel) + mgs_qr_logdiag + total += scale + scale = 0
+#: + mean + row store; rescale step = step kernel + colnorm_rescale + mean + row store.
+#: The persistent RNN kernel (H <= 128) runs all steps of a chunk in one launch (~0 per step).
+CUPY_CHAIN = {"qr": 6, "rescale": 4, "persistent": 0}
+#: of which our own kernels (RawKernel launches, counted through the kernel-emulation
+#: stand-in by tests/kernel_emulation/test_launch_counts.py): per step, by path
+CUPY_CUSTOM_KERNELS = {"gated_qr": 1, "gated_rescale": 1, "tiled_qr": 2, "tiled_rescale": 2,
+                       "persistent": 0}
+
+
+@dataclass(frozen=True)
+class StepCost:
+    flops: float
+    bytes: float
+    launches: float
+
+    def __add__(self, other: StepCost) -> StepCost:
+        return StepCost(self.flops + other.flops, self.bytes + other.bytes,
+                        self.launches + other.launches)
+
+    def __mul__(self, n: float) -> StepCost:
+        return StepCost(self.flops * n, self.bytes * n, self.launches * n)
+
+
+ZERO = StepCost(0.0, 0.0, 0.0)
+
+
+def _elementwise_bytes(launches: float, batch: int, width: int, item: int) -> float:
+    return 3.0 * launches * batch * width * item
+
+
+def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+              deterministic: bool = False) -> StepCost:
+    """One step of measure_gradient_flow: forward with autograd, backward, norms."""
+    g, item = gate_count(model), ITEMSIZE[dtype]
+    launches = launches_of(model, deterministic)["bptt"]
+    flops = 2 * batch * (inputs + hidden) * g * hidden + 2 * batch * g * hidden * hidden
+    weights = 2 * g * hidden * (hidden + inputs) * item  # read forward and backward
+    return StepCost(flops, weights + _elementwise_bytes(launches, batch, g * hidden, item) / g,
+                    launches)
+
+
+def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
+               dtype: str, backend: str = "torch", deterministic: bool = False) -> StepCost:
+    """One step of the Jacobian chain: forward_saved plus the adjoint step (QR or rescale)."""
+    g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
+    counts = launches_of(model, deterministic)
+    saved_launches = counts["saved"]
+    saved = StepCost(2 * batch * (inputs + hidden) * g * hidden,
+                     g * hidden * hidden * item
+                     + _elementwise_bytes(saved_launches, batch, g * hidden, item) / g,
+                     saved_launches)
+    qr_share = 1.0 / qr_every
+    if model.startswith("rnn_"):
+        mult = 2 * batch * hidden * hidden * k
+        frame_bytes = batch * d * k * item * 3 + hidden * hidden * item
+    else:  # build J [B, D, D] (several passes over it), then J^T Q
+        mult = 2 * batch * d * d * k + 8 * batch * d * d
+        frame_bytes = 4 * batch * d * d * item + batch * d * k * item * 3
+    qr_flops = 4 * batch * d * k * k * qr_share + 3 * batch * d * k * (1 - qr_share)
+    if backend == "cupy":
+        if model.startswith("rnn_") and hidden <= 128:
+            launches = CUPY_CHAIN["persistent"]
+        else:
+            launches = qr_share * CUPY_CHAIN["qr"] + (1 - qr_share) * CUPY_CHAIN["rescale"]
+    else:
+        launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
+    return saved + StepCost(mult + qr_flops, frame_bytes, launches)
+
+
+def train_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                    deterministic: bool = False) -> StepCost:
+    """One time step of one long-range update (forward, backward with weight gradients)."""
+    g, item = gate_count(model), ITEMSIZE[dtype]
+    launches = launches_of(model, deterministic)["train"]
+    flops = 3 * 2 * batch * (inputs + hidden) * g * hidden
+    weights = 3 * g * hidden * (hidden + inputs) * item
+    return StepCost(flops, weights + _elementwise_bytes(launches, batch, g * hidden, item) / g,
+                    launches)
+
+
+def train_update_cost(model: str, hidden: int, inputs: int, outputs: int,
+                      dtype: str, deterministic: bool = False) -> StepCost:
+    """The fixed part of an update: loss, gradient norm, clipping and the optimizer step."""
+    n_params = gate_count(model) * hidden * (hidden + inputs + 2) + outputs * (hidden + 1)
+    item = ITEMSIZE[dtype]
+    return StepCost(20.0 * n_params, 8.0 * n_params * item,
+                    launches_of(model, deterministic)["train_update"])
+
+
+def eval_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                   deterministic: bool = False) -> StepCost:
+    """One time step of a no-grad forward pass (evaluation)."""
+    g, item = gate_count(model), ITEMSIZE[dtype]
+    launches = launches_of(model, deterministic)["eval"]
+    return StepCost(2 * batch * (inputs + hidden) * g * hidden,
+                    g * hidden * (hidden + inputs) * item
+                    + _elementwise_bytes(launches, batch, g * hidden, item) / g, launches)

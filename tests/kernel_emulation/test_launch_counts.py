@@ -1,0 +1,52 @@
+"""CuPy launches per step of the chain, counted through the kernel-emulation stand-in, against
+the cost model's table (bpttbench.costmodel.CUPY_CUSTOM_KERNELS)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bpttbench.costmodel import CUPY_CUSTOM_KERNELS
+from bpttbench.jacobians import cupy_backend as cb
+
+F32 = np.float32
+
+
+def _launches(emu, run) -> int:
+    before = len(emu.launches)
+    run()
+    return len(emu.launches) - before
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+@pytest.mark.parametrize("qr_every", [1, 1000])
+def test_gated_chain_launches_per_step(emu, model, qr_every):
+    def run(steps):
+        saved = cb._round_saved(cb._random_model_saved(model, 2, 6, steps, 0), F32)
+        return lambda: cb.CupyBackend(F32).run_chain(cb._to_cupy_saved(saved, F32), 3,
+                                                     qr_every, None)
+    n16, n8 = _launches(emu, run(16)), _launches(emu, run(8))
+    assert n8 > 0  # the kernels did run (the Jacobian build and the per-step kernels)
+    per_step = (n16 - n8) / 8
+    key = "gated_qr" if qr_every == 1 else "gated_rescale"
+    assert per_step == CUPY_CUSTOM_KERNELS[key]
+
+
+@pytest.mark.parametrize("path", ["tiled", "persistent"])
+@pytest.mark.parametrize("qr_every", [1, 1000])
+def test_rnn_chain_launches_per_step(emu, path, qr_every):
+    rng = np.random.default_rng(0)
+    hidden, batch, k = 12, 2, 3
+
+    def run(steps):
+        w = cb._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
+        deriv = cb._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
+        saved = cb.Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
+        return lambda: cb.CupyBackend(F32, rnn_path=path).run_chain(
+            cb._to_cupy_saved(saved, F32), k, qr_every, None)
+    per_step = (_launches(emu, run(16)) - _launches(emu, run(8))) / 8
+    key = "persistent" if path == "persistent" else (
+        "tiled_qr" if qr_every == 1 else "tiled_rescale")
+    assert per_step == CUPY_CUSTOM_KERNELS[key]
