@@ -31,7 +31,9 @@ def _flow_fn(model: str, seq_len: int, **kw):
 def test_no_host_round_trip_per_step(model):
     """The BPTT cell reads values back to the host a fixed number of times, not per step."""
     assert per_step(count_host_reads, lambda t: _flow_fn(model, t), 10, 40) == 0
-    assert count_host_reads(_flow_fn(model, 40)) <= 8
+    # a constant per cell: the norms, the non-finite flags, the loss, the first-element
+    # zero mask of the precision study (underflow_lag_first), ...
+    assert count_host_reads(_flow_fn(model, 40)) <= 10
 
 
 def test_first_nonfinite_step_matches_step_loop():

@@ -78,6 +78,15 @@ def _log_norms(grads: list[Tensor | None]) -> np.ndarray:
     return torch.cat(parts).cpu().numpy()
 
 
+def _first_element_zero(grads: list[Tensor]) -> np.ndarray:
+    """[len, B] bool: the first element of each per-step gradient is exactly 0 (an underflow).
+
+    Like the norms: a few launches per chunk of steps and one read back, none per step."""
+    step = _chunks(len(grads), grads[0].numel() * grads[0].element_size())
+    return torch.cat([torch.stack([g.detach()[..., 0] for g in grads[i:i + step.step]]) == 0
+                      for i in step]).cpu().numpy()
+
+
 def first_nonfinite_step(states: list[State]) -> int | None:
     """First t whose state (h_t, or c_t) holds an inf or NaN; None if all are finite.
 
@@ -128,7 +137,7 @@ def measure_gradient_flow(
     if loss_scale != 1.0:  # ln||S delta|| - ln S; +-inf stay what they are
         log_h = log_h - math.log(loss_scale)
         log_c = None if log_c is None else log_c - math.log(loss_scale)
-    first_zero = torch.stack([g[..., 0] == 0 for g in grads[: len(hs)]]).cpu().numpy()
+    first_zero = _first_element_zero(list(grads[: len(hs)]))
     return GradientFlow(log_h, log_c, first_bad, float(loss.detach()), first_zero,
                         float(loss_scale), str(grads[0].dtype).removeprefix("torch."))
 
