@@ -284,9 +284,11 @@ def baseline(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     try:
         records = []
-        for block, cells in blocks_by_id(validate(CONFIG)).items():
-            records.append(str(root / "cells" / f"{block}.json"))
-            assert main(["block", "--spec", block_to_json(cells), "--out", records[-1]]) == 0
+        cfg = validate(CONFIG)
+        for block, cells in blocks_by_id(cfg).items():  # block folders, as the pipeline writes
+            records.append(str(root / "cells" / block))
+            assert main(["block", "--spec", block_to_json(cells), "--out", records[-1],
+                         "--lags", cfg["gradient_flow"]["lags"]]) == 0
         assert main(["collect", "--out-dir", str(root / "tables"), *records]) == 0
     finally:
         torch.set_num_threads(threads)
