@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from bpttbench.blocks import reported_lags
 from bpttbench.config import blocks_by_id, load
-from bpttbench.gradients import QUANTILES
+from bpttbench.gradient_flow.gradients import QUANTILES
 from bpttbench.models import state_size
 from bpttbench.tables import CELL_KEYS
 

@@ -11,7 +11,7 @@ import torch
 
 from bpttbench.cells import run_cell
 from bpttbench.config import gradient_flow_cells, validate
-from bpttbench.gradients import (
+from bpttbench.gradient_flow.gradients import (
     flow_status,
     growth_rate,
     horizon,

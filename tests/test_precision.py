@@ -15,7 +15,7 @@ import torch
 from bpttbench import precision as pr
 from bpttbench.claims.common import make_cell
 from bpttbench.config import ConfigError, gradient_flow_cells, validate
-from bpttbench.gradients import measure_gradient_flow, readout_problem
+from bpttbench.gradient_flow.gradients import measure_gradient_flow, readout_problem
 
 H, B, INP = 16, 6, 3
 

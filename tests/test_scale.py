@@ -9,7 +9,7 @@ import torch
 
 from bpttbench.cells import build_cell, make_inputs
 from bpttbench.config import CellSpec
-from bpttbench.gradients import first_nonfinite_step, measure_gradient_flow, readout_problem
+from bpttbench.gradient_flow.gradients import first_nonfinite_step, measure_gradient_flow, readout_problem
 from bpttbench.models import unroll
 from bpttbench.profiling import count_host_reads, count_launches, per_step
 

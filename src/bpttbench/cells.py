@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .blocks import thin_record
 from .config import CellSpec
 from .gpus import assigned_gpu_index
-from .gradients import (
+from .gradient_flow.gradients import (
     GradientFlow,
     first_lag_where,
     flow_status,

@@ -78,7 +78,7 @@ def measure_this(device: str = "cpu") -> Machine:
     from .cells import build_cell, make_inputs
     from .config import CellSpec
     from .costmodel import launches_of
-    from .gradients import measure_gradient_flow, readout_problem
+    from .gradient_flow.gradients import measure_gradient_flow, readout_problem
     from .memory import available_bytes
 
     torch.manual_seed(0)

@@ -69,7 +69,7 @@ class MemoryEstimate:
 
 def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
     """Peak memory of ``spec`` (on ``device``, cpu or cuda) from its shape alone."""
-    from .gradients import REDUCE_CHUNK_BYTES
+    from .gradient_flow.gradients import REDUCE_CHUNK_BYTES
     from .jacobians.chain import _chunk_steps
 
     item = ITEMSIZE[spec.dtype]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .gradients import GradientFlow, first_lag_where, growth_rate, measure_gradient_flow
+from .gradient_flow.gradients import GradientFlow, first_lag_where, growth_rate, measure_gradient_flow
 from .models import Params, State
 
 DTYPES: dict[str, torch.dtype] = {

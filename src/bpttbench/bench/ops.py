@@ -293,7 +293,7 @@ class Problem:
     @cached_property
     def readout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_out [O, H], target [B, O]) in the bench dtype on the device."""
-        from bpttbench.gradients import readout_problem
+        from bpttbench.gradient_flow.gradients import readout_problem
 
         w_out, target = readout_problem(self.hidden, self.batch, outputs=READOUT_OUTPUTS,
                                         seed=self.seed)

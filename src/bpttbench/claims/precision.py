@@ -38,7 +38,7 @@ import torch
 
 from .. import precision as pr
 from ..config import as_list
-from ..gradients import readout_problem
+from ..gradient_flow.gradients import readout_problem
 from ..models import unroll
 from .common import ClaimResult, Curves, fmt, make_cell, row
 from .settings import Context

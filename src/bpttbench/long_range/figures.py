@@ -20,7 +20,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from ..figures import MODEL_ORDER
-from ..gradients import HORIZON_RATIO
+from ..gradient_flow.gradients import HORIZON_RATIO
 from .train import clip_label
 
 LOG_HORIZON = -math.log(HORIZON_RATIO)  # ln 1e6 = 13.8: the drop that defines the horizon

@@ -37,7 +37,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..cells import finish_record, now_iso, record_error
-from ..gradients import growth_rate, horizon, lag_statistics, measure_gradient_flow, readout_problem
+from ..gradient_flow.gradients import (
+    growth_rate,
+    horizon,
+    lag_statistics,
+    measure_gradient_flow,
+    readout_problem,
+)
 from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
 from ..models import INITS, RecurrentCell, gate_count, init_parameters

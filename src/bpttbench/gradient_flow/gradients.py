@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .models import Params, State, unroll
+from ..models import Params, State, unroll
 
 QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 HORIZON_RATIO = 1e-6  # horizon: first lag where ||delta_{T-k}|| / ||delta_T|| < this
