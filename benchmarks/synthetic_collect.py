@@ -23,8 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bpttbench.blocks import reported_lags
 from bpttbench.config import blocks_by_id, load
+from bpttbench.gradient_flow.blocks import reported_lags
 from bpttbench.gradient_flow.gradients import QUANTILES
 from bpttbench.models import state_size
 from bpttbench.tables import CELL_KEYS

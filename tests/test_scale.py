@@ -63,7 +63,7 @@ def _tiny_cfg(tmp_path, lags="full"):
 
 
 def test_reported_lags():
-    from bpttbench.blocks import reported_lags
+    from bpttbench.gradient_flow.blocks import reported_lags
     assert list(reported_lags(50)) == list(range(51))
     lags = reported_lags(10_000)
     assert lags[0] == 0 and lags[-1] == 10_000 and list(lags[:101]) == list(range(101))
@@ -77,10 +77,10 @@ def test_reported_lags():
 def test_parquet_blocks_stream_to_the_same_tables(tmp_path):
     """Block folders collected by streaming equal the in-memory collect of the JSON records;
     thinned lags are exactly the reported lags and keep the summary unchanged."""
-    from bpttbench.blocks import reported_lags, thin_record, write_block
     from bpttbench.cells import run_block
     from bpttbench.collect import collect_blocks
     from bpttbench.config import blocks_by_id
+    from bpttbench.gradient_flow.blocks import reported_lags, thin_record, write_block
     from bpttbench.tables import read_table, tables_from_records
 
     cfg = _tiny_cfg(tmp_path)
@@ -313,10 +313,10 @@ def test_gpu_yaml_fits_one_hour_on_one_h100():
 def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
     """A block whose every cell is too_large (no per-lag rows) collects beside a normal one."""
     from bpttbench import memory
-    from bpttbench.blocks import write_block
     from bpttbench.cells import run_block
     from bpttbench.collect import collect_blocks
     from bpttbench.config import blocks_by_id
+    from bpttbench.gradient_flow.blocks import write_block
     from bpttbench.tables import read_table
 
     blocks = list(blocks_by_id(_tiny_cfg(tmp_path)).items())

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .blocks import thin_record
 from .config import CellSpec
 from .gpus import assigned_gpu_index
+from .gradient_flow.blocks import thin_record
 from .gradient_flow.gradients import (
     GradientFlow,
     first_lag_where,

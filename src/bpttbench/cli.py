@@ -77,8 +77,8 @@ def _cmd_block(args: argparse.Namespace) -> int:
     records = run_block(cells, checkpoints, lags=args.lags)
     if out.suffix == ".json":  # the records as they are (by hand; tests)
         write_json(out, records)
-    else:  # a folder of Parquet tables (the pipeline; bpttbench.blocks)
-        from .blocks import write_block
+    else:  # a folder of Parquet tables (the pipeline; bpttbench.gradient_flow.blocks)
+        from .gradient_flow.blocks import write_block
 
         write_block(records, out)
     statuses = [r["summary"]["status"] for r in records]

@@ -4,7 +4,7 @@ A gradient-flow job (block) writes a folder with one Parquet file per contract t
 (``summary``, ``gradient_flow``, ``lyapunov``, ``chain_spectrum``), not an indented JSON of
 its records: at T = 10^4 a cell's per-lag rows are ~10^4 (gradient_flow) and T k
 (chain_spectrum), and JSON made a block of the GPU sweep ~0.7 GB. ``collect`` then streams
-the blocks (``bpttbench.collect``).
+the blocks (``bpttbench.gradient_flow.collect``).
 
 Per-lag tables keep ``reported_lags`` by default: every lag up to ``DENSE_UNTIL``, then
 ``PER_DECADE`` log-spaced lags per decade up to T, and T itself (~200 rows at T = 10^4
