@@ -67,7 +67,7 @@ def thin_record(record: dict[str, Any], resolution: str) -> dict[str, Any]:
 
 def write_block(records: list[dict[str, Any]], out_dir: str | Path) -> Path:
     """Write the block's tables as ``out_dir/<table>.parquet``, atomically (folder rename)."""
-    from .tables import tables_from_records
+    from ..tables import tables_from_records
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
