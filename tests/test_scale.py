@@ -78,9 +78,9 @@ def test_parquet_blocks_stream_to_the_same_tables(tmp_path):
     """Block folders collected by streaming equal the in-memory collect of the JSON records;
     thinned lags are exactly the reported lags and keep the summary unchanged."""
     from bpttbench.cells import run_block
-    from bpttbench.collect import collect_blocks
     from bpttbench.config import blocks_by_id
     from bpttbench.gradient_flow.blocks import reported_lags, thin_record, write_block
+    from bpttbench.gradient_flow.collect import collect_blocks
     from bpttbench.tables import read_table, tables_from_records
 
     cfg = _tiny_cfg(tmp_path)
@@ -314,9 +314,9 @@ def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
     """A block whose every cell is too_large (no per-lag rows) collects beside a normal one."""
     from bpttbench import memory
     from bpttbench.cells import run_block
-    from bpttbench.collect import collect_blocks
     from bpttbench.config import blocks_by_id
     from bpttbench.gradient_flow.blocks import write_block
+    from bpttbench.gradient_flow.collect import collect_blocks
     from bpttbench.tables import read_table
 
     blocks = list(blocks_by_id(_tiny_cfg(tmp_path)).items())

@@ -92,7 +92,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     out = Path(args.out_dir)
     if args.cells and all(Path(c).is_dir() for c in args.cells):  # block folders: streamed
-        from .collect import collect_blocks
+        from .gradient_flow.collect import collect_blocks
 
         summary = collect_blocks(args.cells, out)
         write_columns_doc(out / "COLUMNS.md")
