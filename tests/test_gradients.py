@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bpttbench.cells import run_cell
 from bpttbench.config import gradient_flow_cells, validate
+from bpttbench.gradient_flow.cells import run_cell
 from bpttbench.gradient_flow.gradients import (
     flow_status,
     growth_rate,

@@ -209,7 +209,7 @@ def test_config_precision_keys_and_errors():
 
 
 def test_a_float16_cell_records_its_precision_and_a_float32_chain(rng_seed):
-    from bpttbench.cells import run_cell
+    from bpttbench.gradient_flow.cells import run_cell
 
     gf = {"models": "rnn_tanh", "hidden": 8, "batch": 3, "seq_len": 40, "weight_scale": 0.5,
           "seeds": rng_seed % 1000, "lyapunov_k": 4}

@@ -7,8 +7,8 @@ import pandas.testing as pd_testing
 import pytest
 import torch
 
-from bpttbench.cells import build_cell, make_inputs
 from bpttbench.config import CellSpec
+from bpttbench.gradient_flow.cells import build_cell, make_inputs
 from bpttbench.gradient_flow.gradients import first_nonfinite_step, measure_gradient_flow, readout_problem
 from bpttbench.models import unroll
 from bpttbench.profiling import count_host_reads, count_launches, per_step
@@ -77,9 +77,9 @@ def test_reported_lags():
 def test_parquet_blocks_stream_to_the_same_tables(tmp_path):
     """Block folders collected by streaming equal the in-memory collect of the JSON records;
     thinned lags are exactly the reported lags and keep the summary unchanged."""
-    from bpttbench.cells import run_block
     from bpttbench.config import blocks_by_id
     from bpttbench.gradient_flow.blocks import reported_lags, thin_record, write_block
+    from bpttbench.gradient_flow.cells import run_block
     from bpttbench.gradient_flow.collect import collect_blocks
     from bpttbench.tables import read_table, tables_from_records
 
@@ -116,7 +116,7 @@ def test_parquet_blocks_stream_to_the_same_tables(tmp_path):
 def test_memory_estimate_matches_measured_peak(model, hidden, batch, seq_len, dtype):
     """The shape-only estimate is within 15% of the bytes torch allocates (profiler), per phase
     and for the whole cell (the measured peak includes every temporary of the code)."""
-    from bpttbench.cells import _chain, run_cell
+    from bpttbench.gradient_flow.cells import _chain, run_cell
     from bpttbench.memory import estimate_cell
     from bpttbench.profiling import peak_allocated_bytes
 
@@ -140,7 +140,7 @@ def test_memory_estimate_matches_measured_peak(model, hidden, batch, seq_len, dt
 def test_too_large_cell_is_recorded_not_run(monkeypatch):
     """A cell whose estimate exceeds the free memory is status too_large with the reason."""
     from bpttbench import memory
-    from bpttbench.cells import run_cell
+    from bpttbench.gradient_flow.cells import run_cell
 
     spec = _spec("lstm", hidden=16, seq_len=50)
     need = memory.estimate_cell(spec, "cpu").peak_bytes
@@ -255,8 +255,8 @@ def determinism(request):
 def test_model_launch_counts_match_profiler(model, determinism):
     """The cost model's launches per step are the profiler's counts of the code as it is
     (in both determinism modes: deterministic torch fills every new allocation)."""
-    from bpttbench.cells import _chain
     from bpttbench.costmodel import launches_of
+    from bpttbench.gradient_flow.cells import _chain
     from bpttbench.jacobians.analytic import forward_saved
     from bpttbench.jacobians.backends import TorchBackend
 
@@ -313,9 +313,9 @@ def test_gpu_yaml_fits_one_hour_on_one_h100():
 def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
     """A block whose every cell is too_large (no per-lag rows) collects beside a normal one."""
     from bpttbench import memory
-    from bpttbench.cells import run_block
     from bpttbench.config import blocks_by_id
     from bpttbench.gradient_flow.blocks import write_block
+    from bpttbench.gradient_flow.cells import run_block
     from bpttbench.gradient_flow.collect import collect_blocks
     from bpttbench.tables import read_table
 

@@ -35,8 +35,8 @@ def _cmd_tag(args: argparse.Namespace) -> int:
 
 
 def _cmd_cell(args: argparse.Namespace) -> int:
-    from .cells import run_cell
     from .config import cells_by_id, load
+    from .gradient_flow.cells import run_cell
     from .io import write_json
 
     cells = cells_by_id(load(args.config))
@@ -61,8 +61,8 @@ def _cmd_cell(args: argparse.Namespace) -> int:
 
 
 def _cmd_block(args: argparse.Namespace) -> int:
-    from .cells import run_block
     from .config import block_from_json
+    from .gradient_flow.cells import run_block
     from .hardware import check_result_set_tag
     from .io import checkpoint_dir, write_json
 

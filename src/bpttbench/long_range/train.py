@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..cells import finish_record, now_iso, record_error
+from ..gradient_flow.cells import finish_record, now_iso, record_error
 from ..gradient_flow.gradients import (
     growth_rate,
     horizon,

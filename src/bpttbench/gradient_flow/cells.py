@@ -19,10 +19,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import CellSpec
-from .gpus import assigned_gpu_index
-from .gradient_flow.blocks import thin_record
-from .gradient_flow.gradients import (
+from ..config import CellSpec
+from ..gpus import assigned_gpu_index
+from ..hardware import apply_precision, resolve_device
+from ..io import run_checkpointed
+from ..memory import estimate_cell, release, too_large_reason
+from ..models import RecurrentCell, init_parameters, spectral_stats, state_size
+from ..precision import (
+    DYNAMIC,
+    LOW_DTYPES,
+    Precision,
+    rate_vs_reference,
+    reference_flow,
+    scaled_flow,
+    underflow_lags,
+)
+from .blocks import thin_record
+from .gradients import (
     GradientFlow,
     first_lag_where,
     flow_status,
@@ -31,19 +44,6 @@ from .gradient_flow.gradients import (
     lag_statistics,
     measure_gradient_flow,
     readout_problem,
-)
-from .hardware import apply_precision, resolve_device
-from .io import run_checkpointed
-from .memory import estimate_cell, release, too_large_reason
-from .models import RecurrentCell, init_parameters, spectral_stats, state_size
-from .precision import (
-    DYNAMIC,
-    LOW_DTYPES,
-    Precision,
-    rate_vs_reference,
-    reference_flow,
-    scaled_flow,
-    underflow_lags,
 )
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
