@@ -98,7 +98,7 @@ def warmups(spec: CellSpec) -> tuple[int, int]:
 
 def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor) -> dict[str, Any]:
     """Lyapunov spectrum (after the warm-ups) and true chain singular values."""
-    from .jacobians import analyse_chain, report_lags
+    from ..jacobians import analyse_chain, report_lags
 
     k = min(spec.lyapunov_k, state_size(spec.model, spec.hidden))
     wf, wa = warmups(spec)
