@@ -115,7 +115,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from .figures import GRADIENT_FLOW_FIGURES, save
+    from .gradient_flow.figures import GRADIENT_FLOW_FIGURES, save
     from .tables import read_table
 
     tables_dir, out = Path(args.tables), Path(args.out_dir)

@@ -1,0 +1,39 @@
+"""What every stage's figures share: the headless matplotlib set-up, the theme, the model
+order, an empty-figure placeholder and the atomic ``save``.
+
+Each stage draws its own figures (``gradient_flow.figures``, ``claims.figures``,
+``long_range.figures``, ``bench.plots``, compare); all of them write through ``save``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ..io import write_with  # noqa: E402
+
+MODEL_ORDER = ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"]
+DPI = 110
+
+sns.set_theme(context="notebook", style="whitegrid")
+
+__all__ = ["DPI", "MODEL_ORDER", "empty_figure", "plt", "save", "sns"]
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def empty_figure(message: str) -> plt.Figure:
+    """A small figure that says why there is nothing to plot (an empty table is data too)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
