@@ -27,6 +27,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .planning.precision import DTYPE_BYTES
+
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
 
@@ -42,7 +44,6 @@ ALLOW_LARGE = "allow_large"
 CELL_VECTORS_PER_STEP = 16
 #: Largest estimated cell memory accepted without allow_large (GiB).
 CELL_MEMORY_LIMIT_GIB = 64.0
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 def _is_number(checker: Any, instance: Any) -> bool:

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 
 from ..figures import MODEL_ORDER
 from ..gradient_flow.gradients import HORIZON_RATIO
-from .train import clip_label
+from .spec import clip_label
 
 LOG_HORIZON = -math.log(HORIZON_RATIO)  # ln 1e6 = 13.8: the drop that defines the horizon
 
