@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bpttbench.bench import plots, runner, timing, variants
 from bpttbench.bench.ops import (
+    BENCH_CHECK_TOLERANCES,
     OPS,
-    TOLERANCES,
     Shape,
     check_tolerance,
     compare,
@@ -66,7 +66,7 @@ def test_variant_matches_float64_reference(op, variant, dtype):
     got = summarise(spec, variants.FACTORY[(op, variant)](problem)())
     ref = reference(problem)
     err, keys = compare(got, ref)
-    tol = TOLERANCES["float32" if dtype == torch.float32 else "float64"]
+    tol = BENCH_CHECK_TOLERANCES["float32" if dtype == torch.float32 else "float64"]
     assert keys, "nothing was compared"
     assert err <= tol, f"seed {seed}: {op}/{variant} err {err:.3g} > {tol:g} on {keys}"
 
@@ -95,7 +95,7 @@ def test_cupy_variant_matches_reference(op):
                            seed=fresh_seed())
     err, keys = compare(summarise(spec, variants.FACTORY[(op, "cupy")](problem)()),
                         reference(problem))
-    assert keys and err <= TOLERANCES["float32"]
+    assert keys and err <= BENCH_CHECK_TOLERANCES["float32"]
 
 
 def test_chain_reference_matches_engine_on_well_conditioned_columns():
@@ -228,7 +228,7 @@ def test_pipeline_jobs_and_tolerances():
     with pytest.raises(ValueError, match="bench job 'all' is not in the current config"):
         runner.part_ops(parts, "all")
     assert check_tolerance("float32", False, "cuda") == 1e-4
-    assert check_tolerance("float32", True, "cuda") == TOLERANCES["tf32"]
+    assert check_tolerance("float32", True, "cuda") == BENCH_CHECK_TOLERANCES["tf32"]
     assert check_tolerance("float32", True, "cpu") == 1e-4  # no TF32 on a CPU
     assert check_tolerance("float64", True, "cuda") == 1e-9
 

@@ -53,20 +53,17 @@ STANDIN_ENV = "BPTTBENCH_STANDIN_GPUS"
 
 
 def detect_gpus() -> list[Gpu]:
-    """The CUDA devices this process sees (empty without CUDA), or the stand-in list."""
+    """The CUDA devices this process sees (empty without CUDA), or the stand-in list.
+
+    Read without torch (``nvidia-smi``, filtered by CUDA_VISIBLE_DEVICES), so that the
+    workflow plans GPU jobs where torch cannot be imported.
+    """
     if os.environ.get(STANDIN_ENV):
         return plan_from_arg(os.environ[STANDIN_ENV])
-    import torch
+    from .planning.hardware import visible_gpus
 
-    if not torch.cuda.is_available():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [int(v) for v in visible.split(",") if v.strip().isdigit()] if visible else None
-    out = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        out.append(Gpu(ids[i] if ids and i < len(ids) else i, props.name, int(props.total_memory)))
-    return out
+    # a GPU named by BPTTBENCH_GPU_NAMES alone has no known memory: nothing to plan with
+    return [Gpu(g.index, g.name, g.total_bytes) for g in visible_gpus() if g.total_bytes > 0]
 
 
 def global_resources(gpus: Sequence[Gpu]) -> dict[str, int]:
@@ -127,7 +124,7 @@ def plan_from_arg(text: str) -> list[Gpu]:
 def local_gpus(cfg: Any, local: bool) -> list[Gpu]:
     """GPUs the local scheduler hands out: none for a cluster run (SLURM assigns them) or a
     CPU config."""
-    from .cluster import uses_gpu
+    from .planning.hardware import uses_gpu
 
     return detect_gpus() if local and uses_gpu(cfg) else []
 

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .gradient_flow.gradients import GradientFlow, first_lag_where, growth_rate, measure_gradient_flow
+from .gradient_flow.gradients import (
+    GradientFlow,
+    first_lag_where,
+    growth_rate_fit,
+    measure_gradient_flow,
+)
 from .models import Params, State
 from .planning.precision import DYNAMIC, LOW_DTYPES, Precision, check_dtype
 
@@ -111,8 +116,8 @@ def rate_vs_reference(flow: GradientFlow, ref: GradientFlow) -> tuple[float, flo
     mean = flow.log_norm_h.mean(axis=1)
     with np.errstate(invalid="ignore"):
         mean_ref = np.where(np.isfinite(mean), ref.log_norm_h.mean(axis=1), np.nan)
-    rate, _ = growth_rate(mean)
-    rate64, _ = growth_rate(mean_ref)
+    rate, _ = growth_rate_fit(mean)
+    rate64, _ = growth_rate_fit(mean_ref)
     return rate, rate64, rate - rate64
 
 

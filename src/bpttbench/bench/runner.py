@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from bpttbench.bench.ops import (
-    DTYPES,
+    BENCH_DTYPES,
     OpSpec,
     Shape,
     check_tolerance,
@@ -57,6 +57,7 @@ from bpttbench.bench.variants import (
     variant_device,
 )
 from bpttbench.config import as_list
+from bpttbench.precision import torch_dtype
 
 GIB = 2.0**30
 STATUSES = ("ok", "mismatch", "skipped", "oom", "error")
@@ -163,7 +164,7 @@ def run_op(cfg: Mapping[str, Any], op_name: str,
     check_names([op_name], variants)
     device = resolve_device(cfg.get("device", "auto"))
     dtype_name = cfg.get("dtype", "float32")
-    dtype = DTYPES[dtype_name]
+    dtype = torch_dtype(dtype_name, BENCH_DTYPES)
     # TF32 as configured; torch's default algorithm choice (the config's ``deterministic``
     # is for the science stages: a benchmark times what a user gets by default)
     apply_precision(bool(cfg.get("allow_tf32", False)), deterministic=False)
@@ -301,7 +302,7 @@ def peaks_for(cfg: Mapping[str, Any]) -> pd.DataFrame:
         devices.append("cpu")
     rows = []
     for dev in devices:
-        rows += measure_peaks(dev, DTYPES[cfg.get("dtype", "float32")])
+        rows += measure_peaks(dev, torch_dtype(cfg.get("dtype", "float32"), BENCH_DTYPES))
     return pd.DataFrame(rows)
 
 

@@ -26,6 +26,7 @@ from ..io import run_checkpointed
 from ..memory import estimate_cell, release, too_large_reason
 from ..models import RecurrentCell, init_parameters, spectral_stats, state_size
 from ..precision import (
+    DTYPES,
     DYNAMIC,
     LOW_DTYPES,
     Precision,
@@ -39,15 +40,13 @@ from .gradients import (
     GradientFlow,
     first_lag_where,
     flow_status,
-    growth_rate,
+    growth_rate_fit,
     horizon,
     lag_statistics,
     measure_gradient_flow,
     readout_problem,
 )
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: summary columns that come from the Jacobian chain (NaN when only the chain failed)
 CHAIN_SUMMARY = ("lyapunov_max", "lyapunov_max_se", "lyapunov_sum", "mean_log_abs_det",
                  "lyapunov_det_gap")
@@ -178,10 +177,10 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         record["gradient_flow"] = _columns(gf)
 
         status, bad_lag = flow_status(flow)
-        rate, r2 = growth_rate(stats["log_grad_norm"])
+        rate, r2 = growth_rate_fit(stats["log_grad_norm"])
         wf, wa = warmups(spec)
         # lags wa .. T - wf: the fit without the alignment and forward transients
-        steady, _ = growth_rate(stats["log_grad_norm"][wa:spec.seq_len - wf + 1])
+        steady, _ = growth_rate_fit(stats["log_grad_norm"][wa:spec.seq_len - wf + 1])
         summary.update(
             status=status,
             growth_rate=rate,

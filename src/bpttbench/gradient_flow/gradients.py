@@ -160,8 +160,10 @@ def lag_statistics(log_norms: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
-def growth_rate(mean_log_norm: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope (per step, natural log) of mean ln||delta_{T-k}|| against k, and R^2.
+def growth_rate_fit(mean_log_norm: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope (per step, natural log) of mean ln||delta_{T-k}|| against k, and R^2
+    (the summary's growth_rate; ``jacobians.chain.growth_rate`` is the slope of one chain's
+    log norms, without a fit quality).
 
     Only finite lags enter the fit. NaN when fewer than 2 finite lags remain.
     """

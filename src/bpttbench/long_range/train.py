@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..gradient_flow.cells import finish_record, now_iso, record_error
 from ..gradient_flow.gradients import (
-    growth_rate,
+    growth_rate_fit,
     horizon,
     lag_statistics,
     measure_gradient_flow,
@@ -201,7 +201,7 @@ def gradient_horizon(net: SequenceModel, x: Tensor, seed: int, autocast: str | N
                                      cell.initial_state(x.shape[1]), w_out, target,
                                      autocast=DTYPES[autocast] if autocast else None)
     mean = lag_statistics(flow.log_norm_h)["log_grad_norm"]
-    return horizon(mean), growth_rate(mean)[0]
+    return horizon(mean), growth_rate_fit(mean)[0]
 
 
 def _window_row(step: int, eval_loss: float, losses: list[float], norms: list[float],
