@@ -379,8 +379,8 @@ def test_an_empty_run_list_switches_the_stage_off(tmp_path):
     assert claims_section({"claims": {"run": []}})["run"] == []
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("device: cpu\nclaims: {run: []}\n")
-    code = main(["claims", "--config", str(cfg), "--out-table", str(tmp_path / "c.csv"),
-                 "--figures-dir", str(tmp_path)])
+    code = main(["claims", "all", "--config", str(cfg), "--out", str(tmp_path / "c.csv"),
+                 "--figures", str(tmp_path)])
     assert code == 2 and not (tmp_path / "c.csv").exists()
 
 

@@ -199,18 +199,18 @@ def test_eight_gpus_all_used_and_memory_respected():
 
 
 def test_reservations_across_processes(tmp_path):
-    """gpu-run in real processes: concurrent jobs get different stand-in GPUs, recorded in
+    """gpus run in real processes: concurrent jobs get different stand-in GPUs, recorded in
     BPTTBENCH_GPU_INDEX and CUDA_VISIBLE_DEVICES; a finished job's share is freed."""
     import subprocess
     import sys
 
     script = ("import os, time; time.sleep(1.5); "
               "print(os.environ['BPTTBENCH_GPU_INDEX'], os.environ['CUDA_VISIBLE_DEVICES'])")
-    cmd = [sys.executable, "-m", "bpttbench.cli", "gpu-run", "--gpus", "0:1000,1:1000",
+    cmd = [sys.executable, "-m", "bpttbench.cli", "gpus", "run", "--gpus", "0:1000,1:1000",
            "--mem-mb", "600", "--lock-dir", str(tmp_path), "--", sys.executable, "-c", script]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0] for p in procs]
-    lines = [next(ln for ln in o.splitlines() if not ln.startswith("gpu-run")) for o in outs]
+    lines = [next(ln for ln in o.splitlines() if not ln.startswith("gpus run")) for o in outs]
     idx = sorted(int(ln.split()[0]) for ln in lines)
     assert all(ln.split()[0] == ln.split()[1] for ln in lines)
     assert idx in ([0, 0, 1], [0, 1, 1])  # two at once (600 + 600 > 1000), the third after
@@ -219,7 +219,7 @@ def test_reservations_across_processes(tmp_path):
 
 def test_snakemake_dry_run_assigns_gpus(tmp_path, monkeypatch):
     """With a stand-in device list, compute jobs ask for gpu_mem_mb / gpu_jobs and start
-    through gpu-run; the workflow registers the matching global resources."""
+    through gpus run; the workflow registers the matching global resources."""
     import os
     import subprocess
     import sys
@@ -236,7 +236,7 @@ def test_snakemake_dry_run_assigns_gpus(tmp_path, monkeypatch):
                          env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
-    assert "bpttbench gpu-run --gpus 0:5000,1:5000 --mem-mb" in text
+    assert "bpttbench gpus run --gpus 0:5000,1:5000 --mem-mb" in text
     assert "gpu_jobs=1" in text and "gpu_mem_mb=" in text
 
 

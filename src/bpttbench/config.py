@@ -262,12 +262,32 @@ def _check_cell_memory(cfg: Mapping[str, Any]) -> None:
             "true to lift the limit")
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+def load(path: str | Path | None = None, *, json_text: str | None = None,
+         overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one config loader: a YAML file (``path``, default ``config/config.yaml``) or the
+    JSON text a pipeline job is given, with ``overrides`` (top-level keys, or a section's
+    keys under the section name) applied, validated with every default filled in."""
+    if json_text is not None:
+        raw = json.loads(json_text)
+        where = "--config-json"
+    else:
+        path = Path(path or DEFAULT_CONFIG)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} not found; pass --config PATH")
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+        where = str(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: a config must be a mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping):
+            raw[key] = {**(raw.get(key) or {}), **value}
+        else:
+            raw[key] = value
     return validate(raw)
 
 

@@ -98,20 +98,6 @@ def bench_ops(bench: Mapping[str, Any]) -> list[str]:
     return ops
 
 
-def bench_parts(bench: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Pipeline timing jobs -> their ops: one per op, or {"all": ops} when jobs is single."""
-    ops = bench_ops(bench)
-    return {"all": ops} if bench.get("jobs") == "single" else {op: [op] for op in ops}
-
-
-def part_ops(parts: Mapping[str, list[str]], part: str) -> str:
-    """The ops of timing job ``part`` as a command-line list (clear error for an unknown job)."""
-    if part not in parts:
-        raise ValueError(f"bench job {part!r} is not in the current config; its jobs: "
-                         f"{', '.join(parts)} (bench.jobs decides: per_op or single)")
-    return " ".join(parts[part])
-
-
 # ------------------------------------------------------------------------------ one op
 
 

@@ -11,7 +11,6 @@ import math
 import time
 import traceback
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from ..precision import (
     scaled_flow,
     underflow_lags,
 )
+from ..records import finish_record, now_iso, record_error
 from .blocks import thin_record
 from .gradients import (
     GradientFlow,
@@ -50,25 +50,6 @@ from .gradients import (
 #: summary columns that come from the Jacobian chain (NaN when only the chain failed)
 CHAIN_SUMMARY = ("lyapunov_max", "lyapunov_max_se", "lyapunov_sum", "mean_log_abs_det",
                  "lyapunov_det_gap")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def record_error(record: dict[str, Any], summary: dict[str, Any], exc: Exception) -> None:
-    """A failed cell or run is data: status error, the message kept, the traceback logged."""
-    summary["status"] = "error"
-    record["error"] = f"{type(exc).__name__}: {exc}"
-    traceback.print_exc()
-
-
-def finish_record(record: dict[str, Any], summary: dict[str, Any], t0: float) -> dict[str, Any]:
-    """Attach the summary, the end time and the wall time (from perf_counter ``t0``)."""
-    record["summary"] = summary
-    record["finished_at"] = now_iso()
-    record["wall_s"] = time.perf_counter() - t0
-    return record
 
 
 def make_inputs(spec: CellSpec, device: str) -> torch.Tensor:

@@ -33,7 +33,6 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..gradient_flow.cells import finish_record, now_iso, record_error
 from ..gradient_flow.gradients import (
     growth_rate_fit,
     horizon,
@@ -45,6 +44,7 @@ from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
 from ..models import RecurrentCell, gate_count, init_parameters
 from ..precision import DTYPES, LossScaler
+from ..records import finish_record, now_iso, record_error
 from .spec import (
     FLOW_BATCH,
     LONG_RANGE_INITS,

@@ -4,6 +4,6 @@
 hardware tag (``planning.hardware``: /proc/cpuinfo, ``nvidia-smi``, or an environment
 override), job expansion and result paths (``planning.jobs``), the memory estimates that size
 GPU jobs (``planning.memory``), and each rule's resources through one helper
-(``planning.resources.Resources.res``). The Snakefile and the ``.smk`` files import this
+(``planning.resources.RuleResources.res``). The Snakefile and the ``.smk`` files import this
 package alone; torch is imported only inside job commands (``tests/test_torch_free.py``).
 """

@@ -21,7 +21,7 @@ from typing import Any
 from ..gpus import Gpu, gpu_run_prefix, job_resources
 from .hardware import uses_gpu
 
-__all__ = ["JOB_CLASSES", "JobClass", "Resources", "gpu_resources", "mem_mb", "runtime_min",
+__all__ = ["JOB_CLASSES", "JobClass", "RuleResources", "gpu_resources", "mem_mb", "runtime_min",
            "uses_gpu"]
 
 
@@ -82,7 +82,7 @@ def mem_mb(kind: str, attempt: int = 1, gpu: bool = False) -> int:
     return base * _check_attempt(attempt)
 
 
-class Resources:
+class RuleResources:
     """The ``resources:`` of every rule, from one call: ``resources: **res("compute", gpu=...)``.
 
     ``gpu`` False: a host job (memory and wall time of its class). ``gpu`` True: a job on the
