@@ -289,13 +289,13 @@ def test_plan_json(capsys):
 
     from bpttbench.cli import main
 
-    assert main(["plan", "--configfile", "config/config.yaml", "--machine", "h100",
+    assert main(["plan", "estimate", "--config", "config/config.yaml", "--machine", "h100",
                  "--gpus", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["total_hours"] > 0 and out["gpus"] == 2
     blocks = [j for j in out["jobs"] if j["rule"] == "gradient_flow_block"]
     assert blocks and all(j["est_seconds"] > 0 and j["peak_memory_gib"] > 0 for j in blocks)
-    assert main(["plan", "--configfile", "config/config.yaml", "--machine", "nope"]) == 2
+    assert main(["plan", "estimate", "--config", "config/config.yaml", "--machine", "nope"]) == 2
 
 
 def test_gpu_yaml_fits_one_hour_on_one_h100():

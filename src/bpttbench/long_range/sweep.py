@@ -97,7 +97,7 @@ def long_range_blocks(cfg: Mapping[str, Any]) -> dict[str, list[RunSpec]]:
 
 
 def block_spec_json(blocks: Mapping[str, list[RunSpec]], block: str) -> str:
-    """The runs of one job as the JSON the ``long-range-block`` subcommand reads."""
+    """The runs of one job as the JSON ``bpttbench long-range run`` reads."""
     from .spec import runs_to_json
 
     if block not in blocks:
