@@ -330,3 +330,16 @@ def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
     assert summary.loc[too_large, "error"].str.contains("exceeds").all()
     gf = read_table(tmp_path / "t" / "gradient_flow.parquet")
     assert set(gf["hidden"]) == {c1[0].hidden} and len(gf) > 0
+
+
+def test_planning_chunks_match_the_engine():
+    """The torch-free estimate sizes the same Jacobian chunks and delta reductions the
+    engine uses (planning.memory mirrors jacobians.chain and gradient_flow.gradients)."""
+    from bpttbench.gradient_flow import gradients
+    from bpttbench.jacobians import chain
+    from bpttbench.planning import memory as pm
+
+    assert pm.CHAIN_CHUNK_BYTES == chain.CHUNK_BYTES
+    assert pm.REDUCE_CHUNK_BYTES == gradients.REDUCE_CHUNK_BYTES
+    for batch, dim, item in [(1, 8, 4), (16, 64, 8), (256, 512, 4), (1, 8192, 2)]:
+        assert pm.chain_chunk_steps(batch, dim, item) == chain._chunk_steps(batch, dim, item)
