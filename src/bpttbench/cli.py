@@ -56,10 +56,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """The ``report`` stage: a result set's manifest.json and report.html."""
-    from .cli_options import add_out
+    from .cli_options import add_out, add_stage
 
-    stage = subparsers.add_parser("report", help=STAGES["report"][1])
-    sub = stage.add_subparsers(dest="verb", required=True)
+    sub = add_stage(subparsers, "report", STAGES["report"][1])
 
     p = sub.add_parser("manifest", help="write manifest.json of a result set")
     p.add_argument("--config-json", required=True, help="the config the set records")

@@ -8,8 +8,26 @@ where the output goes, which result set a job computes into, and torch's thread 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+
+def add_stage(subparsers: argparse._SubParsersAction, name: str, help: str,
+              description: str | None = None,
+              list_jobs: tuple[str, Callable[[argparse.Namespace], int]] | None = None
+              ) -> argparse._SubParsersAction:
+    """Add stage ``name`` to the top-level parser; returns the subparsers its verbs go in.
+
+    ``list_jobs`` = (help, command): the stage's ``list`` verb (its jobs for a config), the
+    first verb of the protocol every job stage follows (list, run a job, collect, figures).
+    """
+    stage = subparsers.add_parser(name, help=help, description=description or help)
+    verbs = stage.add_subparsers(dest="verb", required=True, metavar="<verb>")
+    if list_jobs is not None:
+        p = verbs.add_parser("list", help=list_jobs[0])
+        add_config(p)
+        p.set_defaults(func=list_jobs[1])
+    return verbs
 
 
 def add_config(p: argparse.ArgumentParser, json: bool = True, required: bool = False) -> None:
@@ -26,6 +44,13 @@ def add_config(p: argparse.ArgumentParser, json: bool = True, required: bool = F
 
 def add_out(p: argparse.ArgumentParser, what: str, required: bool = True) -> None:
     p.add_argument("--out", required=required, help=what)
+
+
+def add_figures(p: argparse.ArgumentParser, tables: str) -> None:
+    """A figures verb: ``--tables`` (what it reads), ``--out`` (the figures folder), names."""
+    p.add_argument("--tables", required=True, help=tables)
+    add_out(p, "the figures folder")
+    p.add_argument("names", nargs="*", help="figure names (default: all)")
 
 
 def add_hw_tag(p: argparse.ArgumentParser) -> None:

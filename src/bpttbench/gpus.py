@@ -231,8 +231,9 @@ def _cmd_list(args: Any) -> int:
 def register(sub: Any) -> None:
     import argparse
 
-    stage = sub.add_parser("gpus", help="the GPUs of this machine as a resource of local runs")
-    verbs = stage.add_subparsers(dest="verb", required=True)
+    from .cli_options import add_stage
+
+    verbs = add_stage(sub, "gpus", "the GPUs of this machine as a resource of local runs")
 
     p = verbs.add_parser("list", help="the GPUs this process sees (nvidia-smi, or the stand-in)")
     p.set_defaults(func=_cmd_list)

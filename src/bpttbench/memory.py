@@ -1,31 +1,9 @@
 """Whether a cell fits the memory free now, and giving memory back between cells.
 
-The estimate itself is torch-free (``planning.memory``, which the workflow imports); its
-model, summarised:
-
-Peak memory of a gradient-flow cell, known from its shape before it runs.
-
-A cell runs in two phases that never overlap (the BPTT graph is freed before the chain).
-With u = B x H x itemsize bytes per step:
-
-1. BPTT by autograd over the unrolled cell. The graph keeps ``GRAPH_UNITS`` u per step
-   (rnn_*: h_t; LSTM: i, f, g, o, c_t, tanh c_t, h_t and autograd's own buffers; GRU: r, z,
-   1 - z, n, h_t and W_hh h + b_hh [B, 3H], which r * h_n holds a view of), and
-   ``autograd.grad`` returns delta_t for all T + 1 steps (D = H, or 2H for the LSTM) while it
-   frees the graph. Then the states (kept by the caller) and the deltas are alive while the
-   norms are reduced in chunks (a stacked copy and, unless already float64, its float64
-   cast; ``gradients.REDUCE_CHUNK_BYTES`` of float64 at most).
-2. The Jacobian chain. ``forward_saved`` precomputes the input part of every gate for all
-   steps ([T, B, G H]) and writes ``SAVED_UNITS`` u per step into preallocated [T, ...]
-   arrays (lists stacked at the end used to hold them twice). LSTM/GRU chains then build
-   time chunks
-   of [n, B, D, D] Jacobians (``chain.CHUNK_BYTES`` each) with ``JAC_TEMPS`` such arrays
-   alive at once, next to the previous chunk and the stacked saved tensors.
-
-Both phases hold the inputs x [T, B, I]. On a GPU the CUDA context, cuBLAS workspaces and
-the caching allocator's rounding come on top (``CUDA_OVERHEAD_BYTES``, ``ALLOCATOR_SLACK``).
-The per-step units were counted op by op and checked against the bytes torch allocates on
-the CPU (``profiling.peak_allocated_bytes``; ``tests/test_scale.py``).
+The estimate of a cell's peak (two phases, BPTT and the Jacobian chain, from its shape alone)
+is torch-free and lives in ``planning.memory``, which the workflow imports to size GPU jobs;
+it is re-exported here for the jobs. The per-step units were counted op by op and checked
+against the bytes torch allocates on the CPU (``tests/test_scale.py``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bpttbench import cli_options
-from bpttbench.cli_options import add_config, add_hw_tag, add_out
+from bpttbench.cli_options import add_config, add_hw_tag, add_out, add_stage
 
 DEFAULT_TARGETS = "benchmarks/targets.yaml"
 OVERRIDES = ("ops", "variants", "hidden", "batch", "seq_len", "repeats", "warmup")
@@ -180,9 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``bpttbench bench ...`` to the top-level CLI."""
-    p = subparsers.add_parser("bench", help="performance benchmarks of the Jacobian engine",
-                              description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="bench_command", required=True)
+    sub = add_stage(subparsers, "bench", "performance benchmarks of the Jacobian engine",
+                    __doc__.splitlines()[0])
 
     s = sub.add_parser("list", help="the registered ops x variants and what can run here")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])

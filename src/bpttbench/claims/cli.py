@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import add_config, add_hw_tag, add_out, add_threads, load_config, set_threads
+from ..cli_options import (
+    add_config,
+    add_figures,
+    add_hw_tag,
+    add_out,
+    add_stage,
+    add_threads,
+    load_config,
+    set_threads,
+)
 from . import CLAIM_IDS, CLAIMS, CURVES, OVERVIEW, TABLE, check_claim, collect, figure_names
 
 
@@ -125,14 +134,9 @@ def _cmd_all(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    stage = subparsers.add_parser("claims", help="the claims of the seed texts and the theory, "
-                                  "each measured against its prediction",
-                                  description=__doc__.splitlines()[0])
-    sub = stage.add_subparsers(dest="verb", required=True)
-
-    p = sub.add_parser("list", help="the claims (jobs) of a config")
-    add_config(p)
-    p.set_defaults(func=_cmd_list)
+    sub = add_stage(subparsers, "claims", "the claims of the seed texts and the theory, each "
+                    "measured against its prediction", __doc__.splitlines()[0],
+                    list_jobs=("the claims (jobs) of a config", _cmd_list))
 
     p = sub.add_parser("run", help="run one claim's experiment into a JSON record")
     p.add_argument("claim", help=f"one of {', '.join(CLAIM_IDS)}")
@@ -149,9 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_collect)
 
     p = sub.add_parser("figures", help="draw claim_<id>.png and claims_overview.png from the tables")
-    p.add_argument("--tables", required=True, help="folder holding claims.csv, claim_curves.parquet")
-    add_out(p, "the figures folder")
-    p.add_argument("names", nargs="*", help="figure names (default: all)")
+    add_figures(p, "folder holding claims.csv, claim_curves.parquet")
     p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("all", help="run every claim of a config, write table and figures")

@@ -7,6 +7,7 @@ Each stage draws its own figures (``gradient_flow.figures``, ``claims.figures``,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +23,7 @@ DPI = 110
 
 sns.set_theme(context="notebook", style="whitegrid")
 
-__all__ = ["DPI", "MODEL_ORDER", "empty_figure", "plt", "save", "sns"]
+__all__ = ["DPI", "MODEL_ORDER", "draw", "empty_figure", "plt", "save", "sns"]
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
@@ -37,3 +38,31 @@ def empty_figure(message: str) -> plt.Figure:
     ax.text(0.5, 0.5, message, ha="center", va="center")
     ax.set_axis_off()
     return fig
+
+
+def draw(registry: Mapping[str, tuple[str | Sequence[str], Callable[..., plt.Figure]]],
+         names: Sequence[str], table_files: Mapping[str, Path], out_dir: Path) -> list[Path]:
+    """Draw the figures ``names`` (default: all) of a stage's registry into ``out_dir``.
+
+    ``registry``: figure name -> (the table(s) its plot function takes, the function);
+    ``table_files``: table name -> its file. Each table is read once.
+    """
+    from ..tables import read_table
+
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown figure {', '.join(unknown)}; allowed: {', '.join(registry)}")
+    cache: dict[str, object] = {}
+    written = []
+    for name in names or list(registry):
+        needs, plot = registry[name]
+        needs = (needs,) if isinstance(needs, str) else tuple(needs)
+        for t in needs:
+            if t not in cache:
+                if not Path(table_files[t]).exists():
+                    raise FileNotFoundError(f"figure {name} needs {table_files[t]}, which is "
+                                            "missing")
+                cache[t] = read_table(table_files[t])
+        print(f"figure {name}", flush=True)
+        written.append(save(plot(*(cache[t] for t in needs)), Path(out_dir) / f"{name}.png"))
+    return written

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli_options import add_config, add_hw_tag, add_out, load_config
+from ..cli_options import add_config, add_figures, add_hw_tag, add_out, add_stage, load_config
 
 TABLE_FILES = {"gradient_flow": "gradient_flow.parquet", "summary": "summary.csv",
                "lyapunov": "lyapunov.parquet", "chain_spectrum": "chain_spectrum.parquet"}
@@ -94,32 +94,19 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from ..tables import read_table
-    from .figures import GRADIENT_FLOW_FIGURES, save
+    from ..figures import draw
+    from .figures import GRADIENT_FLOW_FIGURES
 
-    tables_dir, out = Path(args.tables), Path(args.out)
-    unknown = [n for n in args.names if n not in GRADIENT_FLOW_FIGURES]
-    if unknown:
-        raise ValueError(f"unknown figure {', '.join(unknown)}; allowed: "
-                         f"{', '.join(GRADIENT_FLOW_FIGURES)}")
-    cache = {}
-    for name in args.names or list(GRADIENT_FLOW_FIGURES):
-        table, plot = GRADIENT_FLOW_FIGURES[name]
-        if table not in cache:
-            cache[table] = read_table(tables_dir / TABLE_FILES[table])
-        print(f"figure {name}", flush=True)
-        save(plot(cache[table]), out / f"{name}.png")
+    tables = Path(args.tables)
+    draw(GRADIENT_FLOW_FIGURES, args.names, {t: tables / f for t, f in TABLE_FILES.items()},
+         Path(args.out))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    stage = subparsers.add_parser("gradient-flow", help="the gradient-flow sweep: cells, blocks, "
-                                  "tables, figures", description=__doc__.splitlines()[0])
-    sub = stage.add_subparsers(dest="verb", required=True)
-
-    p = sub.add_parser("list", help="the jobs (blocks) of a config and their cells")
-    add_config(p)
-    p.set_defaults(func=_cmd_list)
+    sub = add_stage(subparsers, "gradient-flow", "the gradient-flow sweep: cells, blocks, "
+                    "tables, figures", __doc__.splitlines()[0],
+                    list_jobs=("the jobs (blocks) of a config and their cells", _cmd_list))
 
     p = sub.add_parser("cell", help="measure one cell of a config, print its summary")
     p.add_argument("cell_id")
@@ -144,7 +131,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_collect)
 
     p = sub.add_parser("figures", help="draw the gradient-flow figures from the tables")
-    p.add_argument("--tables", required=True, help="the tables folder")
-    add_out(p, "the figures folder")
-    p.add_argument("names", nargs="*", help="figure names (default: all)")
+    add_figures(p, "the tables folder")
     p.set_defaults(func=_cmd_figures)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli_options import add_config, add_hw_tag, add_out, add_threads, load_config, set_threads
+from ..cli_options import (
+    add_config,
+    add_figures,
+    add_hw_tag,
+    add_out,
+    add_stage,
+    add_threads,
+    load_config,
+    set_threads,
+)
 
 
 def _cmd_block(args: argparse.Namespace) -> int:
@@ -68,40 +77,22 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from ..figures import save
-    from ..tables import read_table
+    from ..figures import draw
     from .figures import LONG_RANGE_FIGURES
 
-    tables_dir, out = Path(args.tables), Path(args.out)
-    files = {"long_range": tables_dir / "long_range.parquet",
-             "long_range_trace": tables_dir / "long_range_trace.parquet",
-             "long_range_summary": tables_dir / "long_range_summary.csv",
-             "summary": Path(args.horizon_summary or tables_dir / "summary.csv")}
-    unknown = [n for n in args.names if n not in LONG_RANGE_FIGURES]
-    if unknown:
-        raise ValueError(f"unknown figure {', '.join(unknown)}; allowed: "
-                         f"{', '.join(LONG_RANGE_FIGURES)}")
-    cache = {}
-    for name in args.names or list(LONG_RANGE_FIGURES):
-        needs, plot = LONG_RANGE_FIGURES[name]
-        for t in needs:
-            if t not in cache:
-                if not files[t].exists():
-                    raise FileNotFoundError(f"figure {name} needs {files[t]}, which is missing")
-                cache[t] = read_table(files[t])
-        print(f"figure {name}", flush=True)
-        save(plot(*(cache[t] for t in needs)), out / f"{name}.png")
+    tables = Path(args.tables)
+    files = {"long_range": tables / "long_range.parquet",
+             "long_range_trace": tables / "long_range_trace.parquet",
+             "long_range_summary": tables / "long_range_summary.csv",
+             "summary": Path(args.horizon_summary or tables / "summary.csv")}
+    draw(LONG_RANGE_FIGURES, args.names, files, Path(args.out))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    stage = subparsers.add_parser("long-range", help="the long-range training benchmark: runs, "
-                                  "tables, figures", description=__doc__.splitlines()[0])
-    sub = stage.add_subparsers(dest="verb", required=True)
-
-    p = sub.add_parser("list", help="the jobs (blocks) of a config and their runs")
-    add_config(p)
-    p.set_defaults(func=_cmd_list)
+    sub = add_stage(subparsers, "long-range", "the long-range training benchmark: runs, "
+                    "tables, figures", __doc__.splitlines()[0],
+                    list_jobs=("the jobs (blocks) of a config and their runs", _cmd_list))
 
     p = sub.add_parser("run", help="train a block of runs (one pipeline job) into JSON")
     p.add_argument("--spec", required=True, help="the runs as a JSON list (the pipeline passes it)")
@@ -123,9 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_collect)
 
     p = sub.add_parser("figures", help="draw the long-range figures")
-    p.add_argument("--tables", required=True, help="folder with the long_range tables")
+    add_figures(p, "folder with the long_range tables")
     p.add_argument("--horizon-summary",
                    help="summary.csv of the gradient-flow sweep (default: <tables>/summary.csv)")
-    add_out(p, "the figures folder")
-    p.add_argument("names", nargs="*")
     p.set_defaults(func=_cmd_figures)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_options import add_config, load_config
+from ..cli_options import add_config, add_stage, load_config
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -44,9 +44,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    stage = subparsers.add_parser("plan", help="check a config, name this machine's result set, "
-                                  "list and estimate the jobs", description=__doc__.splitlines()[0])
-    sub = stage.add_subparsers(dest="verb", required=True)
+    sub = add_stage(subparsers, "plan", "check a config, name this machine's result set, list "
+                    "and estimate the jobs", __doc__.splitlines()[0])
 
     p = sub.add_parser("validate", help="check a config file against the schema")
     p.add_argument("config_file", metavar="CONFIG")
