@@ -12,7 +12,6 @@ from bpttbench.planning.workflow import (
     global_resources,
     hardware_tag,
     local_gpus,
-    uses_gpu,
     validate_config,
 )
 
@@ -24,10 +23,10 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 validate(config, "../schemas/config.schema.yaml")
 
-HW = hardware_tag(config)
 try:
+    HW = hardware_tag(config)  # the result set: results/<HW>/
     PLAN = Plan(config)  # every stage's jobs
-except (ConfigError, ValueError) as err:
+except (ConfigError, ValueError, RuntimeError) as err:
     raise WorkflowError(str(err)) from None
 BLOCKS = PLAN.blocks
 HW_TAG_IS_EXPLICIT = config['hardware_tag'] != 'auto'
