@@ -83,10 +83,11 @@ def visible_gpus() -> list[GpuInfo]:
     return _visible(gpus)
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cpu' and 'cuda' as they are.
+def planned_device(device: str) -> str:
+    """The device the workflow plans for: 'auto' -> 'cuda' when a GPU is visible, else 'cpu';
+    'cpu' and 'cuda' as they are.
 
-    (A job checks 'cuda' against torch: ``bpttbench.hardware.resolve_device``.)
+    (A job resolves its device with torch: ``bpttbench.hardware.resolve_device``.)
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda")
@@ -101,7 +102,7 @@ def uses_gpu(cfg: Mapping[str, Any]) -> bool:
     On a cluster whose submit host has no GPU, ``device: auto`` resolves to ``cpu`` there:
     set ``device: cuda`` (and ``hardware_tag``) in the config to ask for GPUs.
     """
-    return resolve_device(cfg.get("device", "auto")) == "cuda"
+    return planned_device(cfg.get("device", "auto")) == "cuda"
 
 
 def hardware_tag(cfg: Mapping[str, Any]) -> str:
@@ -112,7 +113,7 @@ def hardware_tag(cfg: Mapping[str, Any]) -> str:
     tag = cfg.get("hardware_tag", "auto")
     if tag != "auto":
         return tag
-    if resolve_device(cfg.get("device", "auto")) == "cuda":
+    if planned_device(cfg.get("device", "auto")) == "cuda":
         gpus = visible_gpus()
         if not gpus:
             raise RuntimeError("config device: cuda, but no CUDA GPU is visible (nvidia-smi); "
