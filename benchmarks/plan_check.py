@@ -1,7 +1,7 @@
 """The cost model against a measured pipeline run on this machine.
 
-Calibrates (``bpttbench plan --machine this``), then runs the whole pipeline of a config with
-``snakemake --cores 1`` in a scratch folder and prints estimate, measured wall time and ratio.
+Calibrates (``bpttbench plan estimate --machine this``), then runs the whole pipeline of a
+config with ``snakemake --cores 1`` in a scratch folder and prints estimate, measured wall time and ratio.
 
     python benchmarks/plan_check.py --configfile benchmarks/plan_check.yaml --work /tmp/pc
 """
@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("--work", required=True)
     args = ap.parse_args()
     cfg = str(Path(args.configfile).resolve())
-    out = subprocess.run([sys.executable, "-m", "bpttbench.cli", "plan", "--configfile", cfg,
+    out = subprocess.run([sys.executable, "-m", "bpttbench.cli", "plan", "estimate", "--config", cfg,
                           "--machine", "this", "--gpus", "1", "--json"], check=True,
                          capture_output=True, text=True).stdout
     est = json.loads(out)["total_seconds"]

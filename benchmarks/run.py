@@ -8,7 +8,7 @@ the figures. Every option of ``bpttbench bench run`` works here, e.g.
     python benchmarks/run.py                                  # config/config.yaml, CPU grid
     python benchmarks/run.py --config config/gpu.yaml         # the GPU sweep
     python benchmarks/run.py --ops chain lyapunov --variants cupy torch \\
-        --hidden 32 64 --batch 256 --seq-len 1000 --out-dir /tmp/bench
+        --hidden 32 64 --batch 256 --seq-len 1000 --out /tmp/bench
     python benchmarks/run.py list                             # the factory table
 
 Output (default results/<hardware tag>/): tables/bench.parquet + bench.csv, peak.csv,

@@ -1,8 +1,8 @@
-"""Peak memory of ``bpttbench collect`` on a synthetic sweep of a config's size.
+"""Peak memory of ``bpttbench gradient-flow collect`` on a synthetic sweep of a config's size.
 
 Writes one Parquet block folder per block of the config (random numbers in the shape the
 cells would produce: per-lag rows at the config's ``gradient_flow.lags``, k chain rows per
-lag), then runs ``bpttbench collect`` in a child process and reports its peak resident
+lag), then runs ``bpttbench gradient-flow collect`` in a child process and reports its peak resident
 memory (``ru_maxrss`` of the child).
 
     python benchmarks/synthetic_collect.py --configfile config/gpu.yaml --work /tmp/sc
@@ -23,9 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bpttbench.blocks import reported_lags
 from bpttbench.config import blocks_by_id, load
-from bpttbench.gradients import QUANTILES
+from bpttbench.gradient_flow.blocks import reported_lags
+from bpttbench.gradient_flow.gradients import QUANTILES
 from bpttbench.models import state_size
 from bpttbench.tables import CELL_KEYS
 
@@ -84,7 +84,7 @@ def main() -> int:
     print(f"{len(folders)} blocks, {sum(len(c) for c in blocks_by_id(cfg).values())} cells, "
           f"lags={mode}, rows {rows}, {nbytes / 2**20:.1f} MiB of Parquet", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bpttbench.cli", "collect", "--out-dir",
+    subprocess.run([sys.executable, "-m", "bpttbench.cli", "gradient-flow", "collect", "--out",
                     str(work / "tables"), *folders], check=True)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
     print(f"collect: peak RSS {peak:.0f} MiB, wall {time.perf_counter() - t0:.1f} s")

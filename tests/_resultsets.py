@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bpttbench.cells import run_block
 from bpttbench.config import blocks_by_id, schema, validate
+from bpttbench.gradient_flow.cells import run_block
 from bpttbench.io import write_json
 from bpttbench.manifest import build_manifest
 from bpttbench.tables import collect_cells, write_columns_doc, write_table

@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bpttbench.bench import plots, runner, timing, variants
 from bpttbench.bench.ops import (
+    BENCH_CHECK_TOLERANCES,
     OPS,
-    TOLERANCES,
     Shape,
     check_tolerance,
     compare,
@@ -37,6 +37,7 @@ from bpttbench.config import ConfigError, validate
 from bpttbench.jacobians import analytic, cupy_backend
 from bpttbench.jacobians.backends import NumpyBackend
 from bpttbench.jacobians.chain import run_chain
+from bpttbench.planning import jobs
 
 CUPY_OK, CUPY_WHY = cupy_backend.cupy_available()
 CPU_PAIRS = sorted(k for k in variants.FACTORY if k[1] != "cupy")
@@ -66,7 +67,7 @@ def test_variant_matches_float64_reference(op, variant, dtype):
     got = summarise(spec, variants.FACTORY[(op, variant)](problem)())
     ref = reference(problem)
     err, keys = compare(got, ref)
-    tol = TOLERANCES["float32" if dtype == torch.float32 else "float64"]
+    tol = BENCH_CHECK_TOLERANCES["float32" if dtype == torch.float32 else "float64"]
     assert keys, "nothing was compared"
     assert err <= tol, f"seed {seed}: {op}/{variant} err {err:.3g} > {tol:g} on {keys}"
 
@@ -95,7 +96,7 @@ def test_cupy_variant_matches_reference(op):
                            seed=fresh_seed())
     err, keys = compare(summarise(spec, variants.FACTORY[(op, "cupy")](problem)()),
                         reference(problem))
-    assert keys and err <= TOLERANCES["float32"]
+    assert keys and err <= BENCH_CHECK_TOLERANCES["float32"]
 
 
 def test_chain_reference_matches_engine_on_well_conditioned_columns():
@@ -221,14 +222,14 @@ def test_shapes_product_axes_and_extras():
 
 def test_pipeline_jobs_and_tolerances():
     bench = validate({"bench": {"ops": ["chain", "bptt_gru"], "jobs": "per_op"}})["bench"]
-    parts = runner.bench_parts(bench)
+    parts = jobs.bench_parts(bench)
     assert parts == {"chain": ["chain"], "bptt_gru": ["bptt_gru"]}
-    assert runner.bench_parts({**bench, "jobs": "single"}) == {"all": ["chain", "bptt_gru"]}
-    assert runner.part_ops(parts, "bptt_gru") == "bptt_gru"
+    assert jobs.bench_parts({**bench, "jobs": "single"}) == {"all": ["chain", "bptt_gru"]}
+    assert jobs.part_ops(parts, "bptt_gru") == "bptt_gru"
     with pytest.raises(ValueError, match="bench job 'all' is not in the current config"):
-        runner.part_ops(parts, "all")
+        jobs.part_ops(parts, "all")
     assert check_tolerance("float32", False, "cuda") == 1e-4
-    assert check_tolerance("float32", True, "cuda") == TOLERANCES["tf32"]
+    assert check_tolerance("float32", True, "cuda") == BENCH_CHECK_TOLERANCES["tf32"]
     assert check_tolerance("float32", True, "cpu") == 1e-4  # no TF32 on a CPU
     assert check_tolerance("float64", True, "cuda") == 1e-9
 
@@ -403,7 +404,7 @@ def test_bench_run_end_to_end(tmp_path, monkeypatch):
         "ops": ["chain", "gru_jacobians", "bptt_rnn"], "hidden": [6, 10], "batch": [2],
         "seq_len": [5, 9], "repeats": 2, "time_budget_s": 0.05, "threads": 1, "k": 3}}))
     out = tmp_path / "res"
-    rc = cli_main(["bench", "run", "--config", str(cfg), "--out-dir", str(out),
+    rc = cli_main(["bench", "run", "--config", str(cfg), "--out", str(out),
                    "--targets", "benchmarks/targets.yaml"])
     assert rc == 0
     df = pd.read_parquet(out / "tables" / "bench.parquet")

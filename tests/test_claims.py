@@ -269,7 +269,7 @@ def test_float32_overflow_onset_matches_float32_numpy_and_clipping_rows():
     cell = cm.make_cell("rnn_linear", 8, 32, "orthogonal", 2.0, 0, device="cpu",
                         dtype=torch.float32)
     w = cell.weight_hh_l0.detach().numpy().astype(np.float64)
-    from bpttbench.gradients import readout_problem
+    from bpttbench.gradient_flow.gradients import readout_problem
 
     w_out, y = readout_problem(32, 4, seed=0)
     delta = (-(w_out.T.numpy() @ y.numpy().T)).T  # h_T = 0, so delta_T = -W_out^T y
@@ -379,8 +379,8 @@ def test_an_empty_run_list_switches_the_stage_off(tmp_path):
     assert claims_section({"claims": {"run": []}})["run"] == []
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("device: cpu\nclaims: {run: []}\n")
-    code = main(["claims", "--config", str(cfg), "--out-table", str(tmp_path / "c.csv"),
-                 "--figures-dir", str(tmp_path)])
+    code = main(["claims", "all", "--config", str(cfg), "--out", str(tmp_path / "c.csv"),
+                 "--figures", str(tmp_path)])
     assert code == 2 and not (tmp_path / "c.csv").exists()
 
 

@@ -1,4 +1,4 @@
-"""What jobs ask a scheduler for (bpttbench.cluster), and that the rules and profile use it.
+"""What jobs ask a scheduler for (bpttbench.planning.resources), and that the rules and profile use it.
 
 No SLURM needed: the resources are checked in Snakemake's dry run (tests/test_slurm.py
 checks them again in real sbatch submissions where a SLURM runs).
@@ -12,10 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from bpttbench import cluster
+from bpttbench.planning import resources as cluster
+from bpttbench.planning.hardware import visible_gpus
 
 CFG = {
     "hardware_tag": "cluster-test",
@@ -47,7 +47,7 @@ def test_runtime_doubles_and_memory_grows_with_each_attempt(rng_seed) -> None:
 def test_gpu_asked_only_when_the_device_resolves_to_cuda() -> None:
     assert cluster.gpu_resources({"device": "cpu"}) == {}
     assert cluster.gpu_resources({"device": "cuda"}) == {"gpu": 1}
-    expected = {"gpu": 1} if torch.cuda.is_available() else {}
+    expected = {"gpu": 1} if visible_gpus() else {}  # nvidia-smi: the planning layer has no torch
     assert cluster.gpu_resources({"device": "auto"}) == expected
     assert cluster.gpu_resources({}) == expected
 
@@ -59,7 +59,7 @@ def test_bad_attempt_is_refused(bad) -> None:
 
 
 def test_unknown_job_class_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match="allowed: compute, collect, figures, small"):
+    with pytest.raises(ValueError, match="allowed: compute, collect, figures, small, probe, kernels"):
         cluster.mem_mb("gpu_job")
 
 

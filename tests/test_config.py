@@ -64,7 +64,7 @@ def test_non_mapping_config_file_is_refused(tmp_path) -> None:
 def test_cli_refuses_bad_config_with_exit_2(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"gradient_flow": {"models": ["lstm", "rnn_sigmoid"]}}))
-    out = subprocess.run([sys.executable, "-m", "bpttbench.cli", "validate-config", str(path)],
+    out = subprocess.run([sys.executable, "-m", "bpttbench.cli", "plan", "validate", str(path)],
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "gradient_flow.models[1]: 'rnn_sigmoid' is not allowed" in out.stderr

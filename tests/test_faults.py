@@ -114,7 +114,7 @@ def test_unreadable_block_records_are_all_named_and_moved_aside(tmp_path, fault_
 
 def test_collect_steps_name_an_unreadable_input_and_write_nothing(tmp_path, capsys,
                                                                    fault_rng):
-    """claims-collect (JSON records) and the bench parts reader (Parquet)."""
+    """claims collect (JSON records) and the bench parts reader (Parquet)."""
     import pandas as pd
 
     from bpttbench.cli import main
@@ -124,10 +124,10 @@ def test_collect_steps_name_an_unreadable_input_and_write_nothing(tmp_path, caps
     write_json(record, {"rows": [], "wall_s": 1.0})
     record.write_bytes(record.read_bytes()[:fault_rng.randrange(1, 10)])
     table = tmp_path / "tables" / "claims.csv"
-    assert main(["claims-collect", "--out-table", str(table), "--curves",
+    assert main(["claims", "collect", "--out", str(table), "--curves",
                  str(tmp_path / "tables" / "curves.parquet"), str(record)]) == 2
     err = capsys.readouterr().err
-    assert f"bpttbench claims-collect: error: 1 unreadable intermediate file(s): {record}" in err
+    assert f"bpttbench claims collect: error: 1 unreadable intermediate file(s): {record}" in err
     assert not table.exists() and record.with_name(record.name + CORRUPT_SUFFIX).exists()
 
     parts = [tmp_path / f"part{i}.parquet" for i in range(3)]
@@ -287,9 +287,9 @@ def baseline(tmp_path_factory) -> Path:
         cfg = validate(CONFIG)
         for block, cells in blocks_by_id(cfg).items():  # block folders, as the pipeline writes
             records.append(str(root / "cells" / block))
-            assert main(["block", "--spec", block_to_json(cells), "--out", records[-1],
+            assert main(["gradient-flow", "block", "--spec", block_to_json(cells), "--out", records[-1],
                          "--lags", cfg["gradient_flow"]["lags"]]) == 0
-        assert main(["collect", "--out-dir", str(root / "tables"), *records]) == 0
+        assert main(["gradient-flow", "collect", "--out", str(root / "tables"), *records]) == 0
     finally:
         torch.set_num_threads(threads)
     return root / "tables"

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.fuzz
 
 SEED = int(os.environ.get("BPTTBENCH_FUZZ_SEED", random.SystemRandom().randrange(2**31)))
 CONFIG_MUTATIONS_PER_FILE = 120
-CLI_MUTATIONS_PER_FILE = 4  # of them also through `bpttbench validate-config` (~1 s each)
+CLI_MUTATIONS_PER_FILE = 4  # of them also through `bpttbench plan validate` (~1 s each)
 RESULT_SET_DAMAGES = 24
 CLI_DAMAGES = 2  # of them also through `bpttbench compare` (writes the figure: slower)
 COMMITTED = REPO / "results" / "cpu-intel-xeon"
@@ -147,7 +147,7 @@ def test_config_mutations_are_refused_naming_the_key_or_accepted_correctly(tmp_p
                 if i < CLI_MUTATIONS_PER_FILE:  # an exit status and one line, no traceback
                     with contextlib.redirect_stderr(io.StringIO()), \
                             contextlib.redirect_stdout(io.StringIO()):
-                        rc = main(["validate-config", str(f)])
+                        rc = main(["plan", "validate", str(f)])
                     if rc not in (0, 2):
                         failures.append(f"{case}: validate-config exit status {rc}")
             except Exception:

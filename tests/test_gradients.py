@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from bpttbench.cells import run_cell
 from bpttbench.config import gradient_flow_cells, validate
-from bpttbench.gradients import (
+from bpttbench.gradient_flow.cells import run_cell
+from bpttbench.gradient_flow.gradients import (
     flow_status,
-    growth_rate,
+    growth_rate_fit,
     horizon,
     lag_statistics,
     measure_gradient_flow,
@@ -74,7 +74,7 @@ def test_linear_orthogonal_rnn_growth_rate_is_ln_s(scale: float, rng_seed: int) 
     flow = measure_gradient_flow("rnn_linear", cell.params(), x, cell.initial_state(5), w_out,
                                  target)
     stats = lag_statistics(flow.log_norm_h)
-    rate, r2 = growth_rate(stats["log_grad_norm"])
+    rate, r2 = growth_rate_fit(stats["log_grad_norm"])
     # delta_{T-k} = (W^T)^k delta_T and W = sQ: ||delta_{T-k}|| = s^k ||delta_T|| exactly.
     assert rate == pytest.approx(math.log(scale), abs=1e-10)
     assert r2 == pytest.approx(1.0, abs=1e-10)

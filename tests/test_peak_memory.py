@@ -1,4 +1,4 @@
-"""Peak memory of a run (bpttbench.peak_memory, `bpttbench cell --peak-memory`)."""
+"""Peak memory of a run (bpttbench.peak_memory, `bpttbench gradient-flow cell --peak-memory`)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_cell_peak_memory_on_cpu(tmp_path, rng_seed):
     out = tmp_path / "cell.json"
     cell_id = f"lstm-orthogonal-h8-T12-s1-seed{seed}"
     rss_now = current_rss_bytes() if os.path.exists("/proc/self/statm") else 0
-    assert main(["cell", cell_id, "--config", str(tmp_path / "c.yaml"), "--out", str(out),
+    assert main(["gradient-flow", "cell", cell_id, "--config", str(tmp_path / "c.yaml"), "--out", str(out),
                  "--peak-memory"]) == 0
     record = json.loads(out.read_text())
     assert record["summary"]["status"] == "ok"
@@ -75,7 +75,7 @@ def test_cell_without_peak_memory_records_none(tmp_path):
                                               "lyapunov_k": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "cell.json"
-    assert main(["cell", "rnn_tanh-orthogonal-h4-T6-s1-seed0", "--config",
+    assert main(["gradient-flow", "cell", "rnn_tanh-orthogonal-h4-T6-s1-seed0", "--config",
                  str(tmp_path / "c.yaml"), "--out", str(out)]) == 0
     assert "peak_memory" not in json.loads(out.read_text())
 

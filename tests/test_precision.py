@@ -15,7 +15,7 @@ import torch
 from bpttbench import precision as pr
 from bpttbench.claims.common import make_cell
 from bpttbench.config import ConfigError, gradient_flow_cells, validate
-from bpttbench.gradients import measure_gradient_flow, readout_problem
+from bpttbench.gradient_flow.gradients import measure_gradient_flow, readout_problem
 
 H, B, INP = 16, 6, 3
 
@@ -209,7 +209,7 @@ def test_config_precision_keys_and_errors():
 
 
 def test_a_float16_cell_records_its_precision_and_a_float32_chain(rng_seed):
-    from bpttbench.cells import run_cell
+    from bpttbench.gradient_flow.cells import run_cell
 
     gf = {"models": "rnn_tanh", "hidden": 8, "batch": 3, "seq_len": 40, "weight_scale": 0.5,
           "seeds": rng_seed % 1000, "lyapunov_k": 4}

@@ -37,9 +37,10 @@ def _measure(root: Path, cfg: dict) -> Path:
     manifest. Every cell in one process (a block may hold any cells)."""
     spec = block_to_json(list(gradient_flow_cells(cfg)))
     cells = root / "cells.json"
-    _run([str(BIN / "bpttbench"), "block", "--spec", spec, "--out", str(cells)], root)
-    _run([str(BIN / "bpttbench"), "collect", "--out-dir", str(root / "tables"), str(cells)], root)
-    _run([str(BIN / "bpttbench"), "manifest", "--config-json", json.dumps(cfg), "--hw-tag",
+    _run([str(BIN / "bpttbench"), "gradient-flow", "block", "--spec", spec, "--out", str(cells)], root)
+    _run([str(BIN / "bpttbench"), "gradient-flow", "collect", "--out", str(root / "tables"),
+          str(cells)], root)
+    _run([str(BIN / "bpttbench"), "report", "manifest", "--config-json", json.dumps(cfg), "--hw-tag",
           cfg["hardware_tag"], "--out", str(root / "manifest.json"), "--repo", str(root),
           "--summary", str(root / "tables" / "summary.csv")], root)
     return root

@@ -7,9 +7,9 @@ import pandas.testing as pd_testing
 import pytest
 import torch
 
-from bpttbench.cells import build_cell, make_inputs
 from bpttbench.config import CellSpec
-from bpttbench.gradients import first_nonfinite_step, measure_gradient_flow, readout_problem
+from bpttbench.gradient_flow.cells import build_cell, make_inputs
+from bpttbench.gradient_flow.gradients import first_nonfinite_step, measure_gradient_flow, readout_problem
 from bpttbench.models import unroll
 from bpttbench.profiling import count_host_reads, count_launches, per_step
 
@@ -63,7 +63,7 @@ def _tiny_cfg(tmp_path, lags="full"):
 
 
 def test_reported_lags():
-    from bpttbench.blocks import reported_lags
+    from bpttbench.gradient_flow.blocks import reported_lags
     assert list(reported_lags(50)) == list(range(51))
     lags = reported_lags(10_000)
     assert lags[0] == 0 and lags[-1] == 10_000 and list(lags[:101]) == list(range(101))
@@ -77,10 +77,10 @@ def test_reported_lags():
 def test_parquet_blocks_stream_to_the_same_tables(tmp_path):
     """Block folders collected by streaming equal the in-memory collect of the JSON records;
     thinned lags are exactly the reported lags and keep the summary unchanged."""
-    from bpttbench.blocks import reported_lags, thin_record, write_block
-    from bpttbench.cells import run_block
-    from bpttbench.collect import collect_blocks
     from bpttbench.config import blocks_by_id
+    from bpttbench.gradient_flow.blocks import reported_lags, thin_record, write_block
+    from bpttbench.gradient_flow.cells import run_block
+    from bpttbench.gradient_flow.collect import collect_blocks
     from bpttbench.tables import read_table, tables_from_records
 
     cfg = _tiny_cfg(tmp_path)
@@ -116,7 +116,7 @@ def test_parquet_blocks_stream_to_the_same_tables(tmp_path):
 def test_memory_estimate_matches_measured_peak(model, hidden, batch, seq_len, dtype):
     """The shape-only estimate is within 15% of the bytes torch allocates (profiler), per phase
     and for the whole cell (the measured peak includes every temporary of the code)."""
-    from bpttbench.cells import _chain, run_cell
+    from bpttbench.gradient_flow.cells import _chain, run_cell
     from bpttbench.memory import estimate_cell
     from bpttbench.profiling import peak_allocated_bytes
 
@@ -140,7 +140,7 @@ def test_memory_estimate_matches_measured_peak(model, hidden, batch, seq_len, dt
 def test_too_large_cell_is_recorded_not_run(monkeypatch):
     """A cell whose estimate exceeds the free memory is status too_large with the reason."""
     from bpttbench import memory
-    from bpttbench.cells import run_cell
+    from bpttbench.gradient_flow.cells import run_cell
 
     spec = _spec("lstm", hidden=16, seq_len=50)
     need = memory.estimate_cell(spec, "cpu").peak_bytes
@@ -199,18 +199,18 @@ def test_eight_gpus_all_used_and_memory_respected():
 
 
 def test_reservations_across_processes(tmp_path):
-    """gpu-run in real processes: concurrent jobs get different stand-in GPUs, recorded in
+    """gpus run in real processes: concurrent jobs get different stand-in GPUs, recorded in
     BPTTBENCH_GPU_INDEX and CUDA_VISIBLE_DEVICES; a finished job's share is freed."""
     import subprocess
     import sys
 
     script = ("import os, time; time.sleep(1.5); "
               "print(os.environ['BPTTBENCH_GPU_INDEX'], os.environ['CUDA_VISIBLE_DEVICES'])")
-    cmd = [sys.executable, "-m", "bpttbench.cli", "gpu-run", "--gpus", "0:1000,1:1000",
+    cmd = [sys.executable, "-m", "bpttbench.cli", "gpus", "run", "--gpus", "0:1000,1:1000",
            "--mem-mb", "600", "--lock-dir", str(tmp_path), "--", sys.executable, "-c", script]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0] for p in procs]
-    lines = [next(ln for ln in o.splitlines() if not ln.startswith("gpu-run")) for o in outs]
+    lines = [next(ln for ln in o.splitlines() if not ln.startswith("gpus run")) for o in outs]
     idx = sorted(int(ln.split()[0]) for ln in lines)
     assert all(ln.split()[0] == ln.split()[1] for ln in lines)
     assert idx in ([0, 0, 1], [0, 1, 1])  # two at once (600 + 600 > 1000), the third after
@@ -219,7 +219,7 @@ def test_reservations_across_processes(tmp_path):
 
 def test_snakemake_dry_run_assigns_gpus(tmp_path, monkeypatch):
     """With a stand-in device list, compute jobs ask for gpu_mem_mb / gpu_jobs and start
-    through gpu-run; the workflow registers the matching global resources."""
+    through gpus run; the workflow registers the matching global resources."""
     import os
     import subprocess
     import sys
@@ -236,7 +236,7 @@ def test_snakemake_dry_run_assigns_gpus(tmp_path, monkeypatch):
                          env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
-    assert "bpttbench gpu-run --gpus 0:5000,1:5000 --mem-mb" in text
+    assert "bpttbench gpus run --gpus 0:5000,1:5000 --mem-mb" in text
     assert "gpu_jobs=1" in text and "gpu_mem_mb=" in text
 
 
@@ -255,8 +255,8 @@ def determinism(request):
 def test_model_launch_counts_match_profiler(model, determinism):
     """The cost model's launches per step are the profiler's counts of the code as it is
     (in both determinism modes: deterministic torch fills every new allocation)."""
-    from bpttbench.cells import _chain
     from bpttbench.costmodel import launches_of
+    from bpttbench.gradient_flow.cells import _chain
     from bpttbench.jacobians.analytic import forward_saved
     from bpttbench.jacobians.backends import TorchBackend
 
@@ -289,13 +289,13 @@ def test_plan_json(capsys):
 
     from bpttbench.cli import main
 
-    assert main(["plan", "--configfile", "config/config.yaml", "--machine", "h100",
+    assert main(["plan", "estimate", "--config", "config/config.yaml", "--machine", "h100",
                  "--gpus", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["total_hours"] > 0 and out["gpus"] == 2
     blocks = [j for j in out["jobs"] if j["rule"] == "gradient_flow_block"]
     assert blocks and all(j["est_seconds"] > 0 and j["peak_memory_gib"] > 0 for j in blocks)
-    assert main(["plan", "--configfile", "config/config.yaml", "--machine", "nope"]) == 2
+    assert main(["plan", "estimate", "--config", "config/config.yaml", "--machine", "nope"]) == 2
 
 
 def test_gpu_yaml_fits_one_hour_on_one_h100():
@@ -313,10 +313,10 @@ def test_gpu_yaml_fits_one_hour_on_one_h100():
 def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
     """A block whose every cell is too_large (no per-lag rows) collects beside a normal one."""
     from bpttbench import memory
-    from bpttbench.blocks import write_block
-    from bpttbench.cells import run_block
-    from bpttbench.collect import collect_blocks
     from bpttbench.config import blocks_by_id
+    from bpttbench.gradient_flow.blocks import write_block
+    from bpttbench.gradient_flow.cells import run_block
+    from bpttbench.gradient_flow.collect import collect_blocks
     from bpttbench.tables import read_table
 
     blocks = list(blocks_by_id(_tiny_cfg(tmp_path)).items())
@@ -330,3 +330,16 @@ def test_collect_with_a_block_of_too_large_cells(tmp_path, monkeypatch):
     assert summary.loc[too_large, "error"].str.contains("exceeds").all()
     gf = read_table(tmp_path / "t" / "gradient_flow.parquet")
     assert set(gf["hidden"]) == {c1[0].hidden} and len(gf) > 0
+
+
+def test_planning_chunks_match_the_engine():
+    """The torch-free estimate sizes the same Jacobian chunks and delta reductions the
+    engine uses (planning.memory mirrors jacobians.chain and gradient_flow.gradients)."""
+    from bpttbench.gradient_flow import gradients
+    from bpttbench.jacobians import chain
+    from bpttbench.planning import memory as pm
+
+    assert pm.CHAIN_CHUNK_BYTES == chain.CHUNK_BYTES
+    assert pm.REDUCE_CHUNK_BYTES == gradients.REDUCE_CHUNK_BYTES
+    for batch, dim, item in [(1, 8, 4), (16, 64, 8), (256, 512, 4), (1, 8192, 2)]:
+        assert pm.chain_chunk_steps(batch, dim, item) == chain._chunk_steps(batch, dim, item)

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bpttbench import cluster
+from bpttbench.planning import resources as cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -27,6 +27,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .planning.precision import DTYPE_BYTES
+
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
 
@@ -42,7 +44,6 @@ ALLOW_LARGE = "allow_large"
 CELL_VECTORS_PER_STEP = 16
 #: Largest estimated cell memory accepted without allow_large (GiB).
 CELL_MEMORY_LIMIT_GIB = 64.0
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 def _is_number(checker: Any, instance: Any) -> bool:
@@ -261,12 +262,32 @@ def _check_cell_memory(cfg: Mapping[str, Any]) -> None:
             "true to lift the limit")
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+def load(path: str | Path | None = None, *, json_text: str | None = None,
+         overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one config loader: a YAML file (``path``, default ``config/config.yaml``) or the
+    JSON text a pipeline job is given, with ``overrides`` (top-level keys, or a section's
+    keys under the section name) applied, validated with every default filled in."""
+    if json_text is not None:
+        raw = json.loads(json_text)
+        where = "--config-json"
+    else:
+        path = Path(path or DEFAULT_CONFIG)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} not found; pass --config PATH")
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+        where = str(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: a config must be a mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping):
+            raw[key] = {**(raw.get(key) or {}), **value}
+        else:
+            raw[key] = value
     return validate(raw)
 
 

@@ -6,7 +6,7 @@ set them): ``gpu_mem_mb``, the usable memory of all GPUs together, and ``gpu_job
 (``bpttbench.memory``, the largest cell of the job) and one ``gpu_jobs``, so Snakemake never
 starts more GPU jobs than fit; CPU-only jobs ask for neither and go on beside them.
 
-Which GPU a job gets is decided when it starts, by ``bpttbench gpu-run``: under a short
+Which GPU a job gets is decided when it starts, by ``bpttbench gpus run``: under a short
 global lock it reads the live reservations (one file per running job, held with ``flock``
 for the job's life, so a job that dies frees its share) and takes the GPU with the fewest
 jobs among those with room for it (then the most free memory, then the lowest index): jobs
@@ -53,20 +53,17 @@ STANDIN_ENV = "BPTTBENCH_STANDIN_GPUS"
 
 
 def detect_gpus() -> list[Gpu]:
-    """The CUDA devices this process sees (empty without CUDA), or the stand-in list."""
+    """The CUDA devices this process sees (empty without CUDA), or the stand-in list.
+
+    Read without torch (``nvidia-smi``, filtered by CUDA_VISIBLE_DEVICES), so that the
+    workflow plans GPU jobs where torch cannot be imported.
+    """
     if os.environ.get(STANDIN_ENV):
         return plan_from_arg(os.environ[STANDIN_ENV])
-    import torch
+    from .planning.hardware import visible_gpus
 
-    if not torch.cuda.is_available():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [int(v) for v in visible.split(",") if v.strip().isdigit()] if visible else None
-    out = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        out.append(Gpu(ids[i] if ids and i < len(ids) else i, props.name, int(props.total_memory)))
-    return out
+    # a GPU named by BPTTBENCH_GPU_NAMES alone has no known memory: nothing to plan with
+    return [Gpu(g.index, g.name, g.total_bytes) for g in visible_gpus() if g.total_bytes > 0]
 
 
 def global_resources(gpus: Sequence[Gpu]) -> dict[str, int]:
@@ -108,7 +105,7 @@ def choose_gpu(gpus: Sequence[Gpu], live: Sequence[Reservation], need_mb: int) -
 
 
 def plan_to_arg(gpus: Sequence[Gpu]) -> str:
-    """``[Gpu(0, .., 80 GB), ...]`` -> ``"0:76800,1:76800"`` (index:usable MB), for gpu-run."""
+    """``[Gpu(0, .., 80 GB), ...]`` -> ``"0:76800,1:76800"`` (index:usable MB), for gpus run."""
     return ",".join(f"{g.index}:{g.usable_mb}" for g in gpus)
 
 
@@ -127,7 +124,7 @@ def plan_from_arg(text: str) -> list[Gpu]:
 def local_gpus(cfg: Any, local: bool) -> list[Gpu]:
     """GPUs the local scheduler hands out: none for a cluster run (SLURM assigns them) or a
     CPU config."""
-    from .cluster import uses_gpu
+    from .planning.hardware import uses_gpu
 
     return detect_gpus() if local and uses_gpu(cfg) else []
 
@@ -141,7 +138,7 @@ def gpu_run_prefix(gpus: Sequence[Gpu], peak_bytes: int) -> str:
     """Shell prefix that runs a job on its own GPU (empty without local GPUs)."""
     if not gpus:
         return ""
-    return (f"bpttbench gpu-run --gpus {plan_to_arg(gpus)} "
+    return (f"bpttbench gpus run --gpus {plan_to_arg(gpus)} "
             f"--mem-mb {job_request_mb(peak_bytes, gpus)} --")
 
 
@@ -197,12 +194,12 @@ def run_on_gpu(cmd: Sequence[str], gpus: Sequence[Gpu], need_mb: int, lock_dir: 
     """Run ``cmd`` on the GPU ``reserve_gpu`` picks: CUDA_VISIBLE_DEVICES and INDEX_ENV set."""
     with reserve_gpu(gpus, need_mb, lock_dir) as gpu:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), **{INDEX_ENV: str(gpu)})
-        print(f"gpu-run: GPU {gpu} ({need_mb} MB reserved): {' '.join(cmd)}", flush=True)
+        print(f"gpus run: GPU {gpu} ({need_mb} MB reserved): {' '.join(cmd)}", flush=True)
         return subprocess.call(list(cmd), env=env)
 
 
 def assigned_gpu_index() -> int | None:
-    """The physical GPU this job was given (gpu-run), else the current CUDA device, else None."""
+    """The physical GPU this job was given (gpus run), else the current CUDA device, else None."""
     value = os.environ.get(INDEX_ENV)
     if value is not None and value.strip().isdigit():
         return int(value)
@@ -216,17 +213,32 @@ def _cmd_gpu_run(args: Any) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        raise ValueError("gpu-run: no command given; usage: bpttbench gpu-run --gpus 0:72000 "
-                         "--mem-mb 4000 -- bpttbench block ...")
+        raise ValueError("gpus run: no command given; usage: bpttbench gpus run --gpus 0:72000 "
+                         "--mem-mb 4000 -- bpttbench gradient-flow block ...")
     if args.mem_mb < 1:
         raise ValueError(f"--mem-mb must be >= 1, got {args.mem_mb}")
     return run_on_gpu(cmd, plan_from_arg(args.gpus), args.mem_mb, args.lock_dir)
 
 
+def _cmd_list(args: Any) -> int:
+    gpus = detect_gpus()
+    for g in gpus:
+        print(f"{g.index}: {g.name}, {g.usable_mb} MB usable")
+    print(f"{len(gpus)} GPU(s); the workflow's resources: {global_resources(gpus) or 'none'}")
+    return 0
+
+
 def register(sub: Any) -> None:
     import argparse
 
-    p = sub.add_parser("gpu-run", help="run a command on a free GPU of this machine (local runs)")
+    from .cli_options import add_stage
+
+    verbs = add_stage(sub, "gpus", "the GPUs of this machine as a resource of local runs")
+
+    p = verbs.add_parser("list", help="the GPUs this process sees (nvidia-smi, or the stand-in)")
+    p.set_defaults(func=_cmd_list)
+
+    p = verbs.add_parser("run", help="run a command on a free GPU of this machine (local runs)")
     p.add_argument("--gpus", required=True, help="INDEX:USABLE_MB,... (the workflow passes it)")
     p.add_argument("--mem-mb", type=int, required=True, help="estimated peak of the job, MB")
     p.add_argument("--lock-dir", default=".snakemake/bpttbench-gpus")

@@ -1,17 +1,23 @@
-"""What machine and software a run used: device facts, the hardware tag, precision settings."""
+"""What machine and software a job uses: the device torch gives it, device facts, the result-set
+tag check, precision settings. (The tag itself is named without torch: planning.hardware.)"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
-import re
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# The tag is named without torch (the workflow plans with it); a job checks it against the
+# device torch gives it (check_result_set_tag).
+from .planning.hardware import cpu_model, cpu_tag, hardware_tag, tag_from_gpu_name
+
+__all__ = ["apply_precision", "check_result_set_tag", "cpu_model", "device_facts",
+           "git_commit", "hardware_tag", "resolve_device", "software_versions"]
 
 
 def resolve_device(device: str) -> str:
@@ -25,35 +31,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _slug(text: str) -> str:
-    text = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@", " ", text.lower())
-    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-.")
-
-
-def hardware_tag(cfg: Mapping[str, Any]) -> str:
-    """The result-set name: the config's hardware_tag, or one derived from the device.
-
-    GPU: its name ("nvidia-h200"); CPU: "cpu-" and the CPU model ("cpu-intel-xeon-2.50ghz").
-    """
-    tag = cfg.get("hardware_tag", "auto")
-    if tag != "auto":
-        return tag
-    if resolve_device(cfg.get("device", "auto")) == "cuda":
-        name = torch.cuda.get_device_name(0)
-        return _slug(re.sub(r"\b(\d+gb|hbm\d*e?|sxm\d*|pcie|nvl)\b", " ", name.lower()))
-    return "cpu-" + _slug(cpu_model())
-
-
 def check_result_set_tag(hw_tag: str, device: str, explicit: bool = False) -> None:
     """Refuse to compute into another machine's result set (unless the tag was set on purpose).
 
@@ -61,7 +38,7 @@ def check_result_set_tag(hw_tag: str, device: str, explicit: bool = False) -> No
     """
     if explicit:
         return
-    here = hardware_tag({"device": device})
+    here = tag_from_gpu_name(torch.cuda.get_device_name(0)) if device == "cuda" else cpu_tag()
     if here != hw_tag:
         raise SystemExit(
             f"refusing to compute into result set {hw_tag!r}: this machine's tag is {here!r}. "

@@ -55,7 +55,7 @@ MACHINES: dict[str, Machine] = {
 
 _STARTUP_SCRIPT = """
 import bpttbench.cli
-from bpttbench.cells import run_cell
+from bpttbench.gradient_flow.cells import run_cell
 from bpttbench.config import CellSpec
 run_cell(CellSpec("lstm", "orthogonal", 4, 3, 1.0, 0, 2, 1.0, 0.0, 2, 2, 1, "cpu", "float32",
                   False, True, "torch"))
@@ -75,10 +75,10 @@ def measure_this(device: str = "cpu") -> Machine:
     """Calibrate the machine this runs on (a few seconds)."""
     import torch
 
-    from .cells import build_cell, make_inputs
     from .config import CellSpec
     from .costmodel import launches_of
-    from .gradients import measure_gradient_flow, readout_problem
+    from .gradient_flow.cells import build_cell, make_inputs
+    from .gradient_flow.gradients import measure_gradient_flow, readout_problem
     from .memory import available_bytes
 
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ def build_manifest(cfg: Mapping[str, Any], hw_tag: str, summary: pd.DataFrame,
         "jacobian_backend": {"requested": cfg.get("jacobian_backend"), "used": backends},
         "seeds": seeds,
         "cells": {"count": int(len(summary)), "status": statuses,
-                  # GPUs the cells ran on (physical indices; empty on the CPU): gpu-run
+                  # GPUs the cells ran on (physical indices; empty on the CPU): gpus run
                   # gives each job its own, see docs/scale.md
                   "device_index": sorted({int(i) for i in summary["device_index"].dropna()})
                   if "device_index" in summary else []},

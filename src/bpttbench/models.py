@@ -17,27 +17,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-MODELS: tuple[str, ...] = ("rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru")
-INITS: tuple[str, ...] = ("orthogonal", "gaussian", "torch_default")
+from .planning.shapes import INITS, MODELS, check_model, gate_count, state_size
+
+__all__ = ["INITS", "MODELS", "Params", "RecurrentCell", "State", "cell_step", "check_model",
+           "gate_count", "init_parameters", "recurrent_blocks", "spectral_stats", "state_size",
+           "unroll"]
 
 State = tuple[Tensor, ...]
 Params = Mapping[str, Tensor]
-
-
-def check_model(model: str) -> None:
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; allowed: {', '.join(MODELS)}")
-
-
-def gate_count(model: str) -> int:
-    """Number of stacked gate blocks in weight_hh_l0 (torch layout)."""
-    check_model(model)
-    return {"lstm": 4, "gru": 3}.get(model, 1)
-
-
-def state_size(model: str, hidden: int) -> int:
-    """Dimension of the recurrent state s_t: H, or 2H for the LSTM's (h, c)."""
-    return 2 * hidden if model == "lstm" else hidden
 
 
 def _activation(model: str, a: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Peak memory of a run: GPU memory held by torch and CuPy, and the process's max RSS.
 
-Used by ``bpttbench cell --peak-memory`` (and scripts/gpu-check.sh) to say what one
+Used by ``bpttbench gradient-flow cell --peak-memory`` (and scripts/gpu-check.sh) to say what one
 full-size cell needs. torch and CuPy have separate caching allocators, so both are read:
 ``torch.cuda.max_memory_allocated`` is torch's peak of live tensors since the last reset;
 CuPy's default pool never gives memory back by itself, so the bytes it holds at the end

@@ -1,4 +1,4 @@
-"""``bpttbench plan``: each job's estimated time and peak memory before anything runs.
+"""``bpttbench plan estimate``: each job's estimated time and peak memory before anything runs.
 
 From the config's jobs (gradient-flow blocks, long-range blocks, bench and claims jobs, the
 post-processing steps), the per-step costs of ``costmodel`` and a machine of ``machines``:
@@ -19,7 +19,6 @@ Bench jobs are bounded by the config (``bench.max_op_s`` per op job).
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
 import math
@@ -27,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import costmodel as cm
-from .config import CellSpec, blocks_by_id, load
+from .config import CellSpec, blocks_by_id
 from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
 from .machines import Machine, get_machine
 from .memory import block_peak_bytes, estimate_cell, long_range_peak_bytes
@@ -118,7 +117,7 @@ def other_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, Any]]
     jobs = []
     bench = cfg.get("bench") or {}
     if bench.get("enabled"):
-        from .bench.runner import bench_parts
+        from .planning.jobs import bench_parts
 
         for part, ops in bench_parts(bench).items():
             bound = machine.startup_s + float(bench["max_op_s"]) * len(ops)
@@ -158,7 +157,7 @@ def makespan(jobs: list[dict[str, Any]], gpus: list[Gpu] | None, lanes: int = 1)
     """Seconds until the last compute job ends.
 
     GPU machine: jobs start longest first, each on the GPU ``gpus.choose_gpu`` gives it (the
-    rule gpu-run applies), when one has room; never faster than the summed device time over
+    rule gpus run applies), when one has room; never faster than the summed device time over
     the GPUs. CPU: longest first onto ``lanes`` parallel jobs.
     """
     order = sorted(jobs, key=lambda j: -j["est_seconds"])
@@ -228,10 +227,13 @@ def _format(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
+def cmd_estimate(args: Any) -> int:
+    """``bpttbench plan estimate``: each job's time and peak memory for a machine."""
+    from .cli_options import load_config
+
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
-    result = plan(load(args.configfile), get_machine(args.machine), args.gpus)
+    result = plan(load_config(args), get_machine(args.machine), args.gpus)
     print(json.dumps(result, indent=1, default=_json_default) if args.json else _format(result))
     return 0
 
@@ -240,13 +242,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return str(obj)
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("plan", help="estimate each job's time and peak memory for a machine")
-    p.add_argument("--configfile", default="config/config.yaml")
-    p.add_argument("--machine", default="this",
-                   help="this (measured now), or a calibrated target: h100, h200")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs (or parallel job lanes on a CPU)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_plan)

@@ -19,25 +19,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .gradients import GradientFlow, first_lag_where, growth_rate, measure_gradient_flow
+from .gradient_flow.gradients import (
+    GradientFlow,
+    first_lag_where,
+    growth_rate_fit,
+    measure_gradient_flow,
+)
 from .models import Params, State
+from .planning.precision import DYNAMIC, LOW_DTYPES, Precision, check_dtype
 
+__all__ = ["DTYPES", "DYNAMIC", "LOW_DTYPES", "Precision", "torch_dtype"]
+
+#: the one map from dtype names to torch dtypes (names and sizes: planning.precision)
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64, "float32": torch.float32,
     "float16": torch.float16, "bfloat16": torch.bfloat16,
 }
-LOW_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
-DYNAMIC = "dynamic"
 DYNAMIC_INIT_SCALE = 2.0**16  # torch.amp.GradScaler's init_scale
 DYNAMIC_BACKOFF = 0.5  # GradScaler's backoff_factor
 DYNAMIC_MAX_BACKOFFS = 64  # 2^16 -> 2^-48: past that a finite gradient is out of reach
 U32 = 2.0**-24  # float32 unit round-off (matmuls accumulate in float32)
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[name]
+def torch_dtype(name: str, allowed: tuple[str, ...] | None = None) -> torch.dtype:
+    """The torch dtype of a name (a ValueError naming the allowed ones otherwise)."""
+    return DTYPES[check_dtype(name, allowed)]
 
 
 def limits(dtype: torch.dtype | str) -> dict[str, float]:
@@ -50,49 +56,6 @@ def limits(dtype: torch.dtype | str) -> dict[str, float]:
     fi = torch.finfo(dt)
     return {"ln_subnormal": math.log(fi.tiny) + math.log(fi.eps), "ln_max": math.log(fi.max),
             "unit_roundoff": fi.eps / 2.0, "mantissa_bits": -math.log2(fi.eps) + 1}
-
-
-@dataclass(frozen=True)
-class Precision:
-    """One precision setting: the model's dtype, autocast, and the loss scale.
-
-    ``autocast`` None runs everything in ``dtype``; ``float16``/``bfloat16`` runs forward
-    and loss under ``torch.autocast`` with the model in ``dtype`` (float32, as users
-    train). ``loss_scale`` 1 means none, a number S a static scale, ``dynamic`` the
-    GradScaler rule (start 2^16, halve on inf/NaN and try again).
-    """
-
-    dtype: str = "float32"
-    autocast: str | None = None
-    loss_scale: float | str = 1.0
-
-    def __post_init__(self) -> None:
-        torch_dtype(self.dtype)
-        if self.autocast is not None and self.autocast not in LOW_DTYPES:
-            raise ValueError(f"precision autocast {self.autocast!r}; allowed: none, "
-                             f"{', '.join(LOW_DTYPES)}")
-        if self.autocast is not None and self.dtype != "float32":
-            raise ValueError(f"autocast runs a float32 model; dtype is {self.dtype}")
-        if self.loss_scale != DYNAMIC and not (isinstance(self.loss_scale, int | float)
-                                               and self.loss_scale > 0):
-            raise ValueError(f"loss_scale {self.loss_scale!r}; allowed: a number > 0 or dynamic")
-
-    @property
-    def compute_dtype(self) -> str:
-        """The dtype the matrix products run in."""
-        return self.autocast or self.dtype
-
-    @property
-    def label(self) -> str:
-        base = f"autocast-{self.autocast}" if self.autocast else self.dtype
-        if self.loss_scale == DYNAMIC:
-            return f"{base}, S dynamic"
-        return base if self.loss_scale == 1 else f"{base}, S={self.loss_scale:g}"
-
-    @property
-    def is_default(self) -> bool:
-        return self.autocast is None and self.loss_scale == 1 and self.dtype in ("float32",
-                                                                                  "float64")
 
 
 @dataclass
@@ -153,8 +116,8 @@ def rate_vs_reference(flow: GradientFlow, ref: GradientFlow) -> tuple[float, flo
     mean = flow.log_norm_h.mean(axis=1)
     with np.errstate(invalid="ignore"):
         mean_ref = np.where(np.isfinite(mean), ref.log_norm_h.mean(axis=1), np.nan)
-    rate, _ = growth_rate(mean)
-    rate64, _ = growth_rate(mean_ref)
+    rate, _ = growth_rate_fit(mean)
+    rate64, _ = growth_rate_fit(mean_ref)
     return rate, rate64, rate - rate64
 
 

@@ -2,19 +2,13 @@
 # the machine's peaks, one job per op (or one for all ops: bench.jobs) checks and times every
 # variant, then collect (speedup, roofline, targets) and figures. Timing jobs claim every
 # core so that nothing runs beside them.
-from bpttbench import cluster
-from bpttbench.bench.ops import OPS as BENCH_ALL_OPS
-from bpttbench.bench.runner import bench_parts, part_ops
+from bpttbench.planning.workflow import bench_config_json, part_ops
 
 BENCH = config["bench"]
 # Timing jobs: one per op, or one ("all") for every op when bench.jobs is single.
-BENCH_PARTS = bench_parts(BENCH)
-BENCH_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
+BENCH_PARTS = PLAN.bench_parts
 # What the bench jobs read of the config: a change elsewhere does not rerun the timing.
-BENCH_CONFIG_JSON = json.dumps(
-    {k: config[k] for k in ("hardware_tag", "device", "dtype", "allow_tf32", "bench")},
-    sort_keys=True,
-)
+BENCH_CONFIG_JSON = bench_config_json(config)
 BENCH_TARGETS = os.path.join(workflow.basedir, "benchmarks", "targets.yaml")
 BENCH_TABLES = {
     "bench": "results/{hw}/tables/bench.parquet",
@@ -45,9 +39,7 @@ rule bench_peak:
         "../envs/bpttbench.yaml"
     threads: BENCH_THREADS
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(BENCH_GPU)),
-        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
-        **BENCH_GPU,
+        **res("probe", gpu=True),
     shell:
         "bpttbench bench peak --config-json {params.cfg:q} --hw-tag {wildcards.hw}"
         " {params.explicit} --out {output} > {log} 2>&1"
@@ -62,16 +54,14 @@ rule bench_op:
         explicit=hw_tag_flag,
         ops=lambda wc: part_ops(BENCH_PARTS, wc.part),
     wildcard_constraints:
-        part="|".join(["all", *BENCH_ALL_OPS]),
+        part=r"[A-Za-z0-9_]+",
     log:
         "logs/{hw}/bench/{part}.log",
     conda:
         "../envs/bpttbench.yaml"
     threads: BENCH_THREADS
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(BENCH_GPU)),
-        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
-        **BENCH_GPU,
+        **res("compute", gpu=True),
     shell:
         "bpttbench bench op {params.ops} --config-json {params.cfg:q}"
         " --hw-tag {wildcards.hw} {params.explicit} --out {output} > {log} 2>&1"
@@ -94,11 +84,10 @@ rule bench_collect:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+        **res("small"),
     shell:
         "bpttbench bench collect --peak {input.peak} --targets {input.targets}"
-        " --out-dir results/{wildcards.hw}/tables {input.parts} > {log} 2>&1"
+        " --out results/{wildcards.hw}/tables {input.parts} > {log} 2>&1"
 
 
 rule bench_figures:
@@ -122,8 +111,7 @@ rule bench_figures:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+        **res("figures"),
     shell:
         "bpttbench bench figures --tables results/{wildcards.hw}/tables"
-        " --out-dir results/{wildcards.hw}/figures > {log} 2>&1"
+        " --out results/{wildcards.hw}/figures > {log} 2>&1"

@@ -1,15 +1,8 @@
 # Stage: the claims. Each claim of the seed texts and of the theory is one job that measures
-# it against its prediction (bpttbench claim-run); then the table and the figures.
-from bpttbench import cluster
-from bpttbench.claims import CLAIM_IDS, CURVES, OVERVIEW, TABLE, job_config
-from bpttbench.claims.settings import claims_section
+# it against its prediction (bpttbench claims run); then the table and the figures.
+from bpttbench.planning.workflow import CLAIM_IDS, CURVES, OVERVIEW, TABLE, job_config
 
-try:
-    CLAIMS_SECTION = claims_section(config)
-except ConfigError as err:
-    raise WorkflowError(str(err)) from None
-CLAIMS_RUN = list(CLAIMS_SECTION["run"])
-CLAIMS_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
+CLAIMS_RUN = PLAN.claims
 CLAIMS_TABLES = {
     "table": f"results/{{hw}}/tables/{TABLE}",
     "curves": f"results/{{hw}}/tables/{CURVES}",
@@ -36,11 +29,9 @@ rule claims_run:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(CLAIMS_GPU)),
-        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
-        **CLAIMS_GPU,
+        **res("compute", gpu=True),
     shell:
-        "bpttbench claim-run {wildcards.claim} --config-json {params.cfg:q}"
+        "bpttbench claims run {wildcards.claim} --config-json {params.cfg:q}"
         " --hw-tag {wildcards.hw} {params.explicit} --threads {threads} --out {output}"
         " > {log} 2>&1"
 
@@ -58,10 +49,9 @@ rule claims_collect:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+        **res("small"),
     shell:
-        "bpttbench claims-collect --out-table {output.table} --curves {output.curves} {input}"
+        "bpttbench claims collect --out {output.table} --curves {output.curves} {input}"
         " > {log} 2>&1"
 
 
@@ -88,8 +78,7 @@ rule claims_figures:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+        **res("figures"),
     shell:
-        "bpttbench claims-figures --tables results/{wildcards.hw}/tables"
-        " --figures-dir results/{wildcards.hw}/figures > {log} 2>&1"
+        "bpttbench claims figures --tables results/{wildcards.hw}/tables"
+        " --out results/{wildcards.hw}/figures > {log} 2>&1"

@@ -1,13 +1,19 @@
-# Helpers shared by the stage files: config validation, the hardware tag, target lists.
-import json
+# Helpers shared by the stage files: config validation, the hardware tag, the jobs, resources.
+# Only the torch-free planning layer is imported (bpttbench.planning); torch runs in jobs.
 import os
 
 from snakemake.utils import validate
 
-from bpttbench.config import ConfigError, block_to_json, blocks_by_id
-from bpttbench.config import validate as validate_config
-from bpttbench import cluster, gpus
-from bpttbench.hardware import hardware_tag
+from bpttbench.planning.workflow import (
+    ConfigError,
+    Plan,
+    RuleResources,
+    config_json,
+    global_resources,
+    hardware_tag,
+    local_gpus,
+    validate_config,
+)
 
 # Our validator first: it names the bad key and the allowed values. Then Snakemake's,
 # the standard one, against the same schema.
@@ -17,36 +23,33 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 validate(config, "../schemas/config.schema.yaml")
 
-HW = hardware_tag(config)
-BLOCKS = blocks_by_id(config)
+try:
+    HW = hardware_tag(config)  # the result set: results/<HW>/
+    PLAN = Plan(config)  # every stage's jobs
+except (ConfigError, ValueError, RuntimeError) as err:
+    raise WorkflowError(str(err)) from None
+BLOCKS = PLAN.blocks
 HW_TAG_IS_EXPLICIT = config['hardware_tag'] != 'auto'
-# The config a result set records (the manifest job's params), less `compare`; which sets to
-# compare is not part of a measurement, and a params change would rerun the whole sweep.
-CONFIG_JSON = json.dumps({k: v for k, v in config.items() if k != "compare"}, sort_keys=True)
+# The config a result set records (the manifest job's params), less `compare`.
+CONFIG_JSON = config_json(config)
 # Absolute, so the workflow also runs with --directory elsewhere (tests do).
 REPORT_CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
 
 # GPUs of a local run (none on a cluster: nodes is set there, and SLURM assigns GPUs; none for
 # a CPU config). Each GPU job asks for its estimated peak (gpu_mem_mb) and one gpu_jobs slot,
-# and starts through `bpttbench gpu-run`, which gives it a GPU of its own (bpttbench.gpus).
-LOCAL_GPUS = gpus.local_gpus(config, local=workflow.nodes is None and workflow.is_main_process)
-for _name, _value in gpus.global_resources(LOCAL_GPUS).items():
+# and starts through `bpttbench gpus run`, which gives it a GPU of its own (bpttbench.gpus).
+LOCAL_GPUS = local_gpus(config, local=workflow.nodes is None and workflow.is_main_process)
+for _name, _value in global_resources(LOCAL_GPUS).items():
     if _name not in workflow.global_resources:  # the user's --resources win
         workflow.register_resource(_name, _value)
 
-
-def gpu_job(peak_bytes):
-    """(resources, shell prefix) of a GPU job of estimated peak ``peak_bytes``."""
-    return gpus.job_resources(LOCAL_GPUS, peak_bytes), gpus.gpu_run_prefix(LOCAL_GPUS, peak_bytes)
-
-
-def job_gpu_resource(jobs, wildcard, name):
-    """Resource ``name`` of the job named by ``wildcard`` in ``jobs`` (id -> gpu_job(...))."""
-    return lambda wc: jobs.get(getattr(wc, wildcard), ({}, ""))[0].get(name, 0)
-
-
-def job_gpu_prefix(jobs, wildcard):
-    return lambda wc: jobs.get(getattr(wc, wildcard), ({}, ""))[1]
+# Every rule's resources: `resources: **res(kind, gpu=...)` (bpttbench.planning.resources):
+# the job class's memory and wall time (growing with each retry), and for a job on the
+# config's device `gpu: 1` when it is CUDA; gpu={wildcard: {job: peak bytes}} adds each job's
+# share of the local GPUs, and gpu_run(...) the prefix that starts it on one.
+RESOURCES = RuleResources(config, LOCAL_GPUS)
+res, gpu_run = RESOURCES.res, RESOURCES.gpu_run
+USES_GPU = RESOURCES.uses_gpu
 
 
 wildcard_constraints:
@@ -61,12 +64,10 @@ def hw_tag_flag(wildcards):
 
 
 def block_spec(wildcards):
-    if wildcards.block not in BLOCKS:
-        raise WorkflowError(
-            f"block {wildcards.block} is not in the current config's sweep; "
-            f"blocks: {', '.join(BLOCKS)}"
-        )
-    return block_to_json(BLOCKS[wildcards.block])
+    try:
+        return PLAN.block_spec(wildcards.block)
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def gradient_flow_block_files(wildcards):
@@ -99,7 +100,7 @@ def all_targets():
 
 
 # Kernel validation runs only where the CUDA kernels are used (a CUDA device).
-if cluster.uses_gpu(config):
+if USES_GPU:
     REPORT_INPUTS.append("results/{hw}/tables/validation.csv")
 
 
@@ -109,7 +110,7 @@ if cluster.uses_gpu(config):
 # process that holds it (no stale lock after a kill). --nolock skips both. docs/reproducibility.md
 onstart:
     if getattr(getattr(workflow, "execution_settings", None), "lock", True):
-        from bpttbench.io import hold_result_lock
+        from bpttbench.planning.workflow import hold_result_lock
 
         try:
             hold_result_lock(f"results/{HW}")

@@ -2,7 +2,6 @@
 # `snakemake compare` builds results/compare/<A>__vs__<B>/ for every pair; any pair of sets
 # under results/ can also be asked for by path, e.g. results/compare/A__vs__B/summary.html.
 # This machine's set is built first if needed; other sets are only read (docs/compare.md).
-from bpttbench import cluster
 from bpttbench.compare import OUTPUT_FILES, compare_pairs, pair_folders, pair_input_files
 
 try:
@@ -48,8 +47,7 @@ rule compare_pair:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+        **res("figures"),
     shell:
         "bpttbench compare {params.a:q} {params.b:q} --out results/compare/{wildcards.pair}"
         " > {log} 2>&1"

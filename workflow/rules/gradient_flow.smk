@@ -1,13 +1,7 @@
 # Stage: the gradient-flow sweep, one job per block of cells, then tables and figures.
-from bpttbench import cluster
-from bpttbench.memory import block_peak_bytes
-
-# What a compute job asks a scheduler for (SLURM: docs/slurm.md): a GPU when the config's
-# device resolves to CUDA, memory and wall time growing with each retry (attempt).
-GPU_RESOURCES = cluster.gpu_resources(config)
-USES_GPU = bool(GPU_RESOURCES)
-BLOCK_DEVICE = "cuda" if USES_GPU else "cpu"
-BLOCK_GPU = {b: gpu_job(block_peak_bytes(cells, BLOCK_DEVICE)) for b, cells in BLOCKS.items()}
+# What a compute job asks for (SLURM: docs/slurm.md): res() in common.smk. A block's GPU
+# share is its largest cell's estimated peak (bpttbench.planning.memory).
+BLOCK_GPU = {"block": PLAN.peaks("gradient_flow")}
 
 GRADIENT_FLOW_TABLES = {
     "gradient_flow": "results/{hw}/tables/gradient_flow.parquet",
@@ -33,7 +27,7 @@ rule gradient_flow_block:
     params:
         spec=block_spec,
         explicit=hw_tag_flag,
-        gpu_run=job_gpu_prefix(BLOCK_GPU, "block"),
+        gpu_run=gpu_run(BLOCK_GPU),
         lags=config["gradient_flow"]["lags"],
     log:
         "logs/{hw}/gradient_flow/{block}.log",
@@ -41,13 +35,9 @@ rule gradient_flow_block:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=USES_GPU),
-        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
-        gpu_mem_mb=job_gpu_resource(BLOCK_GPU, "block", "gpu_mem_mb"),
-        gpu_jobs=job_gpu_resource(BLOCK_GPU, "block", "gpu_jobs"),
-        **GPU_RESOURCES,
+        **res("compute", gpu=BLOCK_GPU),
     shell:
-        "{params.gpu_run} bpttbench block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
+        "{params.gpu_run} bpttbench gradient-flow block --spec {params.spec:q} --hw-tag {wildcards.hw} {params.explicit}"
         " --lags {params.lags} --out {output} > {log} 2>&1"
 
 
@@ -63,10 +53,9 @@ rule gradient_flow_collect:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("collect", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("collect", attempt),
+        **res("collect"),
     shell:
-        "bpttbench collect --out-dir results/{wildcards.hw}/tables {input} > {log} 2>&1"
+        "bpttbench gradient-flow collect --out results/{wildcards.hw}/tables {input} > {log} 2>&1"
 
 
 rule gradient_flow_figures:
@@ -104,8 +93,7 @@ rule gradient_flow_figures:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+        **res("figures"),
     shell:
-        "bpttbench figures --tables results/{wildcards.hw}/tables"
-        " --out-dir results/{wildcards.hw}/figures > {log} 2>&1"
+        "bpttbench gradient-flow figures --tables results/{wildcards.hw}/tables"
+        " --out results/{wildcards.hw}/figures > {log} 2>&1"

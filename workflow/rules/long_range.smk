@@ -1,19 +1,11 @@
 # Stage: the long-range benchmark. Train an unrolled cell on the adding and copy tasks
 # (one job per task x model x seq_len), gather the tables, draw the figures.
-from bpttbench import cluster
-from bpttbench.memory import long_range_peak_bytes
-from bpttbench.long_range.sweep import block_record_files, block_spec_json, long_range_blocks
+from bpttbench.planning.workflow import block_record_files
 
-try:
-    LONG_RANGE_BLOCKS = long_range_blocks(config)
-except ConfigError as err:
-    raise WorkflowError(str(err)) from None
+LONG_RANGE_BLOCKS = PLAN.long_range
 LONG_RANGE_THREADS = config["long_range"]["threads"]
-LONG_RANGE_GPU = cluster.gpu_resources(config)  # {"gpu": 1} when the device is CUDA
-LONG_RANGE_JOB_GPU = {
-    b: gpu_job(long_range_peak_bytes(runs, "cuda" if LONG_RANGE_GPU else "cpu"))
-    for b, runs in LONG_RANGE_BLOCKS.items()
-}
+# A job's GPU share: its largest run's estimated training graph (bpttbench.planning.memory).
+LONG_RANGE_JOB_GPU = {"lr_block": PLAN.peaks("long_range")}
 LONG_RANGE_TABLES = {
     "runs": "results/{hw}/tables/long_range.parquet",
     "trace": "results/{hw}/tables/long_range_trace.parquet",
@@ -36,9 +28,9 @@ rule long_range_block:
     output:
         temp("results/{hw}/cells/long_range/{lr_block}.json"),
     params:
-        spec=lambda wc: block_spec_json(LONG_RANGE_BLOCKS, wc.lr_block),
+        spec=lambda wc: PLAN.long_range_spec(wc.lr_block),
         explicit=hw_tag_flag,
-        gpu_run=job_gpu_prefix(LONG_RANGE_JOB_GPU, "lr_block"),
+        gpu_run=gpu_run(LONG_RANGE_JOB_GPU),
     wildcard_constraints:
         lr_block=r"[A-Za-z0-9._-]+",
     log:
@@ -47,13 +39,9 @@ rule long_range_block:
         "../envs/bpttbench.yaml"
     threads: LONG_RANGE_THREADS
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("compute", attempt, gpu=bool(LONG_RANGE_GPU)),
-        runtime=lambda wc, attempt: cluster.runtime_min("compute", attempt),
-        gpu_mem_mb=job_gpu_resource(LONG_RANGE_JOB_GPU, "lr_block", "gpu_mem_mb"),
-        gpu_jobs=job_gpu_resource(LONG_RANGE_JOB_GPU, "lr_block", "gpu_jobs"),
-        **LONG_RANGE_GPU,
+        **res("compute", gpu=LONG_RANGE_JOB_GPU),
     shell:
-        "{params.gpu_run} bpttbench long-range-block --spec {params.spec:q} --hw-tag {wildcards.hw}"
+        "{params.gpu_run} bpttbench long-range run --spec {params.spec:q} --hw-tag {wildcards.hw}"
         " {params.explicit} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -68,10 +56,9 @@ rule long_range_collect:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("collect", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("collect", attempt),
+        **res("collect"),
     shell:
-        "bpttbench long-range-collect --out-dir results/{wildcards.hw}/tables {input}"
+        "bpttbench long-range collect --out results/{wildcards.hw}/tables {input}"
         " > {log} 2>&1"
 
 
@@ -106,9 +93,8 @@ rule long_range_figures:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
+        **res("figures"),
     shell:
-        "bpttbench long-range-figures --tables results/{wildcards.hw}/tables"
-        " --horizon-summary {input.horizon} --out-dir results/{wildcards.hw}/figures"
+        "bpttbench long-range figures --tables results/{wildcards.hw}/tables"
+        " --horizon-summary {input.horizon} --out results/{wildcards.hw}/figures"
         " > {log} 2>&1"

@@ -1,5 +1,4 @@
 # Stage: the manifest and the self-contained HTML report of a result set.
-from bpttbench import cluster
 
 
 # Reads the collected summary, not the temp per-block files: a config change then
@@ -21,10 +20,9 @@ rule manifest:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+        **res("small"),
     shell:
-        "bpttbench manifest --config-json {params.cfg:q} --hw-tag {wildcards.hw}"
+        "bpttbench report manifest --config-json {params.cfg:q} --hw-tag {wildcards.hw}"
         " --summary {input.summary} --out {output} > {log} 2>&1"
 
 
@@ -42,8 +40,7 @@ rule report_html:
         "../envs/bpttbench.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: cluster.mem_mb("small", attempt),
-        runtime=lambda wc, attempt: cluster.runtime_min("small", attempt),
+        **res("small"),
     shell:
-        "bpttbench report results/{wildcards.hw} --out {output} --captions {params.captions}"
+        "bpttbench report build results/{wildcards.hw} --out {output} --captions {params.captions}"
         " > {log} 2>&1"

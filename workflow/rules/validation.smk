@@ -9,7 +9,6 @@ rule validate_kernels:
     conda:
         "../envs/bpttbench.yaml"
     resources:
-        gpu=1,
-        runtime=20,
+        **res("kernels", gpu=True),
     shell:
         "bpttbench validate-kernels --out {output} > {log} 2>&1"

@@ -7,12 +7,8 @@ Ops (:mod:`.ops`): the RNN adjoint chain on a k-vector frame, the full Lyapunov 
 Every variant's output is checked against a float64 reference before it is timed
 (:mod:`.runner`); timings use CUDA events or perf_counter with medians and IQRs
 (:mod:`.timing`), and sit on a roofline of the machine's measured GEMM rate and copy
-bandwidth. See docs/bench.md.
+bandwidth. See docs/bench.md. The command line: :mod:`.cli` (``bpttbench bench ...``).
+
+Nothing is imported here, so that the command line and the workflow's planning layer can
+name this package without importing torch.
 """
-
-from bpttbench.bench.cli import register
-from bpttbench.bench.ops import OPS, Problem, Shape, get_op, make_problem
-from bpttbench.bench.variants import FACTORY, VARIANTS, get_variant
-
-__all__ = ["FACTORY", "OPS", "VARIANTS", "Problem", "Shape", "get_op", "get_variant",
-           "make_problem", "register"]

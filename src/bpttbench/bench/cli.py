@@ -12,19 +12,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from bpttbench import cli_options
+from bpttbench.cli_options import add_config, add_hw_tag, add_out, add_stage
 
 DEFAULT_TARGETS = "benchmarks/targets.yaml"
 OVERRIDES = ("ops", "variants", "hidden", "batch", "seq_len", "repeats", "warmup")
 
 
 def _add_config_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--config", help="config YAML file (default: config/config.yaml)")
-    src.add_argument("--config-json", help="the config as JSON (the pipeline passes it)")
+    add_config(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override config device")
     if overrides:
         p.add_argument("--ops", nargs="+", help="override bench.ops")
@@ -37,42 +37,15 @@ def _add_config_args(p: argparse.ArgumentParser, overrides: bool = True) -> None
         p.add_argument("--warmup", type=int, help="override bench.warmup")
 
 
-def _add_tag_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hw-tag", help="result set the numbers are for; must match this machine")
-    p.add_argument("--hw-tag-is-explicit", action="store_true",
-                   help="the tag was set in the config, so it need not match the machine")
-
-
 def load_config(args: argparse.Namespace) -> dict[str, Any]:
     """The validated config with the command-line overrides applied."""
-    import yaml
-
-    from bpttbench.config import validate
-
-    if getattr(args, "config_json", None):
-        raw = json.loads(args.config_json)
-    else:
-        path = Path(getattr(args, "config", None) or "config/config.yaml")
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} not found; pass --config PATH")
-        raw = yaml.safe_load(path.read_text()) or {}
-    raw = dict(raw)
-    bench = dict(raw.get("bench") or {})
-    for key in OVERRIDES:
-        value = getattr(args, key, None)
-        if value is not None:
-            bench[key] = value
-    raw["bench"] = bench
-    if getattr(args, "device", None):
-        raw["device"] = args.device
-    return validate(raw)
+    bench = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
+    top = {"device": args.device} if getattr(args, "device", None) else {}
+    return cli_options.load_config(args, {"bench": bench, **top})
 
 
 def _check_tag(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from bpttbench.hardware import check_result_set_tag, resolve_device
-
-    if args.hw_tag:
-        check_result_set_tag(args.hw_tag, resolve_device(cfg["device"]), args.hw_tag_is_explicit)
+    cli_options.check_hw_tag(args, cfg["device"])
 
 
 def _log(msg: str) -> None:
@@ -155,7 +128,7 @@ def _collect(parts: list[str | Path], peak_path: str | Path, targets_path: str |
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    _collect(args.parts, args.peak, args.targets, args.out_dir)
+    _collect(args.parts, args.peak, args.targets, args.out)
     return 0
 
 
@@ -172,7 +145,7 @@ def _figures(tables: Path, out_dir: Path) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    _figures(Path(args.tables), Path(args.out_dir))
+    _figures(Path(args.tables), Path(args.out))
     return 0
 
 
@@ -188,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tag = args.hw_tag or hardware_tag(cfg)
     explicit = args.hw_tag_is_explicit or cfg["hardware_tag"] != "auto"
     check_result_set_tag(tag, resolve_device(cfg["device"]), explicit)
-    out = Path(args.out_dir or f"results/{tag}")
+    out = Path(args.out or f"results/{tag}")
     tables, figures = out / "tables", out / "figures"
     targets = Path(args.targets)
     if not targets.exists():
@@ -207,9 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``bpttbench bench ...`` to the top-level CLI."""
-    p = subparsers.add_parser("bench", help="performance benchmarks of the Jacobian engine",
-                              description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="bench_command", required=True)
+    sub = add_stage(subparsers, "bench", "performance benchmarks of the Jacobian engine",
+                    __doc__.splitlines()[0])
 
     s = sub.add_parser("list", help="the registered ops x variants and what can run here")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -217,33 +189,33 @@ def register(subparsers: Any) -> None:
 
     s = sub.add_parser("peak", help="measure GEMM rate and copy bandwidth into peak.csv")
     _add_config_args(s, overrides=False)
-    _add_tag_args(s)
-    s.add_argument("--out", required=True)
+    add_hw_tag(s)
+    add_out(s, "peak.csv")
     s.set_defaults(func=cmd_peak)
 
     s = sub.add_parser("op", help="check and time every variant of some ops (a Parquet part)")
     s.add_argument("ops", nargs="+", metavar="OP", help="op name(s), see 'bpttbench bench list'")
     _add_config_args(s)
-    _add_tag_args(s)
-    s.add_argument("--out", required=True)
+    add_hw_tag(s)
+    add_out(s, "the op's Parquet part")
     s.set_defaults(func=cmd_op)
 
     s = sub.add_parser("collect", help="op parts + peaks -> bench.parquet/csv, bench_targets.csv")
     s.add_argument("--peak", required=True)
     s.add_argument("--targets", default=DEFAULT_TARGETS)
-    s.add_argument("--out-dir", required=True)
+    add_out(s, "the tables folder")
     s.add_argument("parts", nargs="+")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("figures", help="bench_speedup.png and bench_roofline.png")
     s.add_argument("--tables", required=True)
-    s.add_argument("--out-dir", required=True)
+    add_out(s, "the figures folder")
     s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("run", help="peak, every op, collect and figures in one go")
     _add_config_args(s)
-    _add_tag_args(s)
-    s.add_argument("--out-dir", help="result folder (default results/<hardware tag>)")
+    add_hw_tag(s)
+    add_out(s, "result folder (default results/<hardware tag>)", required=False)
     s.add_argument("--targets", default=DEFAULT_TARGETS)
     s.set_defaults(func=cmd_run)
 

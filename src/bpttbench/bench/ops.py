@@ -58,7 +58,8 @@ CHECK_JACOBIAN_ELEMENTS = 1 << 22
 WEIGHT_SCALE = 1.0
 BIAS_SCALE = 0.1
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: the top-level dtypes the bench can time (its float64 reference needs a wider one)
+BENCH_DTYPES: tuple[str, ...] = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ class Problem:
     @cached_property
     def readout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_out [O, H], target [B, O]) in the bench dtype on the device."""
-        from bpttbench.gradients import readout_problem
+        from bpttbench.gradient_flow.gradients import readout_problem
 
         w_out, target = readout_problem(self.hidden, self.batch, outputs=READOUT_OUTPUTS,
                                         seed=self.seed)
@@ -429,13 +430,13 @@ CONDITION_MIN = 1e-2
 
 #: max error allowed in the equality check, by dtype (see :func:`compare`); "tf32" applies to
 #: float32 on a GPU with allow_tf32 (10-bit mantissas in the matmuls: ~1e-3 per GEMM)
-TOLERANCES: dict[str, float] = {"float32": 1e-4, "float64": 1e-9, "tf32": 2e-2}
+BENCH_CHECK_TOLERANCES: dict[str, float] = {"float32": 1e-4, "float64": 1e-9, "tf32": 2e-2}
 
 
 def check_tolerance(dtype_name: str, allow_tf32: bool, device: str) -> float:
     if dtype_name == "float32" and allow_tf32 and device == "cuda":
-        return TOLERANCES["tf32"]
-    return TOLERANCES[dtype_name]
+        return BENCH_CHECK_TOLERANCES["tf32"]
+    return BENCH_CHECK_TOLERANCES[dtype_name]
 
 
 def _err(key: str, got: np.ndarray, ref: np.ndarray) -> float:

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 
 from bpttbench.bench.ops import OPS  # noqa: E402
 from bpttbench.bench.variants import VARIANTS  # noqa: E402
-from bpttbench.figures import _empty  # noqa: E402
+from bpttbench.figures import empty_figure  # noqa: E402
 
 # colour-blind-safe (seaborn "colorblind"), one fixed colour per variant in every figure
 PALETTE = {"cupy": "#0173b2", "torch": "#de8f05", "torch_func": "#029e73", "numpy": "#949494",
@@ -38,7 +38,7 @@ def bench_speedup(bench: pd.DataFrame) -> plt.Figure:
                & bench["speedup_vs_torch"].notna() & (bench["variant"] != "torch")]
     ops = [o for o in OPS if o in set(ok["op"])]
     if not ops:
-        return _empty("no timed rows with a torch baseline in this result set")
+        return empty_figure("no timed rows with a torch baseline in this result set")
     fig, axes = plt.subplots(len(ops), 2, figsize=(10, 2.9 * len(ops)), squeeze=False)
     for r, op in enumerate(ops):
         rows = ok[ok["op"] == op]
@@ -69,7 +69,7 @@ def bench_roofline(bench: pd.DataFrame, peaks: pd.DataFrame) -> plt.Figure:
     ok = bench[(bench["status"] == "ok") & bench["achieved_gflops"].notna()]
     devices = [d for d in ("cuda", "cpu") if d in set(ok["device"])]
     if not devices:
-        return _empty("no timed rows in this result set")
+        return empty_figure("no timed rows in this result set")
     fig, axes = plt.subplots(1, len(devices), figsize=(7.5 * len(devices), 5.2), squeeze=False)
     for ax, dev in zip(axes[0], devices, strict=True):
         rows = ok[ok["device"] == dev]

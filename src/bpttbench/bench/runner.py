@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from bpttbench.bench.ops import (
-    DTYPES,
+    BENCH_DTYPES,
     OpSpec,
     Shape,
     check_tolerance,
@@ -57,6 +57,7 @@ from bpttbench.bench.variants import (
     variant_device,
 )
 from bpttbench.config import as_list
+from bpttbench.precision import torch_dtype
 
 GIB = 2.0**30
 STATUSES = ("ok", "mismatch", "skipped", "oom", "error")
@@ -95,20 +96,6 @@ def bench_ops(bench: Mapping[str, Any]) -> list[str]:
     ops, variants = list(as_list(bench["ops"])), list(as_list(bench["variants"]))
     check_names(ops, variants)
     return ops
-
-
-def bench_parts(bench: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Pipeline timing jobs -> their ops: one per op, or {"all": ops} when jobs is single."""
-    ops = bench_ops(bench)
-    return {"all": ops} if bench.get("jobs") == "single" else {op: [op] for op in ops}
-
-
-def part_ops(parts: Mapping[str, list[str]], part: str) -> str:
-    """The ops of timing job ``part`` as a command-line list (clear error for an unknown job)."""
-    if part not in parts:
-        raise ValueError(f"bench job {part!r} is not in the current config; its jobs: "
-                         f"{', '.join(parts)} (bench.jobs decides: per_op or single)")
-    return " ".join(parts[part])
 
 
 # ------------------------------------------------------------------------------ one op
@@ -163,7 +150,7 @@ def run_op(cfg: Mapping[str, Any], op_name: str,
     check_names([op_name], variants)
     device = resolve_device(cfg.get("device", "auto"))
     dtype_name = cfg.get("dtype", "float32")
-    dtype = DTYPES[dtype_name]
+    dtype = torch_dtype(dtype_name, BENCH_DTYPES)
     # TF32 as configured; torch's default algorithm choice (the config's ``deterministic``
     # is for the science stages: a benchmark times what a user gets by default)
     apply_precision(bool(cfg.get("allow_tf32", False)), deterministic=False)
@@ -301,7 +288,7 @@ def peaks_for(cfg: Mapping[str, Any]) -> pd.DataFrame:
         devices.append("cpu")
     rows = []
     for dev in devices:
-        rows += measure_peaks(dev, DTYPES[cfg.get("dtype", "float32")])
+        rows += measure_peaks(dev, torch_dtype(cfg.get("dtype", "float32"), BENCH_DTYPES))
     return pd.DataFrame(rows)
 
 

@@ -75,7 +75,6 @@ def headline(table) -> str:
             parts.append(f"{int(sel['passed'].sum())} of {len(sel)} {plural} {verb}")
     return "; ".join(parts) if parts else "no claim rows"
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def verdict(measured: float, predicted: float, tolerance: float, comparison: str) -> bool:
@@ -299,11 +298,6 @@ def bootstrap(draws: int, stat, n_boot: int, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # set-up: weights, inputs, devices
 
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def generator(seed: int, salt: int) -> torch.Generator:

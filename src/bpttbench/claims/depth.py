@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..config import as_list
-from ..gradients import measure_gradient_flow, readout_problem
+from ..gradient_flow.gradients import measure_gradient_flow, readout_problem
 from ..jacobians import analyse_chain
 from .common import (
     ClaimResult,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import theory as th
-from ..gradients import flow_status, measure_gradient_flow, readout_problem
+from ..gradient_flow.gradients import flow_status, measure_gradient_flow, readout_problem
 from ..jacobians import analyse_chain
 from .common import ClaimResult, Curves, detached, fmt, gaussian_inputs, make_cell, row
 from .settings import Context

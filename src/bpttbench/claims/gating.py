@@ -33,7 +33,7 @@ import torch
 
 from .. import theory as th
 from ..config import as_list
-from ..gradients import HORIZON_RATIO
+from ..gradient_flow.gradients import HORIZON_RATIO
 from ..jacobians import analyse_chain
 from ..models import unroll
 from .common import (

@@ -34,7 +34,7 @@ import torch
 
 from .. import theory as th
 from ..config import as_list
-from ..gradients import measure_gradient_flow, readout_problem
+from ..gradient_flow.gradients import measure_gradient_flow, readout_problem
 from .common import (
     ClaimResult,
     Curves,

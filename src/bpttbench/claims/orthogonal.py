@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..config import as_list
-from ..gradients import measure_gradient_flow, readout_problem
+from ..gradient_flow.gradients import measure_gradient_flow, readout_problem
 from ..jacobians import NumpyBackend, analyse_chain, forward_saved
 from .common import ClaimResult, Curves, detached, fmt, gaussian_inputs, make_cell, row
 from .settings import Context

@@ -38,7 +38,7 @@ import torch
 
 from .. import precision as pr
 from ..config import as_list
-from ..gradients import readout_problem
+from ..gradient_flow.gradients import readout_problem
 from ..models import unroll
 from .common import ClaimResult, Curves, fmt, make_cell, row
 from .settings import Context
@@ -103,7 +103,7 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
             ln_s_max = math.log(max(static + [pr.DYNAMIC_INIT_SCALE]))
             steps = _steps(kind, scale, sec, ln_s_max)
             base, ref, err, _ = _flows(scale, steps, pr.Precision("float16"), sec, seed, ctx)
-            rate = pr.growth_rate(ref.log_norm_h.mean(axis=1))[0]
+            rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]
             log_start = ref.log_norm_h[0]
             lo, hi, k_star = _interval(kind, rate, log_start, 0.0, "float16", hidden, err)
             m = _first_bad(base.flow.log_norm_h, kind)
@@ -234,7 +234,7 @@ def _autocast(sec: dict, ctx: Context, seed: int, cond0: str) -> list[dict]:
     scale = float(sec["vanish_scale"][0])
     steps = _steps("underflow", scale, sec)
     sf, ref, err, _ = _flows(scale, steps, pr.Precision("float32", "float16"), sec, seed, ctx)
-    rate = pr.growth_rate(ref.log_norm_h.mean(axis=1))[0]
+    rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]
     lo, hi, k_star = _interval("underflow", rate, ref.log_norm_h[0], 0.0, "float16",
                                sec["hidden"], pr.step_error_bound(_cell(scale, "float32", sec,
                                                                         seed, ctx).weight_hh_l0,

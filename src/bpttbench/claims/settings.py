@@ -10,14 +10,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..config import schema
 from ..config import validate as validate_config
-from ..hardware import resolve_device
-from .common import torch_dtype
+
+if TYPE_CHECKING:  # the section is read by the planning layer, which never imports torch
+    import torch
+
+
+#: the dtypes a claim experiment runs in (the schema's claims.dtype)
+CLAIM_DTYPES: tuple[str, ...] = ("float32", "float64")
 
 
 def _fill(node: Mapping[str, Any], value: Any) -> Any:
@@ -57,11 +60,14 @@ class Context:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Context:
+        from ..hardware import resolve_device
+        from ..precision import torch_dtype
+
         cfg = validate_config(cfg)
         sec = claims_section(cfg)
         return cls(
             device=resolve_device(cfg["device"]),
-            dtype=torch_dtype(sec["dtype"]),
+            dtype=torch_dtype(sec["dtype"], CLAIM_DTYPES),
             jacobian_backend=cfg["jacobian_backend"],
             z=float(sec["z"]),
             seeds=tuple(int(s) for s in sec["seeds"]),

@@ -5,7 +5,7 @@ adding problem and the copy-memory task, over models, sequence lengths, gradient
 and seeds; its results are set against the gradient horizon of the gradient-flow sweep.
 
 Modules: ``tasks`` (generators, losses, baselines), ``train`` (one run), ``sweep`` (config to
-runs and jobs), ``tables``, ``figures``, ``cli`` (the ``long-range-*`` subcommands).
+runs and jobs), ``tables``, ``figures``, ``cli`` (``bpttbench long-range <verb>``).
 """
 
 from __future__ import annotations

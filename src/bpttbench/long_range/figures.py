@@ -19,18 +19,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from ..figures import MODEL_ORDER
-from ..gradients import HORIZON_RATIO
-from .train import clip_label
+from ..figures import MODEL_ORDER, empty_figure
+from ..gradient_flow.gradients import HORIZON_RATIO
+from .spec import clip_label
 
 LOG_HORIZON = -math.log(HORIZON_RATIO)  # ln 1e6 = 13.8: the drop that defines the horizon
-
-
-def _empty(message: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 2))
-    ax.text(0.5, 0.5, message, ha="center", va="center")
-    ax.set_axis_off()
-    return fig
 
 
 def _labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +73,7 @@ def _log_x_seq_len(ax: plt.Axes, seq_lens: list[int]) -> None:
 def long_range_solved(summary: pd.DataFrame) -> plt.Figure:
     """Fraction of seeds solved against T; a panel per task and clipping, a line per model."""
     if summary.empty:
-        return _empty("no long-range runs in this result set")
+        return empty_figure("no long-range runs in this result set")
     df = _labels(summary)
     tasks, clips, labels = sorted(df["task"].unique()), _clip_order(df), _label_order(df)
     fig, axes = plt.subplots(len(tasks), len(clips), figsize=(4.6 * len(clips), 3.6 * len(tasks)),
@@ -120,7 +113,7 @@ def _trace_grid(trace: pd.DataFrame, y: str, ylabel: str, title: str,
     df = _labels(trace)
     df = df[np.isfinite(df[y].astype(float)) & (df[y].astype(float) > 0)]
     if df.empty:
-        return _empty(f"no finite positive {y} to plot")
+        return empty_figure(f"no finite positive {y} to plot")
     order = _label_order(df)  # legend title "model": the label (model, and init if unusual)
     df = df.drop(columns="model").rename(columns={"label": "model"})
     g = sns.relplot(
@@ -144,7 +137,7 @@ def _trace_grid(trace: pd.DataFrame, y: str, ylabel: str, title: str,
 def long_range_curves(trace: pd.DataFrame) -> plt.Figure:
     """Evaluation loss over the baseline loss against step, a panel per task and length."""
     if trace.empty:
-        return _empty("no long-range runs in this result set")
+        return empty_figure("no long-range runs in this result set")
     return _trace_grid(trace, "eval_loss_ratio", "eval loss / baseline (log)",
                        "Learning curves (median over seeds; band: range)",
                        [(1.0, "baseline"), (0.1, "solved")])
@@ -153,7 +146,7 @@ def long_range_curves(trace: pd.DataFrame) -> plt.Figure:
 def long_range_grad_norm(trace: pd.DataFrame) -> plt.Figure:
     """Largest gradient norm (before clipping) per evaluation window against step."""
     if trace.empty:
-        return _empty("no long-range runs in this result set")
+        return empty_figure("no long-range runs in this result set")
     clips = trace["clip"].astype("Float64").dropna().unique()
     refs = [(float(c), f"clip {clip_label(float(c))}") for c in clips]
     return _trace_grid(trace, "grad_norm_max", "max ‖∇L‖₂ before clip (log)",
@@ -190,7 +183,7 @@ def long_range_vs_horizon(summary: pd.DataFrame, runs: pd.DataFrame,
     from .tables import largest_solved
 
     if summary.empty or runs.empty:
-        return _empty("no long-range runs in this result set")
+        return empty_figure("no long-range runs in this result set")
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(13, 5))
     best = _labels(largest_solved(summary))
     labels = _label_order(best)

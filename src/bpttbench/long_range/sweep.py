@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import ConfigError, as_list, precision_fields
-from ..precision import Precision
-from .train import RunSpec
+from ..planning.precision import Precision
+from .spec import RunSpec
 
 
 def clip_values(value: Any) -> list[float | None]:
@@ -97,8 +97,8 @@ def long_range_blocks(cfg: Mapping[str, Any]) -> dict[str, list[RunSpec]]:
 
 
 def block_spec_json(blocks: Mapping[str, list[RunSpec]], block: str) -> str:
-    """The runs of one job as the JSON the ``long-range-block`` subcommand reads."""
-    from .train import runs_to_json
+    """The runs of one job as the JSON ``bpttbench long-range run`` reads."""
+    from .spec import runs_to_json
 
     if block not in blocks:
         raise ValueError(f"long-range job {block} is not in the current config; jobs: "

@@ -30,10 +30,19 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .. import theory
+from .spec import (
+    COPY_BLANK,
+    COPY_DELIM,
+    COPY_N,
+    COPY_SYMBOLS,
+    TASK_INPUT_SIZE,
+    check_seq_len,
+    seq_steps,
+)
 
-COPY_N = 10  # symbols to remember
-COPY_SYMBOLS = 8  # alphabet size (1..8)
-COPY_BLANK, COPY_DELIM = 0, COPY_SYMBOLS + 1
+__all__ = ["COPY_BLANK", "COPY_DELIM", "COPY_N", "COPY_SYMBOLS", "TASKS", "Task", "adding_batch",
+           "check_seq_len", "copy_baseline_logits", "copy_batch", "get_task"]
+
 
 
 @dataclass(frozen=True)
@@ -56,14 +65,7 @@ class Task:
 
     def seq_steps(self, seq_len: int) -> int:
         """Number of recurrent steps L of an input sequence for task length ``seq_len``."""
-        return seq_len + 2 * COPY_N if self.name == "copy" else seq_len
-
-
-def check_seq_len(name: str, seq_len: int) -> None:
-    low = 2 if name == "adding" else 1
-    if int(seq_len) < low:
-        raise ValueError(f"long_range.seq_len: the {name} task needs seq_len >= {low}, "
-                         f"got {seq_len}")
+        return seq_steps(self.name, seq_len)
 
 
 def adding_batch(seq_len: int, batch: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -106,13 +108,13 @@ def copy_baseline_logits(seq_len: int, batch: int) -> Tensor:
 
 TASKS: dict[str, Task] = {
     "adding": Task(
-        name="adding", input_size=2, output_size=1, per_step=False,
+        name="adding", input_size=TASK_INPUT_SIZE["adding"], output_size=1, per_step=False,
         description="sum of two marked values out of T (MSE at the last step)",
         sample=adding_batch,
         baseline=lambda seq_len: theory.adding_problem_baseline_mse(),
     ),
     "copy": Task(
-        name="copy", input_size=COPY_DELIM + 1, output_size=COPY_SYMBOLS + 1, per_step=True,
+        name="copy", input_size=TASK_INPUT_SIZE["copy"], output_size=COPY_SYMBOLS + 1, per_step=True,
         description="recall 10 symbols from 8 after a delay of T (cross-entropy, nats/step)",
         sample=copy_batch,
         baseline=lambda seq_len: theory.copy_memory_baseline_xent(seq_len, COPY_N, COPY_SYMBOLS),

@@ -23,11 +23,8 @@ a seed sees the same data. All draws are float64 on the CPU, cast afterwards.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import re
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,91 +33,31 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..cells import finish_record, now_iso, record_error
-from ..gradients import growth_rate, horizon, lag_statistics, measure_gradient_flow, readout_problem
+from ..gradient_flow.gradients import (
+    growth_rate_fit,
+    horizon,
+    lag_statistics,
+    measure_gradient_flow,
+    readout_problem,
+)
 from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
-from ..models import INITS, RecurrentCell, gate_count, init_parameters
-from ..precision import LossScaler, Precision
-from .tasks import Task, check_seq_len, get_task
+from ..models import RecurrentCell, gate_count, init_parameters
+from ..precision import DTYPES, LossScaler
+from ..records import finish_record, now_iso, record_error
+from .spec import (
+    FLOW_BATCH,
+    LONG_RANGE_INITS,
+    OPTIMIZERS,
+    RunSpec,
+    clip_label,
+    runs_from_json,
+    runs_to_json,
+)
+from .tasks import Task, get_task
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "float16": torch.float16, "bfloat16": torch.bfloat16}
-LONG_RANGE_INITS: tuple[str, ...] = (*INITS, "identity")
-OPTIMIZERS = ("adam", "sgd")
-FLOW_BATCH = 16  # sequences of the evaluation set used for the gradient horizon of a run
-
-
-def clip_label(clip: float | None) -> str:
-    return "none" if clip is None else f"{clip:g}"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that defines one training run of the long-range benchmark."""
-
-    task: str
-    model: str
-    init: str
-    hidden: int
-    seq_len: int
-    clip: float | None  # None: no clipping
-    seed: int
-    weight_scale: float
-    input_scale: float
-    forget_bias: float
-    optimizer: str
-    lr: float
-    steps: int
-    batch: int
-    eval_every: int
-    eval_batch: int
-    solved_fraction: float
-    device: str
-    dtype: str
-    allow_tf32: bool
-    deterministic: bool
-    autocast: str | None = None  # float16 | bfloat16: forward and loss under torch.autocast
-    loss_scale: float | str = 1.0  # S, or "dynamic" (GradScaler's rule)
-
-    @property
-    def precision(self) -> Precision:
-        return Precision(self.dtype, self.autocast, self.loss_scale)
-
-    @property
-    def run_id(self) -> str:
-        prec = self.precision
-        tag = "" if prec.is_default else "-" + re.sub(r"[^A-Za-z0-9.]+", "_", prec.label)
-        return f"{self.block_id}-clip{clip_label(self.clip)}-seed{self.seed}{tag}"
-
-    @property
-    def block_id(self) -> str:
-        """Runs of one task, model and seq_len form one pipeline job."""
-        return f"{self.task}-{self.model}-T{self.seq_len}"
-
-    def check(self) -> None:
-        get_task(self.task)
-        check_seq_len(self.task, self.seq_len)
-        if self.init not in LONG_RANGE_INITS:
-            raise ValueError(f"long_range.init: unknown init {self.init!r}; allowed: "
-                             f"{', '.join(LONG_RANGE_INITS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"long_range.optimizer: {self.optimizer!r}; allowed: "
-                             f"{', '.join(OPTIMIZERS)}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be None or > 0, got {self.clip}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def runs_to_json(runs: list[RunSpec]) -> str:
-    return json.dumps([asdict(r) for r in runs], sort_keys=True)
-
-
-def runs_from_json(text: str) -> list[RunSpec]:
-    return [RunSpec(**d) for d in json.loads(text)]
-
+__all__ = ["FLOW_BATCH", "LONG_RANGE_INITS", "OPTIMIZERS", "RunSpec", "clip_label",
+           "runs_from_json", "runs_to_json"]
 
 def _stream(seed: int, task: str, seq_len: int, purpose: int) -> int:
     """A generator seed per (seed, task, seq_len, purpose); purposes: 1 train, 2 eval."""
@@ -264,7 +201,7 @@ def gradient_horizon(net: SequenceModel, x: Tensor, seed: int, autocast: str | N
                                      cell.initial_state(x.shape[1]), w_out, target,
                                      autocast=DTYPES[autocast] if autocast else None)
     mean = lag_statistics(flow.log_norm_h)["log_grad_norm"]
-    return horizon(mean), growth_rate(mean)[0]
+    return horizon(mean), growth_rate_fit(mean)[0]
 
 
 def _window_row(step: int, eval_loss: float, losses: list[float], norms: list[float],

@@ -9,30 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from ..figures import MODEL_ORDER, empty_figure, save
 
-from .io import write_with  # noqa: E402
+__all__ = ["GRADIENT_FLOW_FIGURES", "save"]
 
 LOG_FLOAT32_SUBNORMAL = math.log(float(np.finfo(np.float32).smallest_subnormal))
-MODEL_ORDER = ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"]
-DPI = 110
-
-sns.set_theme(context="notebook", style="whitegrid")
-
-
-def save(fig: plt.Figure, path: str | Path) -> Path:
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return Path(path)
 
 
 def _models(df: pd.DataFrame) -> list[str]:
@@ -48,19 +36,12 @@ def _typical_slice(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return sel, f"init={init}, H={hidden}, T={seq_len}"
 
 
-def _empty(message: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 2))
-    ax.text(0.5, 0.5, message, ha="center", va="center")
-    ax.set_axis_off()
-    return fig
-
-
 def gradient_norm_by_lag(gf: pd.DataFrame) -> plt.Figure:
     """ln||dL/dh_{T-k}|| against lag k, one panel per model, weight scale as hue (mean over seeds)."""
     sel, where = _typical_slice(gf)
     sel = sel[np.isfinite(sel["log_grad_norm"])]
     if sel.empty:
-        return _empty("no finite gradient norms to plot")
+        return empty_figure("no finite gradient norms to plot")
     g = sns.relplot(
         data=sel, x="lag", y="log_grad_norm", hue="weight_scale", col="model",
         col_order=_models(sel), col_wrap=min(3, len(_models(sel))), kind="line",
@@ -81,7 +62,7 @@ def growth_rate_by_scale(summary: pd.DataFrame) -> plt.Figure:
     """Fitted growth rate of ln||delta|| per step against the weight scale, one line per model."""
     sel = summary[np.isfinite(summary["growth_rate"].astype(float))]
     if sel.empty:
-        return _empty("no finite growth rates to plot")
+        return empty_figure("no finite growth rates to plot")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=sel, x="weight_scale", y="growth_rate", hue="model", hue_order=_models(sel),
                  style="init", markers=True, errorbar=("pi", 100), ax=ax)
@@ -129,7 +110,7 @@ def horizon_heatmap(summary: pd.DataFrame) -> plt.Figure:
 def lyapunov_spectrum(lyap: pd.DataFrame) -> plt.Figure:
     """Lyapunov exponents against their index, one panel per model, weight scale as hue."""
     if lyap.empty:
-        return _empty("no Lyapunov spectra in this result set")
+        return empty_figure("no Lyapunov spectra in this result set")
     sel, where = _typical_slice(lyap)
     g = sns.relplot(
         data=sel, x="index", y="exponent", hue="weight_scale", col="model",
@@ -149,7 +130,7 @@ def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
     """True ln sigma_1 and ln sigma_k of the chain P_{T,T-k} against lag, per model (from
     the full-frame pass; NaN where float64 cannot resolve them: gaps in the lines)."""
     if spectrum.empty:
-        return _empty("no chain spectra in this result set")
+        return empty_figure("no chain spectra in this result set")
     sel, where = _typical_slice(spectrum)
     kmax = sel["index"].max()
     sel = sel[sel["index"].isin([1, kmax])].copy()

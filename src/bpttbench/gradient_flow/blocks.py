@@ -4,7 +4,7 @@ A gradient-flow job (block) writes a folder with one Parquet file per contract t
 (``summary``, ``gradient_flow``, ``lyapunov``, ``chain_spectrum``), not an indented JSON of
 its records: at T = 10^4 a cell's per-lag rows are ~10^4 (gradient_flow) and T k
 (chain_spectrum), and JSON made a block of the GPU sweep ~0.7 GB. ``collect`` then streams
-the blocks (``bpttbench.collect``).
+the blocks (``bpttbench.gradient_flow.collect``).
 
 Per-lag tables keep ``reported_lags`` by default: every lag up to ``DENSE_UNTIL``, then
 ``PER_DECADE`` log-spaced lags per decade up to T, and T itself (~200 rows at T = 10^4
@@ -67,7 +67,7 @@ def thin_record(record: dict[str, Any], resolution: str) -> dict[str, Any]:
 
 def write_block(records: list[dict[str, Any]], out_dir: str | Path) -> Path:
     """Write the block's tables as ``out_dir/<table>.parquet``, atomically (folder rename)."""
-    from .tables import tables_from_records
+    from ..tables import tables_from_records
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")

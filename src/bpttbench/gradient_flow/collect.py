@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import UNREADABLE, UnreadableFile, quarantine, write_with
-from .tables import CELL_KEYS, COLUMNS, CSV_TWIN_MAX_ROWS, write_table
+from ..io import UNREADABLE, UnreadableFile, quarantine, write_with
+from ..tables import CELL_KEYS, COLUMNS, CSV_TWIN_MAX_ROWS, write_table
 
 ORDER = {"gradient_flow": ["lag"], "lyapunov": ["index"], "chain_spectrum": ["lag", "index"]}
 BLOCK_KEYS = ["model", "init", "hidden"]

@@ -11,7 +11,6 @@ import math
 import time
 import traceback
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .blocks import thin_record
-from .config import CellSpec
-from .gpus import assigned_gpu_index
-from .gradients import (
-    GradientFlow,
-    first_lag_where,
-    flow_status,
-    growth_rate,
-    horizon,
-    lag_statistics,
-    measure_gradient_flow,
-    readout_problem,
-)
-from .hardware import apply_precision, resolve_device
-from .io import run_checkpointed
-from .memory import estimate_cell, release, too_large_reason
-from .models import RecurrentCell, init_parameters, spectral_stats, state_size
-from .precision import (
+from ..config import CellSpec
+from ..gpus import assigned_gpu_index
+from ..hardware import apply_precision, resolve_device
+from ..io import run_checkpointed
+from ..memory import estimate_cell, release, too_large_reason
+from ..models import RecurrentCell, init_parameters, spectral_stats, state_size
+from ..precision import (
+    DTYPES,
     DYNAMIC,
     LOW_DTYPES,
     Precision,
@@ -45,31 +34,22 @@ from .precision import (
     scaled_flow,
     underflow_lags,
 )
+from ..records import finish_record, now_iso, record_error
+from .blocks import thin_record
+from .gradients import (
+    GradientFlow,
+    first_lag_where,
+    flow_status,
+    growth_rate_fit,
+    horizon,
+    lag_statistics,
+    measure_gradient_flow,
+    readout_problem,
+)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: summary columns that come from the Jacobian chain (NaN when only the chain failed)
 CHAIN_SUMMARY = ("lyapunov_max", "lyapunov_max_se", "lyapunov_sum", "mean_log_abs_det",
                  "lyapunov_det_gap")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def record_error(record: dict[str, Any], summary: dict[str, Any], exc: Exception) -> None:
-    """A failed cell or run is data: status error, the message kept, the traceback logged."""
-    summary["status"] = "error"
-    record["error"] = f"{type(exc).__name__}: {exc}"
-    traceback.print_exc()
-
-
-def finish_record(record: dict[str, Any], summary: dict[str, Any], t0: float) -> dict[str, Any]:
-    """Attach the summary, the end time and the wall time (from perf_counter ``t0``)."""
-    record["summary"] = summary
-    record["finished_at"] = now_iso()
-    record["wall_s"] = time.perf_counter() - t0
-    return record
 
 
 def make_inputs(spec: CellSpec, device: str) -> torch.Tensor:
@@ -98,7 +78,7 @@ def warmups(spec: CellSpec) -> tuple[int, int]:
 
 def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor) -> dict[str, Any]:
     """Lyapunov spectrum (after the warm-ups) and true chain singular values."""
-    from .jacobians import analyse_chain, report_lags
+    from ..jacobians import analyse_chain, report_lags
 
     k = min(spec.lyapunov_k, state_size(spec.model, spec.hidden))
     wf, wa = warmups(spec)
@@ -178,10 +158,10 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         record["gradient_flow"] = _columns(gf)
 
         status, bad_lag = flow_status(flow)
-        rate, r2 = growth_rate(stats["log_grad_norm"])
+        rate, r2 = growth_rate_fit(stats["log_grad_norm"])
         wf, wa = warmups(spec)
         # lags wa .. T - wf: the fit without the alignment and forward transients
-        steady, _ = growth_rate(stats["log_grad_norm"][wa:spec.seq_len - wf + 1])
+        steady, _ = growth_rate_fit(stats["log_grad_norm"][wa:spec.seq_len - wf + 1])
         summary.update(
             status=status,
             growth_rate=rate,

@@ -1,4 +1,4 @@
-"""What a pipeline job asks a batch scheduler (SLURM) for: GPU, memory and wall time.
+"""What a pipeline job asks for: GPU, memory and wall time, through one helper (``res``).
 
 Snakemake rules declare these as ``resources:``; the SLURM executor plugin turns them into
 sbatch options (``gpu`` -> ``--gpus``, ``mem_mb`` -> ``--mem``, ``runtime`` -> ``-t`` in
@@ -14,11 +14,15 @@ every finished cell in ``<block>.partial/``, so a retry only computes what is le
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .hardware import resolve_device
+from ..gpus import Gpu, gpu_run_prefix, job_resources
+from .hardware import uses_gpu
+
+__all__ = ["JOB_CLASSES", "JobClass", "RuleResources", "gpu_resources", "mem_mb", "runtime_min",
+           "uses_gpu"]
 
 
 @dataclass(frozen=True)
@@ -42,21 +46,11 @@ JOB_CLASSES: dict[str, JobClass] = {
     "figures": JobClass(runtime_min=15, mem_mb=4000),
     # Manifest, HTML report and other file-sized steps.
     "small": JobClass(runtime_min=10, mem_mb=1000),
+    # A short measurement on the compute device (the bench's peak rates).
+    "probe": JobClass(runtime_min=10, mem_mb=4000, mem_mb_gpu=8000),
+    # Every custom CUDA kernel against the float64 reference (GPU only).
+    "kernels": JobClass(runtime_min=20, mem_mb=1000, mem_mb_gpu=8000),
 }
-
-
-def uses_gpu(cfg: Mapping[str, Any]) -> bool:
-    """True when the config's device resolves to CUDA (``auto`` is resolved on this host).
-
-    On a cluster whose submit host has no GPU, ``device: auto`` resolves to ``cpu`` there:
-    set ``device: cuda`` (and ``hardware_tag``) in the config to ask for GPUs.
-    """
-    device = cfg.get("device", "auto")
-    if device == "cuda":
-        return True
-    if device == "cpu":
-        return False
-    return resolve_device(device) == "cuda"
 
 
 def gpu_resources(cfg: Mapping[str, Any]) -> dict[str, int]:
@@ -86,3 +80,45 @@ def mem_mb(kind: str, attempt: int = 1, gpu: bool = False) -> int:
     job = _job_class(kind)
     base = job.mem_mb_gpu if gpu and job.mem_mb_gpu is not None else job.mem_mb
     return base * _check_attempt(attempt)
+
+
+class RuleResources:
+    """The ``resources:`` of every rule, from one call: ``resources: **res("compute", gpu=...)``.
+
+    ``gpu`` False: a host job (memory and wall time of its class). ``gpu`` True: a job on the
+    config's device (``gpu: 1`` for a scheduler and the class's GPU memory when that device is
+    CUDA). ``gpu`` a mapping ``wildcard -> {job id: estimated peak bytes}``: as True, plus the
+    job's share of the local GPUs (``gpu_mem_mb``, ``gpu_jobs``; 0 without local GPUs), and
+    :meth:`gpu_run` gives the shell prefix that starts it on a GPU of its own.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], local_gpus: Sequence[Gpu]) -> None:
+        self.uses_gpu = uses_gpu(cfg)
+        self.local_gpus = list(local_gpus)
+
+    def res(self, kind: str, gpu: bool | Mapping[str, Mapping[str, int]] = False
+            ) -> dict[str, Any]:
+        _job_class(kind)  # an unknown class fails when the rule is defined
+        on_gpu = bool(gpu) and self.uses_gpu
+        out: dict[str, Any] = {
+            "mem_mb": lambda wc, attempt: mem_mb(kind, attempt, gpu=on_gpu),
+            "runtime": lambda wc, attempt: runtime_min(kind, attempt),
+        }
+        if isinstance(gpu, Mapping):
+            for name in ("gpu_mem_mb", "gpu_jobs"):
+                out[name] = self._per_job(gpu, lambda peak, name=name: job_resources(
+                    self.local_gpus, peak).get(name, 0), 0)
+        if on_gpu:
+            out["gpu"] = 1
+        return out
+
+    def gpu_run(self, gpu: Mapping[str, Mapping[str, int]]) -> Callable[[Any], str]:
+        """The ``bpttbench gpus run ... --`` prefix of each job (empty without local GPUs)."""
+        return self._per_job(gpu, lambda peak: gpu_run_prefix(self.local_gpus, peak), "")
+
+    @staticmethod
+    def _per_job(gpu: Mapping[str, Mapping[str, int]], value: Callable[[int], Any],
+                 missing: Any) -> Callable[[Any], Any]:
+        ((wildcard, peaks),) = gpu.items()
+        return lambda wc: value(peaks[getattr(wc, wildcard)]) if getattr(
+            wc, wildcard) in peaks else missing

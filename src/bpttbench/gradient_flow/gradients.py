@@ -20,7 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .models import Params, State, unroll
+from ..models import Params, State, unroll
+
+# bytes of stacked per-step tensors reduced at once (bounds the extra memory of the
+# reductions; the memory estimate counts the same chunks)
+from ..planning.memory import REDUCE_CHUNK_BYTES
 
 QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 HORIZON_RATIO = 1e-6  # horizon: first lag where ||delta_{T-k}|| / ||delta_T|| < this
@@ -52,10 +56,6 @@ def readout_problem(
     w_out = torch.randn(outputs, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
     target = torch.randn(batch, outputs, generator=gen, dtype=torch.float64)
     return w_out, target
-
-
-#: bytes of stacked per-step tensors reduced at once (bounds the extra memory of the reductions)
-REDUCE_CHUNK_BYTES = 64 * 2**20
 
 
 def _chunks(n_items: int, item_bytes: int, budget: int = REDUCE_CHUNK_BYTES) -> range:
@@ -160,8 +160,10 @@ def lag_statistics(log_norms: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
-def growth_rate(mean_log_norm: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope (per step, natural log) of mean ln||delta_{T-k}|| against k, and R^2.
+def growth_rate_fit(mean_log_norm: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope (per step, natural log) of mean ln||delta_{T-k}|| against k, and R^2
+    (the summary's growth_rate; ``jacobians.chain.growth_rate`` is the slope of one chain's
+    log norms, without a fit quality).
 
     Only finite lags enter the fit. NaN when fewer than 2 finite lags remain.
     """
