@@ -1,0 +1,345 @@
+"""BPTT deltas by the Jacobian chain: delta_t = J_{t+1}^T delta_{t+1}, autograd as a reference.
+
+The loss gradient delta_T = dL/dh_T (LSTM: the state adjoint [delta_T; 0]) is carried back
+through the analytic step Jacobians of :mod:`bpttbench.jacobians` as a frame of two columns
+that share every product:
+
+- column 0 in the working dtype WITHOUT rescaling: it overflows to inf and underflows to 0
+  at the lags where real BPTT does (what the gradient_flow table reports, as autograd would);
+- column 1 rescaled to unit norm every step, the log of the norm accumulated in float64:
+  ln||delta_t|| with no overflow or underflow whatever the chain length (the true rate).
+
+The forward pass is ``models.unroll`` without a graph, the same arithmetic as autograd's
+forward, so the trajectory is bitwise the one autograd differentiates; the derivative
+factors are rebuilt from it for all steps at once (no launches per step) as
+``jacobians.forward_saved`` defines them. Per step the chain costs one product (RNN: a
+scale and a product), one float64 norm and one in-place rescale; per-lag norms, the LSTM's
+dL/dc and the underflow flags are reduced per chunk of lags on the device and read back
+once per cell. LSTM: the state adjoint treats h and c as independent coordinates; the
+reported ln||dL/dc_t|| is autograd's (same-step path c_t -> h_t added, docs/NUMERICS.md).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .gradients import GradientFlow, first_nonfinite_step, growth_rate, lag_statistics
+from .jacobians import NumpyBackend, Saved, TorchBackend, step_jacobians
+from .models import Params, State, unroll
+
+METHODS = ("auto", "autograd", "jacobian_chain")
+#: bytes of per-step buffers (Jacobian chunks, the frame rows of a chunk of lags) held at once
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class DeltaChain:
+    """The two columns of the one-column BPTT chain, lags 0..T as rows, batch as columns."""
+
+    flow: GradientFlow  # working dtype, no rescaling (what autograd would report)
+    log_norm_h_true: np.ndarray  # [T+1, B] float64: the rescaled (log-scale) column
+    log_norm_c_true: np.ndarray | None  # LSTM: ln||dL/dc_t|| (autograd's) in log scale
+
+
+def resolve_method(method: str, device: str) -> str:
+    """auto -> jacobian_chain on CUDA, autograd on the CPU (the committed CPU tables)."""
+    if method not in METHODS:
+        raise ValueError(f"gradient_flow.bptt_method: {method!r}; allowed: {', '.join(METHODS)}")
+    if method == "auto":
+        return "jacobian_chain" if torch.device(device).type == "cuda" else "autograd"
+    return method
+
+
+def is_reference_cell(cell_id: str, every: int) -> bool:
+    """Does autograd also run on this cell? A deterministic 1-in-``every`` sample by CRC32 of
+    the cell id (the same cells on every machine and rerun); 0 = never, 1 = every cell."""
+    if every < 0:
+        raise ValueError(f"gradient_flow.autograd_reference_every must be >= 0, got {every}")
+    return every > 0 and zlib.crc32(cell_id.encode()) % every == 0
+
+
+# ------------------------------------------------------------------------ the forward record
+def _sech2(a: Tensor) -> Tensor:
+    e = torch.exp(-2.0 * a.abs())
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+def _dsigmoid(a: Tensor) -> Tensor:
+    return torch.sigmoid(a) * torch.sigmoid(-a)
+
+
+def saved_from_states(model: str, params: Params, x: Tensor, states: list[State]) -> Saved:
+    """The Jacobian engine's forward record (:class:`~bpttbench.jacobians.Saved`) rebuilt
+    from the unrolled states s_0..s_T, for all steps at once.
+
+    Pre-activations are recomputed from h_{t-1} and x_t in one product per weight (the
+    states themselves are autograd's); the derivative factors follow ``forward_saved``
+    (from pre-activations: accurate when units saturate).
+    """
+    w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
+    b_ih, b_hh = params["bias_ih_l0"], params["bias_hh_l0"]
+    steps, batch = int(x.shape[0]), int(x.shape[1])
+    hidden = int(w_hh.shape[1])
+    h_prev = torch.stack([s[0] for s in states[:-1]])  # [T, B, H]
+    gi = x @ w_ih.T + b_ih
+    gh = h_prev @ w_hh.T + b_hh
+    final = tuple(states[-1])
+    if model.startswith("rnn_"):
+        a = gi + gh
+        if model == "rnn_tanh":
+            deriv = _sech2(a)
+        elif model == "rnn_relu":
+            deriv = (a > 0).to(a.dtype)
+        else:
+            deriv = torch.ones_like(a)
+        return Saved(model, hidden, steps, batch, w_hh, deriv=deriv, final_state=final)
+    if model == "lstm":
+        c_all = torch.stack([s[1] for s in states])  # c_0..c_T
+        a = gi + gh
+        a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
+        gates = torch.cat([torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g),
+                           torch.sigmoid(a_o)], dim=-1)
+        dgates = torch.cat([_dsigmoid(a_i), _dsigmoid(a_f), _sech2(a_g), _dsigmoid(a_o)], -1)
+        c = c_all[1:]
+        return Saved(model, hidden, steps, batch, w_hh, gates=gates, dgates=dgates,
+                     prev=c_all[:-1], aux=torch.tanh(c), aux2=_sech2(c), final_state=final)
+    # gru
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    a_r, a_z = i_r + h_r, i_z + h_z
+    r, z = torch.sigmoid(a_r), torch.sigmoid(a_z)
+    a_n = i_n + r * h_n
+    gates = torch.cat([r, z, torch.tanh(a_n)], dim=-1)
+    dgates = torch.cat([_dsigmoid(a_r), _dsigmoid(a_z), _sech2(a_n)], dim=-1)
+    return Saved(model, hidden, steps, batch, w_hh, gates=gates, dgates=dgates, prev=h_prev,
+                 aux=h_n, aux2=torch.sigmoid(-a_z), final_state=final)
+
+
+# ------------------------------------------------------------------ array ops of two libraries
+class _Ops:
+    """The handful of operations the chain loop needs, for torch tensors or numpy arrays."""
+
+    def __init__(self, lib: str) -> None:
+        self.torch = lib == "torch"
+
+    def empty(self, shape: tuple[int, ...], ref: Any, f64: bool = False) -> Any:
+        if self.torch:
+            return torch.empty(shape, dtype=torch.float64 if f64 else ref.dtype, device=ref.device)
+        return np.empty(shape, dtype=np.float64 if f64 else ref.dtype)
+
+    def norm64(self, a: Any, out: Any = None) -> Any:
+        """2-norm over the last axis in float64 (no float32 underflow of the squares)."""
+        if self.torch:
+            return torch.linalg.vector_norm(a, dim=-1, dtype=torch.float64, out=out)
+        a64 = a.astype(np.float64)
+        return np.sqrt(np.einsum("...i,...i->...", a64, a64), out=out)
+
+    def matmul(self, a: Any, b: Any, out: Any) -> None:
+        if self.torch:
+            torch.matmul(a, b, out=out)
+        else:
+            np.matmul(a, b, out=out)
+
+    def div_(self, a: Any, s: Any) -> None:
+        """a /= s[..., None] in place (s float64; a keeps its dtype)."""
+        if self.torch:
+            a.div_(s[..., None])
+        else:
+            np.divide(a, s[..., None], out=a, casting="same_kind")
+
+    def log(self, a: Any) -> Any:
+        return torch.log(a) if self.torch else np.log(a)
+
+    def cumsum(self, a: Any) -> Any:
+        return torch.cumsum(a, 0) if self.torch else np.cumsum(a, 0)
+
+    def host(self, a: Any) -> np.ndarray:
+        return a.cpu().numpy() if self.torch else np.asarray(a)
+
+
+def _rows_per_chunk(row_bytes: int) -> int:
+    return max(2, CHUNK_BYTES // max(1, row_bytes))
+
+
+def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Tensor,
+                target: Tensor, *, backend: str = "torch") -> DeltaChain:
+    """ln||dL/dh_{T-k}|| for k = 0..T by the one-column Jacobian chain (two columns: the
+    working dtype unrescaled, and log scale); see the module doc.
+
+    ``backend``: ``torch`` (the params' dtype and device) or ``numpy`` (the chain in float64
+    on the CPU, from the same forward trajectory: a reference for the chain arithmetic).
+    """
+    if backend not in ("torch", "numpy"):
+        raise ValueError(f"delta chain backend {backend!r}; allowed: torch, numpy")
+    with torch.no_grad():
+        states = unroll(model, params, x, tuple(state0))
+        h_T = states[-1][0]
+        w_o = w_out.to(dtype=h_T.dtype, device=h_T.device)
+        resid = h_T @ w_o.T - target.to(dtype=h_T.dtype, device=h_T.device)
+        loss = float(0.5 * (resid ** 2).sum())
+        delta_T = resid @ w_o  # dL/dh_T, as autograd computes it
+        first_bad = first_nonfinite_step(states)
+        saved = saved_from_states(model, params, x, states)
+        del states
+        if backend == "numpy":
+            bk: Any = NumpyBackend()
+            fields = ("w_hh", "deriv", "gates", "dgates", "prev", "aux", "aux2")
+            saved = Saved(**{**saved.__dict__, **{f: None if getattr(saved, f) is None else
+                                                     bk.asarray(getattr(saved, f).cpu())
+                                                     for f in fields}})
+            delta_T = delta_T.cpu().numpy().astype(np.float64)
+        else:
+            bk = TorchBackend(h_T.device, h_T.dtype)
+        return _run(saved, bk, _Ops(backend), delta_T, loss, first_bad,
+                    str(h_T.dtype).removeprefix("torch."))
+
+
+def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad: int | None,
+         grad_dtype: str) -> DeltaChain:
+    steps, batch, hidden, dim = saved.steps, saved.batch, saved.hidden, saved.dim
+    lstm, rnn = saved.model == "lstm", saved.model.startswith("rnn_")
+    w = saved.w_hh
+    item = int(getattr(w, "itemsize", 0) or w.element_size())
+    rows = _rows_per_chunk(batch * 2 * dim * item)
+    jrows = _rows_per_chunk(batch * dim * dim * item)
+    buf = ops.empty((rows, batch, 2, dim), w)  # rows of [raw, rescaled] per lag
+    scale = ops.empty((steps + 1, batch), w, f64=True)  # norm of the rescaled column per lag
+    out = {k: ops.empty((steps + 1, batch), w, f64=True) for k in ("h", "h_unit", "c", "c_unit")}
+    zero0 = ops.empty((steps + 1, batch), w, f64=True)
+    start = buf[0]
+    start[:, 0] = 0.0
+    start[:, 0, :hidden] = delta_T
+    start[:, 1] = start[:, 0]
+    ops.norm64(start[:, 1], out=scale[0])
+    ops.div_(start[:, 1], scale[0])
+    jac, jlo = None, steps
+    lag0 = 0  # lag of buf[0]
+
+    def reduce(n: int) -> None:  # per-lag norms of buf[:n] (lags lag0 .. lag0+n-1), on device
+        chunk = buf[:n]
+        sl = slice(lag0, lag0 + n)
+        ops.norm64(chunk[:, :, 0, :hidden], out=out["h"][sl])
+        ops.norm64(chunk[:, :, 1, :hidden], out=out["h_unit"][sl])
+        zero0[sl] = chunk[:, :, 0, 0] == 0
+        if lstm:  # autograd's dL/dc_t = delta^c_t + o_t (1 - tanh^2 c_t) delta^h_t (t >= 1)
+            t_idx = np.arange(steps - lag0, steps - lag0 - n, -1)  # t of each row
+            oc = _oc(saved, ops, t_idx, chunk)
+            for col, key in ((0, "c"), (1, "c_unit")):
+                ops.norm64(chunk[:, :, col, hidden:] + oc * chunk[:, :, col, :hidden],
+                           out=out[key][sl])
+
+    pos = 1
+    for lag in range(1, steps + 1):
+        i = steps - lag  # J_{i+1}: index i of the forward record
+        if pos == rows:  # the buffer is full: reduce it and start the next chunk
+            reduce(rows)
+            lag0 += rows
+            buf[0] = buf[rows - 1]
+            pos = 1
+            lag0 -= 1  # buf[0] now repeats the last lag (its rows are overwritten identically)
+        prev, nxt = buf[pos - 1], buf[pos]
+        if rnn:  # (J^T v)^T = (phi' * v)^T W: no D x D matrix per step
+            ops.matmul(prev * saved.deriv[i][:, None, :], w, out=nxt)
+        else:
+            if i < jlo:  # next chunk of step Jacobians, J_{lo+1} .. J_{i+1}
+                jlo = max(0, i + 1 - jrows)
+                jac = step_jacobians(saved, bk, jlo, i + 1)
+            ops.matmul(prev, jac[i - jlo], out=nxt)
+        ops.norm64(nxt[:, 1], out=scale[lag])
+        ops.div_(nxt[:, 1], scale[lag])
+        pos += 1
+    reduce(pos)
+    host = {k: ops.host(v) for k, v in out.items()}
+    log_scale = _log_scale(ops.host(scale))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_h = np.log(host["h"])
+        log_h_true = log_scale + np.log(host["h_unit"])
+        log_c = np.log(host["c"]) if lstm else None
+        log_c_true = log_scale + np.log(host["c_unit"]) if lstm else None
+    log_h_true = _dead_stays_dead(log_h_true, log_scale)
+    if log_c_true is not None:
+        log_c_true = _dead_stays_dead(log_c_true, log_scale)
+    flow = GradientFlow(log_h, log_c, first_bad, loss, ops.host(zero0).astype(bool), 1.0,
+                        grad_dtype)
+    return DeltaChain(flow, log_h_true, log_c_true)
+
+
+def _oc(saved: Saved, ops: _Ops, t_idx: np.ndarray, chunk: Any) -> Any:
+    """o_t (1 - tanh^2 c_t) for the rows' steps t (0 for t = 0: no same-step path)."""
+    hidden = saved.hidden
+    idx = np.maximum(t_idx - 1, 0)
+    if ops.torch:
+        idx_t = torch.as_tensor(idx, device=chunk.device)
+        oc = saved.gates.index_select(0, idx_t)[..., 3 * hidden:] * saved.aux2.index_select(0, idx_t)
+        if (t_idx == 0).any():
+            oc[torch.as_tensor(t_idx == 0, device=chunk.device)] = 0.0
+    else:
+        oc = saved.gates[idx][..., 3 * hidden:] * saved.aux2[idx]
+        oc[t_idx == 0] = 0.0
+    return oc.to(chunk.dtype) if ops.torch else oc.astype(chunk.dtype)
+
+
+def _log_scale(scale: np.ndarray) -> np.ndarray:
+    """Accumulated ln of the per-step rescaling norms (row k: ln of lags 0..k)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.cumsum(np.log(scale), axis=0)
+
+
+def _dead_stays_dead(log_true: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
+    """A column rescaled by a zero norm becomes 0/0; the exact answer is a zero vector from
+    that lag on (a linear map keeps 0 at 0): ln 0 = -inf, as the chain engine records it."""
+    dead = np.maximum.accumulate(np.isneginf(log_scale), axis=0)
+    return np.where(dead, -np.inf, log_true)
+
+
+# ---------------------------------------------------------------------- compared with autograd
+def norm_rel_err(log_chain: np.ndarray, log_ref: np.ndarray) -> float:
+    """max over lags and batch of | ||delta||_chain / ||delta||_ref - 1 |.
+
+    Where either is not finite (inf, 0, NaN) the two count as equal only if they are the
+    same non-finite value (both overflowed, both underflowed to 0, both NaN); else inf.
+    """
+    a, b = np.asarray(log_chain, np.float64), np.asarray(log_ref, np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    err = np.zeros_like(a)
+    err[both] = np.abs(np.expm1(a[both] - b[both]))
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    err[~both & ~same] = np.inf
+    return float(err.max()) if err.size else math.nan
+
+
+def log_abs_err(log_true: np.ndarray, log_ref: np.ndarray) -> float:
+    """max |ln||delta||_log-scale - ln||delta||_ref| over the lags and elements where the
+    reference is finite (where it overflowed or underflowed it has no value to compare)."""
+    a, b = np.asarray(log_true, np.float64), np.asarray(log_ref, np.float64)
+    ok = np.isfinite(b)
+    if not ok.any():
+        return math.nan
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a[ok] - b[ok])
+    return float(np.nanmax(d)) if not np.isnan(d).all() else math.nan
+
+
+def method_summary(method: str, chain: DeltaChain | None, reference: GradientFlow | None
+                   ) -> dict[str, Any]:
+    """The summary columns of the BPTT method (NaN where a part did not run)."""
+    out: dict[str, Any] = {"bptt_method": method, "grad_norm_rel_err_vs_autograd": math.nan,
+                           "log_grad_norm_max_abs_err": math.nan,
+                           "growth_rate_log_scale": math.nan}
+    if chain is not None:
+        with np.errstate(invalid="ignore"):
+            out["growth_rate_log_scale"] = growth_rate(
+                lag_statistics(chain.log_norm_h_true)["log_grad_norm"])[0]
+        if reference is not None:
+            out["grad_norm_rel_err_vs_autograd"] = norm_rel_err(chain.flow.log_norm_h,
+                                                                reference.log_norm_h)
+            out["log_grad_norm_max_abs_err"] = log_abs_err(chain.log_norm_h_true,
+                                                           reference.log_norm_h)
+    return out

@@ -1,0 +1,151 @@
+"""BPTT deltas by the one-column Jacobian chain against autograd (issue 13, item 3).
+
+Tolerances on ||delta_t|| (max over lags 0..T and the batch of the relative error):
+float64 1e-12 (observed ~4e-15: the same trajectory, products in another order); float32
+5e-5 (observed 1e-6..8e-6 at T = 60: float32 rounding of the product chain, the derivative
+factors from pre-activations here, 1 - tanh^2 of the output in autograd).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bpttbench import bptt_deltas
+from bpttbench.bptt_deltas import (
+    delta_chain,
+    is_reference_cell,
+    log_abs_err,
+    norm_rel_err,
+    resolve_method,
+    saved_from_states,
+)
+from bpttbench.cells import build_cell, make_inputs
+from bpttbench.config import CellSpec
+from bpttbench.gradients import measure_gradient_flow, readout_problem
+from bpttbench.jacobians import TorchBackend, forward_saved, step_jacobians
+from bpttbench.models import MODELS, unroll
+
+TOL = {"float64": 1e-12, "float32": 5e-5}
+
+
+def _setup(model, dtype, seed, *, scale=1.0, seq_len=60, hidden=16, batch=5, init="orthogonal"):
+    spec = CellSpec(model, init, hidden, seq_len, scale, seed, 4, 1.0, 0.0, batch, 4, 1, "cpu",
+                    dtype, False, True, "torch")
+    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
+    w_out, target = readout_problem(hidden, batch, seed=seed)
+    return cell, x, w_out, target
+
+
+@pytest.fixture
+def seed():
+    s = int(np.random.SeedSequence().entropy % 100_000)
+    print(f"seed={s}")
+    return s
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("model", MODELS)
+def test_chain_equals_autograd(model, backend, dtype, seed):
+    """||delta_t|| of both columns (working dtype, log scale) equals autograd's at every lag;
+    LSTM: also ||dL/dc_t||; the underflow flags, the loss and the forward status agree."""
+    cell, x, w_out, target = _setup(model, dtype, seed)
+    args = (model, cell.params(), x, cell.initial_state(x.shape[1]), w_out, target)
+    ref = measure_gradient_flow(*args)
+    got = delta_chain(*args, backend=backend)
+    assert np.isfinite(ref.log_norm_h).all()
+    tol = TOL[dtype] if backend == "torch" else TOL["float32" if dtype == "float32" else "float64"]
+    err = norm_rel_err(got.flow.log_norm_h, ref.log_norm_h)
+    err_log = log_abs_err(got.log_norm_h_true, ref.log_norm_h)
+    print(model, backend, dtype, f"rel err {err:.2e}, log-scale abs err {err_log:.2e}")
+    assert err < tol and err_log < tol
+    if model == "lstm":
+        assert norm_rel_err(got.flow.log_norm_c, ref.log_norm_c) < tol
+        assert log_abs_err(got.log_norm_c_true, ref.log_norm_c) < tol
+    else:
+        assert got.flow.log_norm_c is None
+    assert got.flow.loss == pytest.approx(ref.loss, rel=1e-12)
+    assert (got.flow.first_zero_h == ref.first_zero_h).all()
+    assert got.flow.first_nonfinite_step == ref.first_nonfinite_step
+    assert got.flow.grad_dtype == ref.grad_dtype
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "lstm", "gru"])
+def test_chunked_chain_equals_one_chunk(model, seed, monkeypatch):
+    """Buffers of 2..3 rows (many chunks, Jacobian chunks of 2 steps) give the same numbers."""
+    cell, x, w_out, target = _setup(model, "float64", seed, seq_len=23)
+    args = (model, cell.params(), x, cell.initial_state(x.shape[1]), w_out, target)
+    whole = delta_chain(*args)
+    monkeypatch.setattr(bptt_deltas, "CHUNK_BYTES", 1)
+    small = delta_chain(*args)
+    np.testing.assert_allclose(small.flow.log_norm_h, whole.flow.log_norm_h, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(small.log_norm_h_true, whole.log_norm_h_true, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_saved_from_states_matches_forward_saved(model, seed):
+    """The forward record rebuilt from the unrolled states is the engine's (float64)."""
+    cell, x, _, _ = _setup(model, "float64", seed, seq_len=12)
+    state0 = cell.initial_state(x.shape[1])
+    with torch.no_grad():
+        mine = saved_from_states(model, cell.params(), x, unroll(model, cell.params(), x, state0))
+    ref = forward_saved(model, cell.params(), x, state0, TorchBackend("cpu", torch.float64))
+    for f in ("deriv", "gates", "dgates", "prev", "aux", "aux2"):
+        a, b = getattr(mine, f), getattr(ref, f)
+        assert (a is None) == (b is None), f
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    with torch.no_grad():
+        bk = TorchBackend("cpu", torch.float64)
+        torch.testing.assert_close(step_jacobians(mine, bk), step_jacobians(ref, bk), rtol=0,
+                                   atol=1e-13)
+
+
+def test_float32_overflow_at_the_same_lag_as_autograd(seed):
+    """Exploding linear RNN (W = 2 Q, T = 100: h_T ~ 2^100 is finite, delta_{T-k} ~ 2^(100+k)
+    overflows float32 past k ~ 28) in float32: the working-dtype column reaches inf at
+    the lag where autograd's delta does; the log-scale column stays finite and matches the
+    float64 autograd run (same weights and inputs, upcast) within 1e-4 at every lag."""
+    cell, x, w_out, target = _setup("rnn_linear", "float32", seed, scale=2.0, seq_len=100)
+    args = ("rnn_linear", cell.params(), x, cell.initial_state(x.shape[1]), w_out, target)
+    ref = measure_gradient_flow(*args)
+    got = delta_chain(*args)
+    inf_ref = int(np.flatnonzero(np.isposinf(ref.log_norm_h).any(axis=1))[0])
+    inf_got = int(np.flatnonzero(np.isposinf(got.flow.log_norm_h).any(axis=1))[0])
+    print(f"first inf lag: autograd {inf_ref}, chain {inf_got}")
+    assert inf_got == inf_ref and 0 < inf_ref < 100
+    p64 = {k: v.to(torch.float64) for k, v in cell.params().items()}
+    ref64 = measure_gradient_flow("rnn_linear", p64, x.double(),
+                                  tuple(s.double() for s in args[3]), w_out, target)
+    assert np.isfinite(ref64.log_norm_h).all() and np.isfinite(got.log_norm_h_true).all()
+    err = float(np.abs(got.log_norm_h_true - ref64.log_norm_h).max())
+    print(f"log-scale float32 vs float64 autograd: {err:.2e} (ln||delta|| up to "
+          f"{ref64.log_norm_h.max():.1f})")
+    assert err < 1e-4
+    assert norm_rel_err(got.flow.log_norm_h, ref.log_norm_h) < TOL["float32"]
+
+
+def test_method_and_reference_selection():
+    assert resolve_method("auto", "cpu") == "autograd"
+    assert resolve_method("auto", "cuda") == "jacobian_chain"
+    assert resolve_method("jacobian_chain", "cpu") == "jacobian_chain"
+    with pytest.raises(ValueError, match="allowed: auto, autograd, jacobian_chain"):
+        resolve_method("cudnn", "cpu")
+    ids = [f"rnn_tanh-orthogonal-h32-T50-s{s:g}-seed{k}" for s in (0.5, 1, 2) for k in range(40)]
+    picked = [is_reference_cell(c, 10) for c in ids]
+    assert 0 < sum(picked) < len(ids) and picked == [is_reference_cell(c, 10) for c in ids]
+    assert all(is_reference_cell(c, 1) for c in ids) and not any(is_reference_cell(c, 0)
+                                                                 for c in ids)
+
+
+def test_norm_rel_err_non_finite():
+    a = np.log(np.array([[1.0, 0.0], [np.inf, 2.0]]))
+    assert norm_rel_err(a, a) == 0.0
+    b = a.copy()
+    b[1, 0] = 5.0
+    assert math.isinf(norm_rel_err(a, b))
+    assert norm_rel_err(a + 1e-9, a) == pytest.approx(1e-9, rel=1e-3)
