@@ -149,3 +149,32 @@ def test_norm_rel_err_non_finite():
     b[1, 0] = 5.0
     assert math.isinf(norm_rel_err(a, b))
     assert norm_rel_err(a + 1e-9, a) == pytest.approx(1e-9, rel=1e-3)
+
+
+def test_cell_reports_both_methods_in_one_table(seed):
+    """A jacobian_chain cell that is also an autograd reference: the same summary row holds
+    the method and both comparisons; the per-lag table is the chain's. An auto cell on the
+    CPU runs autograd only (the committed CPU tables' numbers)."""
+    from dataclasses import replace
+
+    from bpttbench.cells import run_cell
+    from bpttbench.tables import tables_from_records
+
+    base = CellSpec("gru", "orthogonal", 12, 40, 1.25, seed % 1000, 4, 1.0, 0.0, 6, 4, 1,
+                    "cpu", "float32", False, True, "torch", autograd_reference_every=1)
+    chain = run_cell(replace(base, bptt_method="jacobian_chain"))
+    auto = run_cell(base)
+    tables = tables_from_records([chain, auto])
+    s = tables["summary"].set_index("bptt_method")
+    print(s[["grad_norm_rel_err_vs_autograd", "log_grad_norm_max_abs_err",
+             "growth_rate_log_scale", "growth_rate"]])
+    assert set(s.index) == {"jacobian_chain", "autograd"}
+    row = s.loc["jacobian_chain"]
+    assert row["grad_norm_rel_err_vs_autograd"] < TOL["float32"]
+    assert row["log_grad_norm_max_abs_err"] < TOL["float32"]
+    assert abs(row["growth_rate_log_scale"] - row["growth_rate"]) < 1e-5
+    assert abs(row["growth_rate"] - s.loc["autograd", "growth_rate"]) < 1e-5
+    assert s.loc["autograd", ["grad_norm_rel_err_vs_autograd", "log_grad_norm_max_abs_err",
+                              "growth_rate_log_scale"]].isna().all()
+    gf = tables["gradient_flow"]
+    assert len(gf) == 2 * 41

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gradients import GradientFlow, first_nonfinite_step, growth_rate, lag_statistics
+from .gradients import (
+    GradientFlow,
+    first_nonfinite_step,
+    growth_rate,
+    lag_statistics,
+    measure_gradient_flow,
+)
 from .jacobians import NumpyBackend, Saved, TorchBackend, step_jacobians
 from .models import Params, State, unroll
 
@@ -343,3 +349,20 @@ def method_summary(method: str, chain: DeltaChain | None, reference: GradientFlo
             out["log_grad_norm_max_abs_err"] = log_abs_err(chain.log_norm_h_true,
                                                            reference.log_norm_h)
     return out
+
+
+def measure_cell(spec: Any, params: Params, x: Tensor, state0: State, w_out: Tensor,
+                 target: Tensor, device: str) -> tuple[GradientFlow, dict[str, Any]]:
+    """A gradient-flow cell's BPTT by its ``bptt_method`` (a CellSpec): the flow the tables
+    report and the method's summary columns. With the chain, autograd also runs on the
+    sampled reference cells (``autograd_reference_every``) and is compared in the summary."""
+    method = resolve_method(spec.bptt_method, device)
+    if method == "autograd":
+        flow = measure_gradient_flow(spec.model, params, x, state0, w_out, target)
+        return flow, method_summary(method, None, None)
+    backend = "numpy" if spec.jacobian_backend == "numpy" else "torch"
+    chain = delta_chain(spec.model, params, x, state0, w_out, target, backend=backend)
+    ref = None
+    if is_reference_cell(spec.cell_id, spec.autograd_reference_every):
+        ref = measure_gradient_flow(spec.model, params, x, state0, w_out, target)
+    return chain.flow, method_summary(method, chain, ref)

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .blocks import thin_record
+from .bptt_deltas import measure_cell, method_summary
 from .config import CellSpec
 from .gpus import assigned_gpu_index
 from .gradients import (
@@ -29,7 +30,6 @@ from .gradients import (
     growth_rate,
     horizon,
     lag_statistics,
-    measure_gradient_flow,
     readout_problem,
 )
 from .hardware import apply_precision, resolve_device
@@ -160,17 +160,18 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         summary.update(spectral_norm_whh=norm, spectral_radius_whh=radius)
 
         prec = cell_precision(spec)
-        if prec.is_default:
-            flow = measure_gradient_flow(spec.model, cell.params(), x,
-                                         cell.initial_state(spec.batch), w_out, target)
-            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0))
+        if prec.is_default:  # autograd, or the one-column Jacobian chain (bptt_deltas)
+            flow, method = measure_cell(spec, cell.params(), x, cell.initial_state(spec.batch),
+                                        w_out, target, device)
+            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0), **method)
         else:  # the precision study: autocast and/or loss scaling, float64 reference
             sf = scaled_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch), w_out,
                              target, prec)
             flow = sf.flow
             ref = reference_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch),
                                  w_out, target)
-            summary.update(precision_summary(spec, prec, flow, ref, sf.loss_scale, sf.backoffs))
+            summary.update(precision_summary(spec, prec, flow, ref, sf.loss_scale, sf.backoffs),
+                           **method_summary("autograd", None, None))
         stats = lag_statistics(flow.log_norm_h)
         gf = {"lag": flow.lags, **stats}
         if flow.log_norm_c is not None:
