@@ -178,3 +178,29 @@ def test_cell_reports_both_methods_in_one_table(seed):
                               "growth_rate_log_scale"]].isna().all()
     gf = tables["gradient_flow"]
     assert len(gf) == 2 * 41
+
+
+@pytest.fixture
+def determinism(request):
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("determinism", [False, True], indirect=True)
+@pytest.mark.parametrize("model", MODELS)
+def test_cost_model_launches_are_counted(model, determinism):
+    """costmodel.DELTAS_LAUNCHES are the profiler's launches per step of delta_chain, and the
+    chain reads nothing back to the host inside the step loop."""
+    from bpttbench.costmodel import DELTAS_LAUNCHES, DELTAS_LAUNCHES_DETERMINISTIC
+    from bpttbench.profiling import count_host_reads, count_launches, per_step
+
+    def make(t):
+        cell, x, w_out, target = _setup(model, "float32", 0, seq_len=t, hidden=8, batch=2)
+        return lambda: delta_chain(model, cell.params(), x, cell.initial_state(2), w_out,
+                                   target)
+
+    table = DELTAS_LAUNCHES_DETERMINISTIC if determinism else DELTAS_LAUNCHES
+    assert per_step(count_launches, make, 20, 60) == table[model]
+    assert per_step(count_host_reads, make, 20, 60) == 0

@@ -158,13 +158,11 @@ class _Ops:
         if self.torch:
             a.div_(s[..., None])
         else:
-            np.divide(a, s[..., None], out=a, casting="same_kind")
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0/0: _dead_stays_dead
+                np.divide(a, s[..., None], out=a, casting="same_kind")
 
-    def log(self, a: Any) -> Any:
-        return torch.log(a) if self.torch else np.log(a)
-
-    def cumsum(self, a: Any) -> Any:
-        return torch.cumsum(a, 0) if self.torch else np.cumsum(a, 0)
+    def stack(self, arrays: list[Any]) -> Any:
+        return torch.stack(arrays) if self.torch else np.stack(arrays)
 
     def host(self, a: Any) -> np.ndarray:
         return a.cpu().numpy() if self.torch else np.asarray(a)
@@ -216,15 +214,15 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
     rows = _rows_per_chunk(batch * 2 * dim * item)
     jrows = _rows_per_chunk(batch * dim * dim * item)
     buf = ops.empty((rows, batch, 2, dim), w)  # rows of [raw, rescaled] per lag
-    scale = ops.empty((steps + 1, batch), w, f64=True)  # norm of the rescaled column per lag
+    scales = []  # norm of the rescaled column per lag (stacked once at the end)
     out = {k: ops.empty((steps + 1, batch), w, f64=True) for k in ("h", "h_unit", "c", "c_unit")}
     zero0 = ops.empty((steps + 1, batch), w, f64=True)
     start = buf[0]
     start[:, 0] = 0.0
     start[:, 0, :hidden] = delta_T
     start[:, 1] = start[:, 0]
-    ops.norm64(start[:, 1], out=scale[0])
-    ops.div_(start[:, 1], scale[0])
+    scales.append(ops.norm64(start[:, 1]))
+    ops.div_(start[:, 1], scales[0])
     jac, jlo = None, steps
     lag0 = 0  # lag of buf[0]
 
@@ -258,12 +256,12 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
                 jlo = max(0, i + 1 - jrows)
                 jac = step_jacobians(saved, bk, jlo, i + 1)
             ops.matmul(prev, jac[i - jlo], out=nxt)
-        ops.norm64(nxt[:, 1], out=scale[lag])
-        ops.div_(nxt[:, 1], scale[lag])
+        scales.append(ops.norm64(nxt[:, 1]))
+        ops.div_(nxt[:, 1], scales[-1])
         pos += 1
     reduce(pos)
     host = {k: ops.host(v) for k, v in out.items()}
-    log_scale = _log_scale(ops.host(scale))
+    log_scale = _log_scale(ops.host(ops.stack(scales)))
     with np.errstate(divide="ignore", invalid="ignore"):
         log_h = np.log(host["h"])
         log_h_true = log_scale + np.log(host["h_unit"])

@@ -59,6 +59,17 @@ TORCH_LAUNCHES_DETERMINISTIC: dict[str, dict[str, float]] = {
 }
 
 
+#: bpttbench.bptt_deltas.delta_chain (gradient_flow.bptt_method jacobian_chain) per step,
+#: float32, counted by the profiler (tests/test_bptt_deltas.py): the graph-free unrolled
+#: forward (as bptt's) plus the two-column adjoint step (RNN: scale by phi' + product;
+#: LSTM/GRU: batched product, their Jacobians built per chunk of steps), the float64 norm of
+#: the rescaled column and the rescale. Not fewer than autograd's for the vanilla RNNs
+#: (autograd's backward is 2 launches a step); fewer for the LSTM and GRU.
+DELTAS_LAUNCHES = {"rnn_tanh": 12, "rnn_relu": 12, "rnn_linear": 11, "lstm": 19, "gru": 21}
+DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 14, "lstm": 22,
+                                 "gru": 25}
+
+
 def launches_of(model: str, deterministic: bool) -> dict[str, float]:
     """Torch launches per step of ``model``'s phases in the given determinism mode."""
     return (TORCH_LAUNCHES_DETERMINISTIC if deterministic else TORCH_LAUNCHES)[model]
@@ -104,6 +115,23 @@ def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
     flops = 2 * batch * (inputs + hidden) * g * hidden + 2 * batch * g * hidden * hidden
     weights = 2 * g * hidden * (hidden + inputs) * item  # read forward and backward
     return StepCost(flops, weights + _elementwise_bytes(launches, batch, g * hidden, item) / g,
+                    launches)
+
+
+def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                    deterministic: bool = False) -> StepCost:
+    """One step of bptt_deltas.delta_chain: forward without a graph, pre-activations
+    recomputed for all steps, the two-column adjoint step, its norm and rescale."""
+    g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
+    launches = (DELTAS_LAUNCHES_DETERMINISTIC if deterministic else DELTAS_LAUNCHES)[model]
+    forward = 2 * 2 * batch * (inputs + hidden) * g * hidden  # the forward, then recomputed
+    weights = 3 * g * hidden * (hidden + inputs) * item
+    if model.startswith("rnn_"):
+        adjoint, frame = 2 * batch * 2 * hidden * hidden, 0.0
+    else:  # build J [B, D, D] per chunk, then [B, 2, D] x [B, D, D]
+        adjoint, frame = 8 * batch * d * d + 2 * batch * 2 * d * d, 4 * batch * d * d * item
+    return StepCost(forward + adjoint,
+                    weights + frame + _elementwise_bytes(launches, batch, g * hidden, item) / g,
                     launches)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import costmodel as cm
+from .bptt_deltas import resolve_method
 from .config import CellSpec, blocks_by_id, load
 from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
 from .machines import Machine, get_machine
@@ -52,8 +53,12 @@ def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
         else "torch"
     k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
     det = spec.deterministic
-    per_step = (cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype,
-                             det)
+    bptt = cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype, det)
+    if resolve_method(spec.bptt_method, machine.kind) == "jacobian_chain":
+        every = spec.autograd_reference_every  # autograd on 1 in N cells (on average)
+        bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
+                                   spec.dtype, det) + bptt * (1.0 / every if every else 0.0))
+    per_step = (bptt
                 + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
                                 spec.qr_every, spec.dtype, backend, det))
     wall, dev = step_seconds(per_step * spec.seq_len, machine, spec.dtype)
