@@ -214,6 +214,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "loss_scale_final": "loss scale S at the end of training (1 = none; dynamic: after its "
         "halvings and doublings)",
         "loss_scale_backoffs": "halvings of a dynamic loss scale over the run (inf/NaN gradients)",
+        "fused": "True: trained as the fused torch.nn module (cuDNN on CUDA) with the unrolled "
+        "cell's parameters, per-step gradients measured on the unrolled cell; False: unrolled",
     },
     "long_range_trace": {
         "task": "adding or copy",
@@ -452,7 +454,7 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         "n_clipped": "int", "n_skipped": "int", "horizon_init": "int", "horizon_final": "int",
         "status": "str", "optimizer": "str", "steps": "int", "batch": "int", "device": "str",
         "error": "str", "precision": "str?", "loss_scale_final": "float?",
-        "loss_scale_backoffs": "int?",
+        "loss_scale_backoffs": "int?", "fused": "bool?",
     },
     "long_range_trace": {
         **_LONG_RANGE_KEY_KINDS, "step": "int", "n_updates": "int", "n_clipped": "int",

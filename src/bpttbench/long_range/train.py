@@ -42,6 +42,7 @@ from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
 from ..models import INITS, RecurrentCell, gate_count, init_parameters
 from ..precision import LossScaler, Precision
+from .fused import check_fused, make_model, resolve_fused
 from .tasks import Task, check_seq_len, get_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
@@ -82,6 +83,7 @@ class RunSpec:
     deterministic: bool
     autocast: str | None = None  # float16 | bfloat16: forward and loss under torch.autocast
     loss_scale: float | str = 1.0  # S, or "dynamic" (GradScaler's rule)
+    fused: bool | str = "auto"  # train the fused torch.nn module (long_range/fused.py)
 
     @property
     def precision(self) -> Precision:
@@ -109,6 +111,7 @@ class RunSpec:
                              f"{', '.join(OPTIMIZERS)}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be None or > 0, got {self.clip}")
+        check_fused(self.fused)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,7 +252,7 @@ def evaluate(net: nn.Module, task: Task, x: Tensor, y: Tensor, autocast: str | N
         return float(task.loss(net(x), y))
 
 
-def gradient_horizon(net: SequenceModel, x: Tensor, seed: int, autocast: str | None = None
+def gradient_horizon(net: nn.Module, x: Tensor, seed: int, autocast: str | None = None
                      ) -> tuple[int | None, float]:
     """(horizon, growth rate) of ln||dL/dh_{T-k}|| for this network on task inputs ``x``.
 
@@ -303,7 +306,9 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         dtype = DTYPES[spec.dtype]
         ac = spec.autocast
         scaler = None if spec.precision.loss_scale == 1 else LossScaler(spec.loss_scale)
-        net = SequenceModel(spec, task, device)
+        fused = resolve_fused(spec.fused, spec.model, device)
+        net = make_model(SequenceModel(spec, task, device), fused)
+        summary["fused"] = fused
         opt = make_optimizer(spec.optimizer, list(net.parameters()), spec.lr)
         gen_train = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 1))
         gen_eval = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 2))
