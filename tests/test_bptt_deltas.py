@@ -26,7 +26,7 @@ from bpttbench.bptt_deltas import (
 from bpttbench.cells import build_cell, make_inputs
 from bpttbench.config import CellSpec
 from bpttbench.gradients import measure_gradient_flow, readout_problem
-from bpttbench.jacobians import TorchBackend, forward_saved, step_jacobians
+from bpttbench.jacobians import Saved, TorchBackend, forward_saved, step_jacobians
 from bpttbench.models import MODELS, unroll
 
 TOL = {"float64": 1e-12, "float32": 5e-5}
@@ -191,9 +191,11 @@ def determinism(request):
 
 @pytest.mark.parametrize("determinism", [False, True], indirect=True)
 @pytest.mark.parametrize("model", MODELS)
-def test_cost_model_launches_are_counted(model, determinism):
+def test_cost_model_launches_are_counted(model, determinism, monkeypatch):
     """costmodel.DELTAS_LAUNCHES are the profiler's launches per step of delta_chain, and the
-    chain reads nothing back to the host inside the step loop."""
+    chain reads nothing back to the host inside the step loop. (One chunk of steps: the
+    chunks' few launches each are a fixed cost per cell, PARTS of them.)"""
+    monkeypatch.setattr(bptt_deltas, "PARTS", 1)
     from bpttbench.costmodel import DELTAS_LAUNCHES, DELTAS_LAUNCHES_DETERMINISTIC
     from bpttbench.profiling import count_host_reads, count_launches, per_step
 
@@ -205,3 +207,52 @@ def test_cost_model_launches_are_counted(model, determinism):
     table = DELTAS_LAUNCHES_DETERMINISTIC if determinism else DELTAS_LAUNCHES
     assert per_step(count_launches, make, 20, 60) == table[model]
     assert per_step(count_host_reads, make, 20, 60) == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_matrix_free_adjoint_equals_step_jacobians(model, backend, seed):
+    """J^T applied without forming J equals the engine's analytic J_t transposed (float64)."""
+    from bpttbench.bptt_deltas import _Ops, adjoint_coefficients, gated_adjoint_step
+
+    cell, x, _, _ = _setup(model, "float64", seed, seq_len=7, init="gaussian", scale=1.3)
+    state0 = cell.initial_state(x.shape[1])
+    with torch.no_grad():
+        saved = saved_from_states(model, cell.params(), x, unroll(model, cell.params(), x,
+                                                                  state0))
+        jac = step_jacobians(saved, TorchBackend("cpu", torch.float64))  # [T, B, D, D]
+    ops = _Ops(backend)
+    if backend == "numpy":
+        fields = ("w_hh", "gates", "dgates", "prev", "aux", "aux2")
+        saved = Saved(**{**saved.__dict__, **{f: getattr(saved, f).detach().numpy()
+                                              for f in fields}})
+    coef = adjoint_coefficients(saved, ops, 0, saved.steps)
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(saved.steps):
+        v = torch.randn(x.shape[1], 2, saved.dim, generator=gen, dtype=torch.float64)
+        want = (v @ jac[t]).numpy()  # rows: (J^T v)^T
+        prev = v.numpy() if backend == "numpy" else v
+        nxt = np.empty_like(prev) if backend == "numpy" else torch.empty_like(v)
+        with torch.no_grad():
+            gated_adjoint_step(model, {k: c[t] for k, c in coef.items()}, saved.w_hh, prev,
+                               nxt, ops)
+        got = nxt if backend == "numpy" else nxt.numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_peak_memory_within_the_cell_estimate(model):
+    """The chain's peak (bytes torch allocated, profiler) stays within memory.estimate_cell,
+    so a cell's too_large decision holds for either BPTT method."""
+    from bpttbench.memory import estimate_cell
+    from bpttbench.profiling import peak_allocated_bytes
+
+    spec = CellSpec(model, "orthogonal", 32, 600, 1.0, 0, 4, 1.0, 0.0, 16, 4, 1, "cpu",
+                    "float32", False, True, "torch")
+    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
+    w_out, target = readout_problem(32, 16, seed=0)
+    peak = peak_allocated_bytes(lambda: delta_chain(model, cell.params(), x,
+                                                    cell.initial_state(16), w_out, target))
+    est = estimate_cell(spec, "cpu").peak_bytes
+    print(model, f"chain peak {peak / 2**20:.1f} MiB, estimate {est / 2**20:.1f} MiB")
+    assert peak <= est

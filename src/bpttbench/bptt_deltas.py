@@ -12,8 +12,11 @@ that share every product:
 The forward pass is ``models.unroll`` without a graph, the same arithmetic as autograd's
 forward, so the trajectory is bitwise the one autograd differentiates; the derivative
 factors are rebuilt from it for all steps at once (no launches per step) as
-``jacobians.forward_saved`` defines them. Per step the chain costs one product (RNN: a
-scale and a product), one float64 norm and one in-place rescale; per-lag norms, the LSTM's
+``jacobians.forward_saved`` defines them. J^T is applied without forming J (as the engine's
+RNN chain does): for the LSTM and GRU the transposed formulas of ``jacobians.analytic`` reduce
+to one product with W_hh of a gate-sized vector (:func:`gated_adjoint_step`; tested against
+``step_jacobians``). Per step the chain costs that product and a few element-wise launches,
+one float64 norm and one in-place rescale; per-lag norms, the LSTM's
 dL/dc and the underflow flags are reduced per chunk of lags on the device and read back
 once per cell. LSTM: the state adjoint treats h and c as independent coordinates; the
 reported ln||dL/dc_t|| is autograd's (same-step path c_t -> h_t added, docs/NUMERICS.md).
@@ -37,12 +40,16 @@ from .gradients import (
     lag_statistics,
     measure_gradient_flow,
 )
-from .jacobians import NumpyBackend, Saved, TorchBackend, step_jacobians
+from .jacobians import NumpyBackend, Saved, TorchBackend
 from .models import Params, State, unroll
 
 METHODS = ("auto", "autograd", "jacobian_chain")
-#: bytes of per-step buffers (Jacobian chunks, the frame rows of a chunk of lags) held at once
-CHUNK_BYTES = 64 * 2**20
+#: bytes of per-step temporaries (forward-record and adjoint-coefficient chunks, the frame
+#: rows of a chunk of lags) held at once
+CHUNK_BYTES = 16 * 2**20
+#: and at most 1/PARTS of the steps: temporaries stay a fraction of the per-step arrays
+#: (memory.estimate_cell bounds the cell; a few launches per chunk, none per step)
+PARTS = 8
 
 
 @dataclass
@@ -83,49 +90,61 @@ def _dsigmoid(a: Tensor) -> Tensor:
 
 def saved_from_states(model: str, params: Params, x: Tensor, states: list[State]) -> Saved:
     """The Jacobian engine's forward record (:class:`~bpttbench.jacobians.Saved`) rebuilt
-    from the unrolled states s_0..s_T, for all steps at once.
+    from the unrolled states s_0..s_T, for chunks of steps at once.
 
-    Pre-activations are recomputed from h_{t-1} and x_t in one product per weight (the
-    states themselves are autograd's); the derivative factors follow ``forward_saved``
-    (from pre-activations: accurate when units saturate).
+    Pre-activations are recomputed from h_{t-1} and x_t (the states themselves are
+    autograd's); the derivative factors follow ``forward_saved`` (from pre-activations:
+    accurate when units saturate). Temporaries are bounded by ``CHUNK_BYTES``.
     """
     w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
     b_ih, b_hh = params["bias_ih_l0"], params["bias_hh_l0"]
     steps, batch = int(x.shape[0]), int(x.shape[1])
-    hidden = int(w_hh.shape[1])
-    h_prev = torch.stack([s[0] for s in states[:-1]])  # [T, B, H]
-    gi = x @ w_ih.T + b_ih
-    gh = h_prev @ w_hh.T + b_hh
-    final = tuple(states[-1])
-    if model.startswith("rnn_"):
-        a = gi + gh
-        if model == "rnn_tanh":
-            deriv = _sech2(a)
-        elif model == "rnn_relu":
-            deriv = (a > 0).to(a.dtype)
-        else:
-            deriv = torch.ones_like(a)
-        return Saved(model, hidden, steps, batch, w_hh, deriv=deriv, final_state=final)
-    if model == "lstm":
-        c_all = torch.stack([s[1] for s in states])  # c_0..c_T
-        a = gi + gh
-        a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
-        gates = torch.cat([torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g),
-                           torch.sigmoid(a_o)], dim=-1)
-        dgates = torch.cat([_dsigmoid(a_i), _dsigmoid(a_f), _sech2(a_g), _dsigmoid(a_o)], -1)
-        c = c_all[1:]
-        return Saved(model, hidden, steps, batch, w_hh, gates=gates, dgates=dgates,
-                     prev=c_all[:-1], aux=torch.tanh(c), aux2=_sech2(c), final_state=final)
-    # gru
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
-    a_r, a_z = i_r + h_r, i_z + h_z
-    r, z = torch.sigmoid(a_r), torch.sigmoid(a_z)
-    a_n = i_n + r * h_n
-    gates = torch.cat([r, z, torch.tanh(a_n)], dim=-1)
-    dgates = torch.cat([_dsigmoid(a_r), _dsigmoid(a_z), _sech2(a_n)], dim=-1)
-    return Saved(model, hidden, steps, batch, w_hh, gates=gates, dgates=dgates, prev=h_prev,
-                 aux=h_n, aux2=torch.sigmoid(-a_z), final_state=final)
+    hidden, width = int(w_hh.shape[1]), int(w_hh.shape[0])
+    h0 = states[0][0]
+    kw = {"dtype": h0.dtype, "device": h0.device}
+    rnn, lstm = model.startswith("rnn_"), model == "lstm"
+    if rnn:
+        out = {"deriv": torch.empty(steps, batch, hidden, **kw)}
+    else:
+        out = {f: torch.empty(steps, batch, width, **kw) for f in ("gates", "dgates")}
+        out.update({f: torch.empty(steps, batch, hidden, **kw) for f in ("prev", "aux", "aux2")})
+    n = min(CHUNK_BYTES // (10 * batch * width * h0.element_size()), -(-steps // PARTS))
+    n = max(1, n)
+    for lo in range(0, steps, n):
+        hi = min(steps, lo + n)
+        h_prev = torch.stack([states[t][0] for t in range(lo, hi)])
+        gi = x[lo:hi] @ w_ih.T + b_ih
+        gh = h_prev @ w_hh.T + b_hh
+        if rnn:
+            a = gi + gh
+            if model == "rnn_tanh":
+                out["deriv"][lo:hi] = _sech2(a)
+            elif model == "rnn_relu":
+                out["deriv"][lo:hi] = a > 0
+            else:
+                out["deriv"][lo:hi] = 1.0
+        elif lstm:
+            a_i, a_f, a_g, a_o = (gi + gh).chunk(4, dim=-1)
+            out["gates"][lo:hi] = torch.cat([torch.sigmoid(a_i), torch.sigmoid(a_f),
+                                             torch.tanh(a_g), torch.sigmoid(a_o)], dim=-1)
+            out["dgates"][lo:hi] = torch.cat([_dsigmoid(a_i), _dsigmoid(a_f), _sech2(a_g),
+                                              _dsigmoid(a_o)], dim=-1)
+            out["prev"][lo:hi] = torch.stack([states[t][1] for t in range(lo, hi)])
+            c = torch.stack([states[t + 1][1] for t in range(lo, hi)])
+            out["aux"][lo:hi] = torch.tanh(c)
+            out["aux2"][lo:hi] = _sech2(c)
+        else:  # gru
+            i_r, i_z, i_n = gi.chunk(3, dim=-1)
+            h_r, h_z, h_n = gh.chunk(3, dim=-1)
+            a_r, a_z = i_r + h_r, i_z + h_z
+            r = torch.sigmoid(a_r)
+            a_n = i_n + r * h_n
+            out["gates"][lo:hi] = torch.cat([r, torch.sigmoid(a_z), torch.tanh(a_n)], dim=-1)
+            out["dgates"][lo:hi] = torch.cat([_dsigmoid(a_r), _dsigmoid(a_z), _sech2(a_n)], -1)
+            out["prev"][lo:hi] = h_prev
+            out["aux"][lo:hi] = h_n
+            out["aux2"][lo:hi] = torch.sigmoid(-a_z)  # 1 - z without cancellation
+    return Saved(model, hidden, steps, batch, w_hh, final_state=tuple(states[-1]), **out)
 
 
 # ------------------------------------------------------------------ array ops of two libraries
@@ -211,8 +230,9 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
     lstm, rnn = saved.model == "lstm", saved.model.startswith("rnn_")
     w = saved.w_hh
     item = int(getattr(w, "itemsize", 0) or w.element_size())
-    rows = _rows_per_chunk(batch * 2 * dim * item)
-    jrows = _rows_per_chunk(batch * dim * dim * item)
+    rows = max(2, min(_rows_per_chunk(batch * 2 * dim * item), -(-(steps + 1) // PARTS) + 1))
+    # adjoint coefficients (and their temporaries) of a chunk of steps
+    jrows = max(1, min(_rows_per_chunk(batch * 10 * hidden * item), -(-steps // PARTS)))
     buf = ops.empty((rows, batch, 2, dim), w)  # rows of [raw, rescaled] per lag
     scales = []  # norm of the rescaled column per lag (stacked once at the end)
     out = {k: ops.empty((steps + 1, batch), w, f64=True) for k in ("h", "h_unit", "c", "c_unit")}
@@ -223,7 +243,7 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
     start[:, 1] = start[:, 0]
     scales.append(ops.norm64(start[:, 1]))
     ops.div_(start[:, 1], scales[0])
-    jac, jlo = None, steps
+    coef, jlo = {}, steps
     lag0 = 0  # lag of buf[0]
 
     def reduce(n: int) -> None:  # per-lag norms of buf[:n] (lags lag0 .. lag0+n-1), on device
@@ -252,10 +272,11 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
         if rnn:  # (J^T v)^T = (phi' * v)^T W: no D x D matrix per step
             ops.matmul(prev * saved.deriv[i][:, None, :], w, out=nxt)
         else:
-            if i < jlo:  # next chunk of step Jacobians, J_{lo+1} .. J_{i+1}
+            if i < jlo:  # coefficients of the next chunk of steps, J_{lo+1} .. J_{i+1}
                 jlo = max(0, i + 1 - jrows)
-                jac = step_jacobians(saved, bk, jlo, i + 1)
-            ops.matmul(prev, jac[i - jlo], out=nxt)
+                coef = adjoint_coefficients(saved, ops, jlo, i + 1)
+            gated_adjoint_step(saved.model, {k: v[i - jlo] for k, v in coef.items()}, w, prev,
+                               nxt, ops)
         scales.append(ops.norm64(nxt[:, 1]))
         ops.div_(nxt[:, 1], scales[-1])
         pos += 1
@@ -273,6 +294,60 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
     flow = GradientFlow(log_h, log_c, first_bad, loss, ops.host(zero0).astype(bool), 1.0,
                         grad_dtype)
     return DeltaChain(flow, log_h_true, log_c_true)
+
+
+def adjoint_coefficients(saved: Saved, ops: _Ops, lo: int, hi: int) -> dict[str, Any]:
+    """Per-step factors of J_{i+1}^T for i in [lo, hi), from the forward record.
+
+    LSTM (gates i, f, g, o; c = c_{t-1}, tc = tanh c_t, oc = o (1 - tanh^2 c_t)):
+    J^T [v_h; v_c] = [W_hh^T (k * [w, w, w, v_h]); f w] with w = v_c + oc v_h and
+    k = [g i', c f', i g', tc o'] (i' = i(1-i) ..., g' = 1 - g^2).
+    GRU (gates r, z, n; u = (1-z)(1-n^2), hn = W_hn h + b_hn):
+    J^T v = z v + W_hh^T (k * [v, v, v]) with k = [hn r' u, (h - n) z', r u].
+    """
+    sl = slice(lo, hi)
+    cat = torch.cat if ops.torch else np.concatenate
+    if saved.model == "lstm":
+        i, f, g, o = _split(saved.gates[sl], 4)
+        di, df, dg, do = _split(saved.dgates[sl], 4)
+        c, tc, dtc = saved.prev[sl], saved.aux[sl], saved.aux2[sl]
+        k = cat([g * di, c * df, i * dg, tc * do], -1)
+        return {"k": k, "oc": o * dtc, "f": f}
+    r, z, n = _split(saved.gates[sl], 3)
+    dr, dz, dn = _split(saved.dgates[sl], 3)
+    h, hn, omz = saved.prev[sl], saved.aux[sl], saved.aux2[sl]
+    u = omz * dn
+    return {"k": cat([hn * dr * u, (h - n) * dz, r * u], -1), "z": z}
+
+
+def _split(a: Any, parts: int) -> list[Any]:
+    width = a.shape[-1] // parts
+    return [a[..., j * width:(j + 1) * width] for j in range(parts)]
+
+
+def gated_adjoint_step(model: str, coef: dict[str, Any], w_hh: Any, prev: Any, nxt: Any,
+                       ops: _Ops) -> None:
+    """nxt = (J^T prev^T)^T for frames [B, k, D] (rows are the columns), without forming J."""
+    hidden = w_hh.shape[1]
+    cat = torch.cat if ops.torch else np.concatenate
+    if model == "lstm":
+        vh, vc = prev[..., :hidden], prev[..., hidden:]
+        if ops.torch:  # fused forms: fewer launches per step
+            wv = torch.addcmul(vc, coef["oc"][:, None, :], vh)  # dL/dc_t along both paths
+            g = cat([wv, wv, wv, vh], -1).mul_(coef["k"][:, None, :])
+            torch.cat([g @ w_hh, coef["f"][:, None, :] * wv], -1, out=nxt)
+        else:
+            wv = vc + coef["oc"][:, None, :] * vh
+            g = cat([wv, wv, wv, vh], -1) * coef["k"][:, None, :]
+            nxt[..., :hidden] = g @ w_hh
+            nxt[..., hidden:] = coef["f"][:, None, :] * wv
+    else:  # gru
+        g = cat([prev, prev, prev], -1) * coef["k"][:, None, :]
+        ops.matmul(g, w_hh, out=nxt)
+        if ops.torch:
+            nxt.addcmul_(coef["z"][:, None, :], prev)
+        else:
+            nxt += coef["z"][:, None, :] * prev
 
 
 def _oc(saved: Saved, ops: _Ops, t_idx: np.ndarray, chunk: Any) -> Any:

@@ -61,13 +61,13 @@ TORCH_LAUNCHES_DETERMINISTIC: dict[str, dict[str, float]] = {
 
 #: bpttbench.bptt_deltas.delta_chain (gradient_flow.bptt_method jacobian_chain) per step,
 #: float32, counted by the profiler (tests/test_bptt_deltas.py): the graph-free unrolled
-#: forward (as bptt's) plus the two-column adjoint step (RNN: scale by phi' + product;
-#: LSTM/GRU: batched product, their Jacobians built per chunk of steps), the float64 norm of
-#: the rescaled column and the rescale. Not fewer than autograd's for the vanilla RNNs
-#: (autograd's backward is 2 launches a step); fewer for the LSTM and GRU.
-DELTAS_LAUNCHES = {"rnn_tanh": 12, "rnn_relu": 12, "rnn_linear": 11, "lstm": 19, "gru": 21}
-DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 14, "lstm": 22,
-                                 "gru": 25}
+#: forward (as bptt's) plus the two-column adjoint step without forming J (RNN: scale by
+#: phi' + product; LSTM/GRU: a gate-sized vector times W_hh, a few element-wise launches),
+#: the float64 norm of the rescaled column and the rescale. More than autograd's for the
+#: vanilla RNNs (autograd's backward is 2 launches a step); fewer for the LSTM and GRU.
+DELTAS_LAUNCHES = {"rnn_tanh": 12, "rnn_relu": 12, "rnn_linear": 11, "lstm": 24, "gru": 24}
+DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 14, "lstm": 27,
+                                 "gru": 28}
 
 
 def launches_of(model: str, deterministic: bool) -> dict[str, float]:
@@ -126,13 +126,10 @@ def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str
     launches = (DELTAS_LAUNCHES_DETERMINISTIC if deterministic else DELTAS_LAUNCHES)[model]
     forward = 2 * 2 * batch * (inputs + hidden) * g * hidden  # the forward, then recomputed
     weights = 3 * g * hidden * (hidden + inputs) * item
-    if model.startswith("rnn_"):
-        adjoint, frame = 2 * batch * 2 * hidden * hidden, 0.0
-    else:  # build J [B, D, D] per chunk, then [B, 2, D] x [B, D, D]
-        adjoint, frame = 8 * batch * d * d + 2 * batch * 2 * d * d, 4 * batch * d * d * item
+    # two columns times W_hh (RNN: [B, 2, H] x [H, H]; LSTM/GRU: [B, 2, gH] x [gH, H])
+    adjoint = 2 * batch * 2 * g * hidden * hidden + 8 * batch * d
     return StepCost(forward + adjoint,
-                    weights + frame + _elementwise_bytes(launches, batch, g * hidden, item) / g,
-                    launches)
+                    weights + _elementwise_bytes(launches, batch, g * hidden, item) / g, launches)
 
 
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
