@@ -256,3 +256,25 @@ def test_peak_memory_within_the_cell_estimate(model):
     est = estimate_cell(spec, "cpu").peak_bytes
     print(model, f"chain peak {peak / 2**20:.1f} MiB, estimate {est / 2**20:.1f} MiB")
     assert peak <= est
+
+
+def test_config_keys_validate_and_reach_the_cells():
+    from bpttbench.config import ConfigError, gradient_flow_cells, validate
+    from bpttbench.long_range.sweep import long_range_runs
+
+    cfg = validate({})
+    cells = list(gradient_flow_cells(cfg))
+    assert {(c.bptt_method, c.autograd_reference_every) for c in cells} == {("auto", 10)}
+    assert {r.fused for r in long_range_runs(cfg)} == {"auto"}
+    cfg = validate({"gradient_flow": {"bptt_method": "jacobian_chain",
+                                      "autograd_reference_every": 3},
+                    "long_range": {"fused": True}})
+    assert {(c.bptt_method, c.autograd_reference_every)
+            for c in gradient_flow_cells(cfg)} == {("jacobian_chain", 3)}
+    assert {r.fused for r in long_range_runs(cfg)} == {True}
+    for bad, key in (({"gradient_flow": {"bptt_method": "cudnn"}}, "gradient_flow.bptt_method"),
+                     ({"gradient_flow": {"autograd_reference_every": -1}},
+                      "gradient_flow.autograd_reference_every"),
+                     ({"long_range": {"fused": "yes"}}, "long_range.fused")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(bad)
