@@ -278,3 +278,23 @@ def test_config_keys_validate_and_reach_the_cells():
                      ({"long_range": {"fused": "yes"}}, "long_range.fused")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(bad)
+
+
+@pytest.mark.parametrize("determinism", [False, True], indirect=True)
+@pytest.mark.parametrize("model", MODELS)
+def test_forward_launches_are_counted(model, determinism):
+    """costmodel.FORWARD_LAUNCHES: the graph-free unrolled forward's launches per step (what
+    stays on torch when the CuPy kernel runs the RNN chain)."""
+    from bpttbench.costmodel import FORWARD_LAUNCHES, FORWARD_LAUNCHES_DETERMINISTIC
+    from bpttbench.profiling import count_launches, per_step
+
+    def make(t):
+        cell, x, _, _ = _setup(model, "float32", 0, seq_len=t, hidden=8, batch=2)
+
+        def run():
+            with torch.no_grad():
+                unroll(model, cell.params(), x, cell.initial_state(2))
+        return run
+
+    table = FORWARD_LAUNCHES_DETERMINISTIC if determinism else FORWARD_LAUNCHES
+    assert per_step(count_launches, make, 20, 60) == table[model]

@@ -196,11 +196,14 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
     """ln||dL/dh_{T-k}|| for k = 0..T by the one-column Jacobian chain (two columns: the
     working dtype unrescaled, and log scale); see the module doc.
 
-    ``backend``: ``torch`` (the params' dtype and device) or ``numpy`` (the chain in float64
-    on the CPU, from the same forward trajectory: a reference for the chain arithmetic).
+    ``backend``: ``torch`` (the params' dtype and device), ``numpy`` (the chain in float64
+    on the CPU, from the same forward trajectory: a reference for the chain arithmetic) or
+    ``cupy`` (vanilla RNNs: one persistent kernel per chunk of steps, ``bptt_delta_cupy``).
     """
-    if backend not in ("torch", "numpy"):
-        raise ValueError(f"delta chain backend {backend!r}; allowed: torch, numpy")
+    if backend not in ("torch", "numpy", "cupy"):
+        raise ValueError(f"delta chain backend {backend!r}; allowed: torch, numpy, cupy")
+    if backend == "cupy" and not model.startswith("rnn_"):
+        raise ValueError(f"delta chain backend cupy runs the vanilla RNNs only, not {model}")
     with torch.no_grad():
         states = unroll(model, params, x, tuple(state0))
         h_T = states[-1][0]
@@ -211,6 +214,8 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
         first_bad = first_nonfinite_step(states)
         saved = saved_from_states(model, params, x, states)
         del states
+        if backend == "cupy":
+            return _run_cupy(saved, delta_T, loss, first_bad, str(h_T.dtype).removeprefix("torch."))
         if backend == "numpy":
             bk: Any = NumpyBackend()
             fields = ("w_hh", "deriv", "gates", "dgates", "prev", "aux", "aux2")
@@ -294,6 +299,23 @@ def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad:
     flow = GradientFlow(log_h, log_c, first_bad, loss, ops.host(zero0).astype(bool), 1.0,
                         grad_dtype)
     return DeltaChain(flow, log_h_true, log_c_true)
+
+
+def _run_cupy(saved: Saved, delta_T: Tensor, loss: float, first_bad: int | None,
+              grad_dtype: str) -> DeltaChain:
+    """The RNN chain by the persistent kernel: per-lag rows, read back once."""
+    from . import bptt_delta_cupy as kc
+
+    if delta_T.is_cuda:  # CuPy's default stream does not wait for torch's queued work
+        torch.cuda.current_stream().synchronize()
+    norm_raw, scale, zero0 = kc.rnn_delta_rows(
+        *(kc.cp.from_dlpack(t.detach().contiguous()) for t in (saved.deriv, saved.w_hh,
+                                                               delta_T)))
+    log_scale = _log_scale(scale)
+    with np.errstate(divide="ignore"):
+        log_h = np.log(norm_raw)
+    flow = GradientFlow(log_h, None, first_bad, loss, zero0 > 0, 1.0, grad_dtype)
+    return DeltaChain(flow, _dead_stays_dead(log_scale, log_scale), None)
 
 
 def adjoint_coefficients(saved: Saved, ops: _Ops, lo: int, hi: int) -> dict[str, Any]:
@@ -434,6 +456,11 @@ def measure_cell(spec: Any, params: Params, x: Tensor, state0: State, w_out: Ten
         flow = measure_gradient_flow(spec.model, params, x, state0, w_out, target)
         return flow, method_summary(method, None, None)
     backend = "numpy" if spec.jacobian_backend == "numpy" else "torch"
+    if (spec.model.startswith("rnn_") and torch.device(device).type == "cuda"
+            and spec.jacobian_backend in ("auto", "cupy")):
+        from .bptt_delta_cupy import usable
+
+        backend = "cupy" if usable(spec.hidden, np.dtype(spec.dtype)) else "torch"
     chain = delta_chain(spec.model, params, x, state0, w_out, target, backend=backend)
     ref = None
     if is_reference_cell(spec.cell_id, spec.autograd_reference_every):

@@ -70,6 +70,15 @@ DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 1
                                  "gru": 28}
 
 
+#: the CuPy path of delta_chain (vanilla RNNs on CUDA, bpttbench.bptt_delta_cupy): one
+#: persistent launch per chunk of up to 4096 steps (counted through the kernel-emulation
+#: stand-in by tests/kernel_emulation/test_bptt_delta_kernel.py); the forward stays torch's
+CUPY_DELTAS = {"rnn": 0}
+#: of delta_chain's torch launches per step, those of the unrolled forward (the rest is the chain)
+FORWARD_LAUNCHES = {"rnn_tanh": 6, "rnn_relu": 6, "rnn_linear": 5, "lstm": 14, "gru": 16}
+FORWARD_LAUNCHES_DETERMINISTIC = {**FORWARD_LAUNCHES, "gru": 17}
+
+
 def launches_of(model: str, deterministic: bool) -> dict[str, float]:
     """Torch launches per step of ``model``'s phases in the given determinism mode."""
     return (TORCH_LAUNCHES_DETERMINISTIC if deterministic else TORCH_LAUNCHES)[model]
@@ -119,11 +128,14 @@ def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
 
 
 def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
-                    deterministic: bool = False) -> StepCost:
+                    deterministic: bool = False, backend: str = "torch") -> StepCost:
     """One step of bptt_deltas.delta_chain: forward without a graph, pre-activations
     recomputed for all steps, the two-column adjoint step, its norm and rescale."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
     launches = (DELTAS_LAUNCHES_DETERMINISTIC if deterministic else DELTAS_LAUNCHES)[model]
+    if backend == "cupy" and model.startswith("rnn_"):  # the forward, then the kernel
+        forward = FORWARD_LAUNCHES_DETERMINISTIC if deterministic else FORWARD_LAUNCHES
+        launches = forward[model] + CUPY_DELTAS["rnn"]
     forward = 2 * 2 * batch * (inputs + hidden) * g * hidden  # the forward, then recomputed
     weights = 3 * g * hidden * (hidden + inputs) * item
     # two columns times W_hh (RNN: [B, 2, H] x [H, H]; LSTM/GRU: [B, 2, gH] x [gH, H])

@@ -57,7 +57,8 @@ def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
     if resolve_method(spec.bptt_method, machine.kind) == "jacobian_chain":
         every = spec.autograd_reference_every  # autograd on 1 in N cells (on average)
         bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
-                                   spec.dtype, det) + bptt * (1.0 / every if every else 0.0))
+                                   spec.dtype, det, backend)
+                + bptt * (1.0 / every if every else 0.0))
     per_step = (bptt
                 + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
                                 spec.qr_every, spec.dtype, backend, det))
