@@ -2,8 +2,11 @@
 
 Tolerances on ||delta_t|| (max over lags 0..T and the batch of the relative error):
 float64 1e-12 (observed ~4e-15: the same trajectory, products in another order); float32
-5e-5 (observed 1e-6..8e-6 at T = 60: float32 rounding of the product chain, the derivative
-factors from pre-activations here, 1 - tanh^2 of the output in autograd).
+2e-4 (over 25 seeds at T = 60, H = 16, all models: working-dtype column up to 1.7e-5,
+log-scale column up to 8.5e-5, a relu element decayed to e^-31 where float32 autograd itself
+is 3.8e-5 off float64 autograd: float32 rounding of the product chain, and the tanh derivative
+from the pre-activation here, 1 - tanh^2 of the output in autograd; the relu derivative is
+taken from h_t > 0, as autograd's).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bpttbench.gradients import measure_gradient_flow, readout_problem
 from bpttbench.jacobians import Saved, TorchBackend, forward_saved, step_jacobians
 from bpttbench.models import MODELS, unroll
 
-TOL = {"float64": 1e-12, "float32": 5e-5}
+TOL = {"float64": 1e-12, "float32": 2e-4}
 
 
 def _setup(model, dtype, seed, *, scale=1.0, seq_len=60, hidden=16, batch=5, init="orthogonal"):

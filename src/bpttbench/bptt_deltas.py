@@ -119,8 +119,8 @@ def saved_from_states(model: str, params: Params, x: Tensor, states: list[State]
             a = gi + gh
             if model == "rnn_tanh":
                 out["deriv"][lo:hi] = _sech2(a)
-            elif model == "rnn_relu":
-                out["deriv"][lo:hi] = a > 0
+            elif model == "rnn_relu":  # from h_t, as autograd's relu backward: the same 0/1
+                out["deriv"][lo:hi] = torch.stack([states[t + 1][0] for t in range(lo, hi)]) > 0
             else:
                 out["deriv"][lo:hi] = 1.0
         elif lstm:
