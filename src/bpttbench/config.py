@@ -326,6 +326,8 @@ class CellSpec:
     loss_scale: float | str = 1.0  # S, or "dynamic"
     warmup_forward: int = 10
     warmup_align: int = 10
+    bptt_method: str = "auto"  # auto | autograd | jacobian_chain (bpttbench.gradient_flow.bptt_deltas)
+    autograd_reference_every: int = 10  # chain cells where autograd also runs: 1 in N
 
     @property
     def cell_id(self) -> str:
@@ -381,6 +383,8 @@ def gradient_flow_cells(cfg: Mapping[str, Any]) -> Iterator[CellSpec]:
             **precision_fields(cfg),
             warmup_forward=int(gf["warmup_forward"]),
             warmup_align=int(gf["warmup_align"]),
+            bptt_method=gf.get("bptt_method", "auto"),
+            autograd_reference_every=int(gf.get("autograd_reference_every", 10)),
         )
 
 

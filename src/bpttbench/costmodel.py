@@ -59,6 +59,26 @@ TORCH_LAUNCHES_DETERMINISTIC: dict[str, dict[str, float]] = {
 }
 
 
+#: bpttbench.gradient_flow.bptt_deltas.delta_chain (gradient_flow.bptt_method jacobian_chain) per step,
+#: float32, counted by the profiler (tests/test_bptt_deltas.py): the graph-free unrolled
+#: forward (as bptt's) plus the two-column adjoint step without forming J (RNN: scale by
+#: phi' + product; LSTM/GRU: a gate-sized vector times W_hh, a few element-wise launches),
+#: the float64 norm of the rescaled column and the rescale. More than autograd's for the
+#: vanilla RNNs (autograd's backward is 2 launches a step); fewer for the LSTM and GRU.
+DELTAS_LAUNCHES = {"rnn_tanh": 12, "rnn_relu": 12, "rnn_linear": 11, "lstm": 24, "gru": 24}
+DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 14, "lstm": 27,
+                                 "gru": 28}
+
+
+#: the CuPy path of delta_chain (vanilla RNNs on CUDA, bpttbench.gradient_flow.bptt_delta_cupy): one
+#: persistent launch per chunk of up to 4096 steps (counted through the kernel-emulation
+#: stand-in by tests/kernel_emulation/test_bptt_delta_kernel.py); the forward stays torch's
+CUPY_DELTAS = {"rnn": 0}
+#: of delta_chain's torch launches per step, those of the unrolled forward (the rest is the chain)
+FORWARD_LAUNCHES = {"rnn_tanh": 6, "rnn_relu": 6, "rnn_linear": 5, "lstm": 14, "gru": 16}
+FORWARD_LAUNCHES_DETERMINISTIC = {**FORWARD_LAUNCHES, "gru": 17}
+
+
 def launches_of(model: str, deterministic: bool) -> dict[str, float]:
     """Torch launches per step of ``model``'s phases in the given determinism mode."""
     return (TORCH_LAUNCHES_DETERMINISTIC if deterministic else TORCH_LAUNCHES)[model]
@@ -105,6 +125,23 @@ def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
     weights = 2 * g * hidden * (hidden + inputs) * item  # read forward and backward
     return StepCost(flops, weights + _elementwise_bytes(launches, batch, g * hidden, item) / g,
                     launches)
+
+
+def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                    deterministic: bool = False, backend: str = "torch") -> StepCost:
+    """One step of bptt_deltas.delta_chain: forward without a graph, pre-activations
+    recomputed for all steps, the two-column adjoint step, its norm and rescale."""
+    g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
+    launches = (DELTAS_LAUNCHES_DETERMINISTIC if deterministic else DELTAS_LAUNCHES)[model]
+    if backend == "cupy" and model.startswith("rnn_"):  # the forward, then the kernel
+        forward = FORWARD_LAUNCHES_DETERMINISTIC if deterministic else FORWARD_LAUNCHES
+        launches = forward[model] + CUPY_DELTAS["rnn"]
+    forward = 2 * 2 * batch * (inputs + hidden) * g * hidden  # the forward, then recomputed
+    weights = 3 * g * hidden * (hidden + inputs) * item
+    # two columns times W_hh (RNN: [B, 2, H] x [H, H]; LSTM/GRU: [B, 2, gH] x [gH, H])
+    adjoint = 2 * batch * 2 * g * hidden * hidden + 8 * batch * d
+    return StepCost(forward + adjoint,
+                    weights + _elementwise_bytes(launches, batch, g * hidden, item) / g, launches)
 
 
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,

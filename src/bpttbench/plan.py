@@ -28,6 +28,7 @@ from typing import Any
 from . import costmodel as cm
 from .config import CellSpec, blocks_by_id
 from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
+from .gradient_flow.bptt_deltas import resolve_method
 from .machines import Machine, get_machine
 from .memory import block_peak_bytes, estimate_cell, long_range_peak_bytes
 
@@ -51,8 +52,13 @@ def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
         else "torch"
     k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
     det = spec.deterministic
-    per_step = (cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype,
-                             det)
+    bptt = cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype, det)
+    if resolve_method(spec.bptt_method, machine.kind) == "jacobian_chain":
+        every = spec.autograd_reference_every  # autograd on 1 in N cells (on average)
+        bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
+                                   spec.dtype, det, backend)
+                + bptt * (1.0 / every if every else 0.0))
+    per_step = (bptt
                 + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
                                 spec.qr_every, spec.dtype, backend, det))
     wall, dev = step_seconds(per_step * spec.seq_len, machine, spec.dtype)

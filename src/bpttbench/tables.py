@@ -100,6 +100,16 @@ COLUMNS: dict[str, dict[str, str]] = {
         "device_index": "physical index of the GPU the cell ran on (empty on the CPU)",
         "memory_estimate_gib": "peak memory of the cell estimated from its shape before it ran, "
         "GiB (bpttbench.memory)",
+        # issue 13: BPTT by the one-column Jacobian chain, autograd as a sampled reference
+        "bptt_method": "how dL/dh_t was computed: autograd, or jacobian_chain (the loss gradient "
+        "carried back through the analytic step Jacobians in the working dtype, unrescaled)",
+        "grad_norm_rel_err_vs_autograd": "max over lags and batch of | ||dL/dh_t|| (chain) / "
+        "||dL/dh_t|| (autograd) - 1 | (inf where one overflowed or underflowed and the other "
+        "did not); empty unless both ran on the cell",
+        "log_grad_norm_max_abs_err": "max over lags and batch of |ln||dL/dh_t|| (log-scale "
+        "chain) - ln||dL/dh_t|| (autograd)| where autograd's is finite; empty unless both ran",
+        "growth_rate_log_scale": "growth_rate of the log-scale chain (rescaled every step: no "
+        "overflow or underflow), natural log per step; empty unless the chain ran",
     },
     "lyapunov": {
         **_CELL_DOCS,
@@ -204,6 +214,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "loss_scale_final": "loss scale S at the end of training (1 = none; dynamic: after its "
         "halvings and doublings)",
         "loss_scale_backoffs": "halvings of a dynamic loss scale over the run (inf/NaN gradients)",
+        "fused": "True: trained as the fused torch.nn module (cuDNN on CUDA) with the unrolled "
+        "cell's parameters, per-step gradients measured on the unrolled cell; False: unrolled",
     },
     "long_range_trace": {
         "task": "adding or copy",
@@ -425,6 +437,8 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         "rate_error_vs_float64": "float?",
         # the GPU scale work's columns (absent from older sets)
         "device_index": "int?", "memory_estimate_gib": "float?",
+        "bptt_method": "str?", "grad_norm_rel_err_vs_autograd": "float?",
+        "log_grad_norm_max_abs_err": "float?", "growth_rate_log_scale": "float?",
     },
     "lyapunov": {**_CELL_KINDS, "index": "int", "warmup_forward": "int?", "warmup_align": "int?"},
     "chain_spectrum": {**_CELL_KINDS, "lag": "int", "index": "int"},
@@ -440,7 +454,7 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
         "n_clipped": "int", "n_skipped": "int", "horizon_init": "int", "horizon_final": "int",
         "status": "str", "optimizer": "str", "steps": "int", "batch": "int", "device": "str",
         "error": "str", "precision": "str?", "loss_scale_final": "float?",
-        "loss_scale_backoffs": "int?",
+        "loss_scale_backoffs": "int?", "fused": "bool?",
     },
     "long_range_trace": {
         **_LONG_RANGE_KEY_KINDS, "step": "int", "n_updates": "int", "n_clipped": "int",

@@ -36,6 +36,7 @@ from ..precision import (
 )
 from ..records import finish_record, now_iso, record_error
 from .blocks import thin_record
+from .bptt_deltas import measure_cell, method_summary
 from .gradients import (
     GradientFlow,
     first_lag_where,
@@ -43,7 +44,6 @@ from .gradients import (
     growth_rate_fit,
     horizon,
     lag_statistics,
-    measure_gradient_flow,
     readout_problem,
 )
 
@@ -140,17 +140,18 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         summary.update(spectral_norm_whh=norm, spectral_radius_whh=radius)
 
         prec = cell_precision(spec)
-        if prec.is_default:
-            flow = measure_gradient_flow(spec.model, cell.params(), x,
-                                         cell.initial_state(spec.batch), w_out, target)
-            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0))
+        if prec.is_default:  # autograd, or the one-column Jacobian chain (bptt_deltas)
+            flow, method = measure_cell(spec, cell.params(), x, cell.initial_state(spec.batch),
+                                        w_out, target, device)
+            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0), **method)
         else:  # the precision study: autocast and/or loss scaling, float64 reference
             sf = scaled_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch), w_out,
                              target, prec)
             flow = sf.flow
             ref = reference_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch),
                                  w_out, target)
-            summary.update(precision_summary(spec, prec, flow, ref, sf.loss_scale, sf.backoffs))
+            summary.update(precision_summary(spec, prec, flow, ref, sf.loss_scale, sf.backoffs),
+                           **method_summary("autograd", None, None))
         stats = lag_statistics(flow.log_norm_h)
         gf = {"lag": flow.lags, **stats}
         if flow.log_norm_c is not None:

@@ -77,6 +77,7 @@ class RunSpec:
     deterministic: bool
     autocast: str | None = None  # float16 | bfloat16: forward and loss under torch.autocast
     loss_scale: float | str = 1.0  # S, or "dynamic" (GradScaler's rule)
+    fused: bool | str = "auto"  # train the fused torch.nn module (long_range/fused.py)
 
     @property
     def precision(self) -> Precision:
@@ -104,9 +105,15 @@ class RunSpec:
                              f"{', '.join(OPTIMIZERS)}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be None or > 0, got {self.clip}")
+        check_fused(self.fused)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_fused(setting: Any) -> None:
+    if not (isinstance(setting, bool) or setting == "auto"):
+        raise ValueError(f"long_range.fused: {setting!r}; allowed: auto, true, false")
 
 
 def runs_to_json(runs: list[RunSpec]) -> str:

@@ -71,7 +71,7 @@ def long_range_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
             eval_batch=int(lr["eval_batch"]), solved_fraction=float(lr["solved_fraction"]),
             device=cfg["device"], dtype=prec["dtype"], allow_tf32=bool(cfg["allow_tf32"]),
             deterministic=bool(cfg["deterministic"]), autocast=prec["autocast"],
-            loss_scale=prec["loss_scale"],
+            loss_scale=prec["loss_scale"], fused=lr.get("fused", "auto"),
         )
         try:
             spec.check()

@@ -23,7 +23,7 @@ RUN_COLUMNS = RUN_KEYS + [
     "final_loss", "baseline_loss", "final_loss_ratio", "solved", "steps_to_solve", "best_loss",
     "n_updates", "n_clipped", "n_skipped", "grad_norm_max", "horizon_init", "growth_rate_init",
     "horizon_final", "growth_rate_final", "status", *SPEC_COLUMNS, "device", "wall_s", "error",
-    "loss_scale_final", "loss_scale_backoffs",
+    "loss_scale_final", "loss_scale_backoffs", "fused",
 ]
 TRACE_COLUMNS = RUN_KEYS + [
     "step", "eval_loss", "eval_loss_ratio", "train_loss", "log_grad_norm_mean", "grad_norm_max",
@@ -58,6 +58,7 @@ def runs_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         df[col] = df[col].astype("Float64").astype("Int64")
     df["clip"] = df["clip"].astype("Float64")  # empty (<NA>) = no clipping
     df["solved"] = df["solved"].astype("boolean")
+    df["fused"] = df["fused"].astype("boolean")  # empty: a record from before the option
     if len(df):
         df = df.sort_values(RUN_KEYS, na_position="first").reset_index(drop=True)
     return df

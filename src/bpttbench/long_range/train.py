@@ -45,6 +45,7 @@ from ..io import run_checkpointed
 from ..models import RecurrentCell, gate_count, init_parameters
 from ..precision import DTYPES, LossScaler
 from ..records import finish_record, now_iso, record_error
+from .fused import make_model, resolve_fused
 from .spec import (
     FLOW_BATCH,
     LONG_RANGE_INITS,
@@ -186,7 +187,7 @@ def evaluate(net: nn.Module, task: Task, x: Tensor, y: Tensor, autocast: str | N
         return float(task.loss(net(x), y))
 
 
-def gradient_horizon(net: SequenceModel, x: Tensor, seed: int, autocast: str | None = None
+def gradient_horizon(net: nn.Module, x: Tensor, seed: int, autocast: str | None = None
                      ) -> tuple[int | None, float]:
     """(horizon, growth rate) of ln||dL/dh_{T-k}|| for this network on task inputs ``x``.
 
@@ -240,7 +241,9 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         dtype = DTYPES[spec.dtype]
         ac = spec.autocast
         scaler = None if spec.precision.loss_scale == 1 else LossScaler(spec.loss_scale)
-        net = SequenceModel(spec, task, device)
+        fused = resolve_fused(spec.fused, spec.model, device)
+        net = make_model(SequenceModel(spec, task, device), fused)
+        summary["fused"] = fused
         opt = make_optimizer(spec.optimizer, list(net.parameters()), spec.lr)
         gen_train = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 1))
         gen_eval = torch.Generator().manual_seed(_stream(spec.seed, spec.task, spec.seq_len, 2))

@@ -1,0 +1,124 @@
+"""The RNN's two-column BPTT chain kernel (bpttbench.gradient_flow.bptt_delta_cupy) through the kernel
+emulation stand-in, against the torch path of bptt_deltas (itself tested against autograd).
+
+Tolerances on ||delta_t|| (relative, max over lags and batch): float64 1e-12, float32 2e-5
+(the kernel sums its products in another order than the BLAS; observed below 2e-6).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import emucupy
+import numpy as np
+import pytest
+import torch
+
+from bpttbench.config import CellSpec
+from bpttbench.gradient_flow import bptt_delta_cupy as kc
+from bpttbench.gradient_flow.bptt_deltas import delta_chain, log_abs_err, norm_rel_err
+from bpttbench.gradient_flow.cells import build_cell, make_inputs
+from bpttbench.gradient_flow.gradients import readout_problem
+
+pytestmark = pytest.mark.kernel_emulation
+
+
+@pytest.fixture
+def kemu(monkeypatch):
+    if shutil.which(emucupy.CXX) is None:
+        pytest.skip(f"no host C++ compiler {emucupy.CXX!r} (set CXX) to build the kernels")
+    emu = emucupy.Emulator()
+    monkeypatch.setattr(kc, "cp", emucupy.FakeCupy(emu))
+    kc._module.cache_clear()
+    yield emu
+    kc._module.cache_clear()
+
+
+def _args(model, dtype, hidden, batch, steps, seed, scale=1.0):
+    spec = CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1,
+                    "cpu", dtype, False, True, "torch")
+    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
+    w_out, target = readout_problem(hidden, batch, seed=seed)
+    return model, cell.params(), x, cell.initial_state(batch), w_out, target
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("model,hidden,batch", [("rnn_tanh", 8, 3), ("rnn_relu", 33, 1),
+                                                ("rnn_linear", 300, 2)])
+def test_kernel_equals_torch_path(kemu, model, hidden, batch, dtype, tol, monkeypatch):
+    seed = int(np.random.SeedSequence().entropy % 10_000)
+    print(f"seed={seed}")
+    monkeypatch.setattr(kc, "STEPS_PER_LAUNCH", 7)  # several launches, lag offsets > 0
+    args = _args(model, dtype, hidden, batch, 20, seed)
+    ref = delta_chain(*args, backend="torch")
+    got = delta_chain(*args, backend="cupy")
+    err = norm_rel_err(got.flow.log_norm_h, ref.flow.log_norm_h)
+    err_log = log_abs_err(got.log_norm_h_true, ref.log_norm_h_true)
+    print(model, hidden, dtype, f"rel err {err:.2e}, log-scale {err_log:.2e}")
+    assert np.isfinite(ref.flow.log_norm_h).all()
+    assert err < tol and err_log < tol
+    assert (got.flow.first_zero_h == ref.flow.first_zero_h).all()
+    assert got.flow.loss == ref.flow.loss and got.flow.first_nonfinite_step is None
+
+
+def test_kernel_overflows_like_bptt(kemu):
+    """float32 exploding linear RNN: inf at the same lag as the torch path, log scale finite."""
+    args = _args("rnn_linear", "float32", 16, 2, 100, 3, scale=2.0)
+    with torch.no_grad():  # W = 2 Q: the orthogonal init, scaled
+        args[1]["weight_hh_l0"].copy_(2 * torch.linalg.qr(torch.randn(16, 16))[0])
+    ref = delta_chain(*args, backend="torch")
+    got = delta_chain(*args, backend="cupy")
+    first = [int(np.flatnonzero(np.isposinf(f.log_norm_h).any(axis=1))[0]) for f in
+             (ref.flow, got.flow)]
+    print("first inf lag (torch, kernel):", first)
+    assert first[0] == first[1] > 0
+    assert np.isfinite(got.log_norm_h_true).all()
+    assert log_abs_err(got.log_norm_h_true, ref.log_norm_h_true) < 1e-5
+
+
+def test_one_launch_per_chunk_none_per_step(kemu):
+    """Launches do not grow with T within a chunk: 0 per step (costmodel.CUPY_DELTAS)."""
+    from bpttbench.costmodel import CUPY_DELTAS
+
+    def launches(steps):
+        before = len(kemu.launches)
+        delta_chain(*_args("rnn_tanh", "float32", 8, 2, steps, 0), backend="cupy")
+        return len(kemu.launches) - before
+
+    assert launches(8) == launches(24) == 1
+    assert CUPY_DELTAS["rnn"] == (launches(24) - launches(8)) / 16 == 0
+
+
+def test_bitwise_identical_in_any_thread_order(monkeypatch):
+    """Threads of each barrier interval in order and in two shuffled orders: same bits."""
+    if shutil.which(emucupy.CXX) is None:
+        pytest.skip(f"no host C++ compiler {emucupy.CXX!r}")
+    args = _args("rnn_tanh", "float32", 300, 2, 9, 5, scale=1.3)  # H > 256: threads loop
+    outs = []
+    for order in (0, 1, 2):
+        monkeypatch.setattr(kc, "cp", emucupy.FakeCupy(emucupy.Emulator(order_seed=order)))
+        kc._module.cache_clear()
+        got = delta_chain(*args, backend="cupy")
+        outs.append((got.flow.log_norm_h, got.log_norm_h_true))
+    kc._module.cache_clear()
+    for a, b in outs[1:]:
+        assert np.array_equal(a, outs[0][0]) and np.array_equal(b, outs[0][1])
+
+
+@pytest.mark.parametrize("arch", ["80", "90", "100"])
+def test_kernel_compiles_with_cupys_nvrtc(arch):
+    """The kernel source through CuPy's own NVRTC path (no GPU needed), as the engine's."""
+    import struct
+
+    from cupy.cuda import compiler
+
+    opts = (*kc.NVRTC_OPTIONS, "-ftz=true", f"-arch=sm_{arch}",
+            "--device-as-default-execution-space")
+    prog = compiler._NVRTCProgram(kc.SOURCE, "bptt_delta.cu", method="cubin")
+    try:
+        cubin, _ = prog.compile(opts)
+    except compiler.CompileException as exc:
+        pytest.fail(f"NVRTC failed (sm_{arch}):\n{exc}")
+    assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
+    for suffix in ("f32", "f64"):
+        assert f"bptt_delta_rnn_{suffix}".encode() in cubin
