@@ -126,7 +126,7 @@ def cmd_op(args: argparse.Namespace) -> int:
 
     check_names(args.ops, [])
     df = pd.concat([run_op(cfg, op, log=_log) for op in args.ops], ignore_index=True)
-    write_table(df, args.out, "bench", csv_twin=False)
+    write_table(df, args.out, "bench_part", csv_twin=False)
     counts = df["status"].value_counts().to_dict()
     _log(f"bench {' '.join(args.ops)}: {len(df)} rows, status {counts}")
     return 0
@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         parts = []
         for op in ops:
             df = run_op(cfg, op, log=_log)
-            parts.append(write_table(df, Path(tmp) / f"{op}.parquet", "bench", csv_twin=False))
+            parts.append(write_table(df, Path(tmp) / f"{op}.parquet", "bench_part", csv_twin=False))
         _collect(parts, tables / "peak.csv", targets, tables)
     _figures(tables, figures)
     return 0
