@@ -66,12 +66,21 @@ def _example(values: pd.Series) -> str:
     return f" like {(v.item() if isinstance(v, np.generic) else v)!r}"
 
 
+def _all_numbers(s: pd.Series) -> bool:
+    return bool(s.dropna().map(lambda v: isinstance(v, int | float | np.number)
+                               and not isinstance(v, bool | np.bool_)).all())
+
+
 def series_kind_problem(s: pd.Series, kind: str) -> str | None:
     """None when the column's values are of ``kind``; else what is wrong with them."""
     if kind == "any":
         return None
     if s.isna().all():
         return None  # an empty CSV column has no type to check
+    if kind in ("float", "int") and s.dtype == object and _all_numbers(s):
+        # a frame column of numbers and None (e.g. keys empty for some rows): numbers once
+        # written, so check the values
+        s = s.astype(float)
     if kind == "float":
         if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
             return f"expected numbers, found {s.dtype} values{_example(s)}"

@@ -51,5 +51,5 @@ rule compare_pair:
         mem_mb=lambda wc, attempt: cluster.mem_mb("figures", attempt),
         runtime=lambda wc, attempt: cluster.runtime_min("figures", attempt),
     shell:
-        "bpttbench compare {params.a:q} {params.b:q} --out results/compare/{wildcards.pair}"
+        "bpttbench compare sets {params.a:q} {params.b:q} --out results/compare/{wildcards.pair}"
         " > {log} 2>&1"
