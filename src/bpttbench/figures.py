@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from . import contract  # noqa: E402
 from .io import write_with  # noqa: E402
 
 LOG_FLOAT32_SUBNORMAL = math.log(float(np.finfo(np.float32).smallest_subnormal))
@@ -166,11 +167,9 @@ def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
     return g.figure
 
 
-# name -> (table it reads, function); the figure file is figures/<name>.png
+# name -> (table it reads, function), as bpttbench.contract.gradient_flow declares them; the
+# figure file is figures/<name>.png
 GRADIENT_FLOW_FIGURES: dict[str, tuple[str, Callable[[pd.DataFrame], plt.Figure]]] = {
-    "gradient_norm_by_lag": ("gradient_flow", gradient_norm_by_lag),
-    "growth_rate_by_scale": ("summary", growth_rate_by_scale),
-    "horizon_heatmap": ("summary", horizon_heatmap),
-    "lyapunov_spectrum": ("lyapunov", lyapunov_spectrum),
-    "chain_singular_values": ("chain_spectrum", chain_singular_values),
+    f.name: (f.inputs[0], globals()[f.plot.rsplit(":", 1)[1]])
+    for f in contract.figures("gradient_flow")
 }

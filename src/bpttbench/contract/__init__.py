@@ -20,6 +20,7 @@ from .registry import (
     figure_files,
     figure_outputs,
     figures,
+    plot_function,
     report_sections,
     section_figures,
     table,
@@ -33,6 +34,6 @@ from .spec import COMPARE_MODES, KINDS, ROLES, Column, Figure, Section, Table
 __all__ = [
     "COMPARE_MODES", "CSV_TWIN_MAX_ROWS", "FIGURES", "FILE", "KINDS", "ROLES", "STAGES", "TABLES",
     "Column", "Figure", "Section", "Table", "UnknownTableError", "columns_markdown", "figure",
-    "figure_files", "figure_outputs", "figures", "report_sections", "section_figures", "table",
-    "table_files", "table_path", "tables", "twin_file",
+    "figure_files", "figure_outputs", "figures", "plot_function", "report_sections",
+    "section_figures", "table", "table_files", "table_path", "tables", "twin_file",
 ]

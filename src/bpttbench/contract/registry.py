@@ -7,6 +7,7 @@ report, COLUMNS.md and the workflow's figure outputs all read it from here.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,12 @@ def figure_outputs(stage: str, report: Callable[..., Any], folder: str = "result
     return {f.name: report(f"{folder}/{f.file}", caption=f"{captions}/{f.caption_file}",
                            category=f.category, **extra)
             for f in figures(stage, names)}
+
+
+def plot_function(name: str) -> Callable[..., Any]:
+    """The plot function of a figure (imports its module: matplotlib and the rest)."""
+    module, func = figure(name).plot.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def section_figures(section: Section) -> list[str]:

@@ -9,9 +9,9 @@ VALIDATION_DOCS = {
     "kernel": "custom CUDA kernel checked (src/bpttbench/kernels/*.cu)",
     "shape": "shape of the check, its dimensions joined by x",
     "dtype": "float32 or float64",
-    "max_rel_err": "max |got - ref| / max(1, |ref|) for accumulated logs (chains, QR "
-    "log|diag R|), max |got - ref| / max |ref| for matrices (Jacobians, Q), against the numpy "
-    "float64 reference on the kernel's exact inputs",
+    "max_rel_err": "max abs(got - ref) / max(1, abs(ref)) for accumulated logs (chains, QR "
+    "ln abs(diag R)), max abs(got - ref) / max abs(ref) for matrices (Jacobians, Q), against "
+    "the numpy float64 reference on the kernel's exact inputs",
     "tolerance": "allowed max_rel_err for the kernel and dtype",
     "passed": "max_rel_err <= tolerance",
 }
