@@ -87,6 +87,7 @@ def _cmd_block(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from .contract import FILE
     from .io import remove_checkpoints
     from .tables import collect_cells, write_columns_doc, write_table
 
@@ -102,11 +103,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
               f"status {counts}")
         return 0
     tables = collect_cells(args.cells)
-    write_table(tables["gradient_flow"], out / "gradient_flow.parquet", "gradient_flow")
-    write_table(tables["summary"], out / "summary.csv", "summary")
-    write_table(tables["lyapunov"], out / "lyapunov.parquet", "lyapunov")
-    write_table(tables["chain_spectrum"], out / "chain_spectrum.parquet", "chain_spectrum",
-                csv_twin=False)
+    for name in ("gradient_flow", "summary", "lyapunov", "chain_spectrum"):
+        write_table(tables[name], out / FILE[name], name)
     write_columns_doc(out / "COLUMNS.md")
     remove_checkpoints(args.cells)
     counts = tables["summary"]["status"].value_counts().to_dict()
@@ -115,12 +113,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from . import contract
     from .figures import GRADIENT_FLOW_FIGURES, save
     from .tables import read_table
 
     tables_dir, out = Path(args.tables), Path(args.out_dir)
-    files = {"gradient_flow": "gradient_flow.parquet", "summary": "summary.csv",
-             "lyapunov": "lyapunov.parquet", "chain_spectrum": "chain_spectrum.parquet"}
+    files = contract.FILE
     cache = {}
     for name in args.names or list(GRADIENT_FLOW_FIGURES):
         table, plot = GRADIENT_FLOW_FIGURES[name]

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bpttbench.contract import FILE
+
 DEFAULT_TARGETS = "benchmarks/targets.yaml"
 OVERRIDES = ("ops", "variants", "hidden", "batch", "seq_len", "repeats", "warmup")
 
@@ -145,9 +147,9 @@ def _collect(parts: list[str | Path], peak_path: str | Path, targets_path: str |
     # An unreadable part is moved aside and named in the error: no table from partial input.
     df = collect(read_intermediates(parts, pd.read_parquet), peaks)
     out = Path(out_dir)
-    write_table(df, out / "bench.parquet", "bench", csv_twin=True)
+    write_table(df, out / FILE["bench"], "bench", csv_twin=True)
     tdf = evaluate_targets(df, targets)
-    write_table(tdf, out / "bench_targets.csv", "bench_targets")
+    write_table(tdf, out / FILE["bench_targets"], "bench_targets")
     counts = df["status"].value_counts().to_dict()
     _log(f"collected {len(df)} bench rows into {out} (status {counts}); targets: "
          + ", ".join(f"{r.target}={'n/a' if pd.isna(r.met) else ('met' if r.met else 'NOT met')}"
@@ -164,8 +166,8 @@ def _figures(tables: Path, out_dir: Path) -> None:
     from bpttbench.figures import save
     from bpttbench.tables import read_table
 
-    bench = read_table(tables / "bench.parquet")
-    peaks = read_table(tables / "peak.csv")
+    bench = read_table(tables / FILE["bench"])
+    peaks = read_table(tables / FILE["peak"])
     save(bench_speedup(bench), out_dir / "bench_speedup.png")
     save(bench_roofline(bench, peaks), out_dir / "bench_roofline.png")
     _log(f"wrote {out_dir / 'bench_speedup.png'} and {out_dir / 'bench_roofline.png'}")
@@ -194,13 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not targets.exists():
         raise FileNotFoundError(f"targets file {targets} not found; pass --targets PATH")
     peaks = peaks_for(cfg)
-    write_table(peaks, tables / "peak.csv", "peak")
+    write_table(peaks, tables / FILE["peak"], "peak")
     with tempfile.TemporaryDirectory(prefix="bpttbench-bench-") as tmp:
         parts = []
         for op in ops:
             df = run_op(cfg, op, log=_log)
             parts.append(write_table(df, Path(tmp) / f"{op}.parquet", "bench_part", csv_twin=False))
-        _collect(parts, tables / "peak.csv", targets, tables)
+        _collect(parts, tables / FILE["peak"], targets, tables)
     _figures(tables, figures)
     return 0
 

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..contract import FILE
+
 
 @dataclass(frozen=True)
 class ClaimSpec:
@@ -56,8 +58,8 @@ CLAIMS: dict[str, ClaimSpec] = {
 }
 CLAIM_IDS: tuple[str, ...] = tuple(CLAIMS)
 OVERVIEW = "claims_overview"
-TABLE = "claims.csv"
-CURVES = "claim_curves.parquet"
+TABLE = FILE["claims"]
+CURVES = FILE["claim_curves"]
 
 
 def figure_names(claims: Sequence[str] | None = None) -> list[str]:

@@ -65,18 +65,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from ..contract import FILE
     from ..io import remove_checkpoints
     from ..tables import read_records, write_table
     from .tables import collect
 
     out = Path(args.out_dir)
     tables = collect(read_records(args.records))
-    write_table(tables["long_range"], out / "long_range.parquet", "long_range")
-    write_table(tables["long_range_trace"], out / "long_range_trace.parquet", "long_range_trace")
-    write_table(tables["long_range_summary"], out / "long_range_summary.csv",
-                "long_range_summary")
-    write_table(tables["long_range_precision"], out / "long_range_precision.csv",
-                "long_range_precision")
+    for name in ("long_range", "long_range_trace", "long_range_summary", "long_range_precision"):
+        write_table(tables[name], out / FILE[name], name)
     remove_checkpoints(args.records)
     runs = tables["long_range"]
     print(f"collected {len(runs)} runs into {out}: {int(runs['solved'].sum())} solved; "
@@ -85,15 +82,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from ..contract import FILE
     from ..figures import save
     from ..tables import read_table
     from .figures import LONG_RANGE_FIGURES
 
     tables_dir, out = Path(args.tables), Path(args.out_dir)
-    files = {"long_range": tables_dir / "long_range.parquet",
-             "long_range_trace": tables_dir / "long_range_trace.parquet",
-             "long_range_summary": tables_dir / "long_range_summary.csv",
-             "summary": Path(args.horizon_summary or tables_dir / "summary.csv")}
+    files = {t: tables_dir / FILE[t] for t in ("long_range", "long_range_trace",
+                                               "long_range_summary")}
+    files["summary"] = Path(args.horizon_summary or tables_dir / FILE["summary"])
     unknown = [n for n in args.names if n not in LONG_RANGE_FIGURES]
     if unknown:
         raise ValueError(f"unknown figure {', '.join(unknown)}; allowed: "
