@@ -52,7 +52,7 @@ _LAZY = {
         "ANY", "CHAOS_THRESHOLD", "CHAOTIC", "EXACT", "GENERIC_TOLERANCES", "LINEAR_MODELS",
         "LYAPUNOV_METRICS", "NONFINITE", "NONSMOOTH", "NONSMOOTH_MODELS", "REGIMES", "REGULAR",
         "STATISTICAL_REGIMES", "STAT_Z", "SUMMARY_METRICS", "TOLERANCES", "UNITS", "Tolerance",
-        "column_role", "compare_mode", "is_performance_column", "is_rate_column",
+        "column_role", "compare_mode", "generic_tolerance", "is_performance_column", "is_rate_column",
         "is_timing_column", "table_keys", "tolerance_for", "within_tolerance"),
     "resultset": ("ResultSet", "load_result_set"),
     "caveats": ("INFO", "WARNING", "Caveat", "caveats", "compared_columns", "contract_caveats",

@@ -27,6 +27,7 @@ from .policy import (
     SUMMARY_METRICS,
     Tolerance,
     _within,
+    generic_tolerance,
     is_performance_column,
     table_keys,
     tolerance_for,
@@ -247,10 +248,7 @@ def _generic_rows(table: str, ta: pd.DataFrame, tb: pd.DataFrame
         return pd.DataFrame(columns=AGREEMENT_COLUMNS), f"keys cannot be matched: {exc}"
     if m.empty:
         return pd.DataFrame(columns=AGREEMENT_COLUMNS), "no rows in common"
-    try:
-        tol = tolerance_for(table, "")
-    except KeyError:
-        tol = EXACT
+    tol = generic_tolerance(table)
     rows = []
     key = _key_string(m, keys).to_numpy()
     for metric in metrics:

@@ -98,8 +98,14 @@ def tolerance_for(table: str, metric: str, regime: str = REGULAR) -> Tolerance:
         if key in TOLERANCES:
             return TOLERANCES[key]
     if compare_mode(table) == "rows" and contract.TABLES[table].stage in GENERIC_TOLERANCES:
-        return GENERIC_TOLERANCES[contract.TABLES[table].stage]
+        return generic_tolerance(table)
     raise KeyError(f"no tolerance for {table}.{metric} in regime {regime}")
+
+
+def generic_tolerance(table: str) -> Tolerance:
+    """The tolerance of every column of a table compared row by row: its stage's, else exact."""
+    spec = contract.TABLES.get(table)
+    return GENERIC_TOLERANCES.get(spec.stage, EXACT) if spec else EXACT
 
 
 def within_tolerance(a: Any, b: Any, tol: Tolerance) -> np.ndarray:
@@ -116,7 +122,6 @@ def _within(a: Any, b: Any, rel: Any, abs_: Any) -> np.ndarray:
     both_nan = np.isnan(a) & np.isnan(b)
     same_inf = np.isinf(a) & (a == b)
     return close | both_nan | same_inf
-
 
 
 # ---------------------------------------------------------------------------------------
