@@ -29,6 +29,7 @@ from _resultsets import (
 )
 
 from bpttbench import compare as C
+from bpttbench import contract
 from bpttbench.cli import main
 from bpttbench.tables import CELL_KEYS, COLUMNS
 
@@ -99,14 +100,22 @@ def test_every_regime_and_metric_has_a_tolerance():
         assert loose.rel >= reg.rel and loose.abs >= reg.abs
 
 
-def test_timing_columns_are_recognised():
-    assert all(C.is_timing_column(c) for c in ("wall_s", "median_ms", "q25_ms", "wall_s_total",
-                                                "elapsed", "time_us"))
+def test_timing_columns_come_from_the_contract():
+    # the roles are declared per table (bpttbench.contract), not guessed from names
+    assert all(C.is_timing_column(c, "bench") for c in ("median_ms", "q25_ms", "iqr_ms"))
+    assert C.is_timing_column("wall_s", "summary") and C.is_timing_column("wall_s_total")
+    assert not any(C.is_timing_column(c, "summary") for c in
+                   COLUMNS["summary"].keys() - {"wall_s", "started_at", "finished_at"})
     assert not any(C.is_timing_column(c) for c in (
-        *COLUMNS["summary"].keys() - {"wall_s", "started_at", "finished_at"},
-        *COLUMNS["lyapunov"], *COLUMNS["gradient_flow"],
-        "steps", "n_seeds", "stderr", "flops"))
-    assert C.is_rate_column("achieved_gflops") and not C.is_rate_column("flops")
+        *COLUMNS["lyapunov"], *COLUMNS["gradient_flow"], "steps", "n_seeds", "stderr", "flops"))
+    assert not C.is_timing_column("elapsed") and not C.is_timing_column("wall_s", "no_table")
+    assert C.is_rate_column("achieved_gflops", "bench") and not C.is_rate_column("flops", "bench")
+    assert C.is_performance_column("speedup_vs_torch", "bench")
+    assert not C.is_performance_column("measured", "claims")
+    # every numeric column of a timing table is a key, a timing, a rate, a ratio or science
+    for t in contract.tables():
+        assert set(t.keys) == set(t.names_with_role("key")), t.name
+        assert all(k in t.column_names for k in t.keys), t.name
 
 
 def test_agreement_columns_are_documented():
@@ -361,7 +370,7 @@ def test_cli_writes_every_output_and_never_touches_the_sets(pair, capsys):
              "spectral_norm_whh", "123.0")
     before = {**{f"A/{k}": v for k, v in file_digests(a).items()},
               **{f"B/{k}": v for k, v in file_digests(b).items()}}
-    assert main(["compare", str(a), str(b)]) == 0
+    assert main(["compare", "sets", str(a), str(b)]) == 0
     out = a.parent / "compare" / "cpu-a__vs__cpu-b"
     for name in C.OUTPUT_FILES.values():
         assert (out / name).stat().st_size > 0, name
@@ -376,7 +385,7 @@ def test_cli_writes_every_output_and_never_touches_the_sets(pair, capsys):
     assert "1 of" in (out / "summary.md").read_text()
     printed = capsys.readouterr().out
     assert "outside tolerance" in printed
-    assert main(["compare", str(a), str(b), "--out", str(out), "--fail-outside"]) == 1
+    assert main(["compare", "sets", str(a), str(b), "--out", str(out), "--fail-outside"]) == 1
 
 
 @pytest.mark.parametrize("breakage, message", [
@@ -403,7 +412,7 @@ def test_bad_input_is_refused_naming_folder_and_what_is_missing(pair, breakage, 
     with pytest.raises(C.ResultSetError, match=message) as err:
         C.compare_sets(a, b)
     assert str(b) in str(err.value)
-    assert main(["compare", str(a), str(b), "--out", str(a.parent / "x")]) == 2
+    assert main(["compare", "sets", str(a), str(b), "--out", str(a.parent / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not (a.parent / "x").exists()
 

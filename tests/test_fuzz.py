@@ -312,7 +312,7 @@ def test_damaged_result_sets_are_refused_or_named_never_silent(small_set, tmp_pa
             if i < CLI_DAMAGES:
                 with contextlib.redirect_stderr(io.StringIO()), \
                         contextlib.redirect_stdout(io.StringIO()):
-                    rc = main(["compare", str(a), str(b), "--out", str(tmp_path / f"out{i}")])
+                    rc = main(["compare", "sets", str(a), str(b), "--out", str(tmp_path / f"out{i}")])
                 if rc not in (0, 2):
                     failures.append(f"{case}: bpttbench compare exit status {rc}")
         except Exception:

@@ -182,23 +182,25 @@ def resultset(folder: str) -> int:
     """A result set: cells by status, kernel checks, bench targets met; fails without report."""
     import pandas as pd
 
+    from bpttbench.contract import table_path, twin_file
+
     d = Path(folder)
     parts = []
-    summary = d / "tables" / "summary.csv"
+    summary = table_path(d, "summary")
     if summary.exists():
         st = pd.read_csv(summary)["status"].value_counts().to_dict()
         parts.append(f"{sum(st.values())} cells ({', '.join(f'{k} {v}' for k, v in sorted(st.items()))})")
-    val = d / "tables" / "validation.csv"
+    val = table_path(d, "validation")
     if val.exists():
         rows = pd.read_csv(val)
         parts.append(f"kernel checks {int(rows['passed'].sum())}/{len(rows)}")
-    targets = d / "tables" / "bench_targets.csv"
+    targets = table_path(d, "bench_targets")
     if targets.exists():
         t = pd.read_csv(targets)
         judged = t[t["met"].notna()]
         parts.append(f"bench targets met {int(judged['met'].astype(bool).sum())}/{len(judged)}"
                      f" judged ({len(t) - len(judged)} not applicable or no rows)")
-    bench = d / "tables" / "bench.csv"
+    bench = d / "tables" / twin_file("bench")
     if bench.exists():
         b = pd.read_csv(bench)
         parts.append(f"bench rows {', '.join(f'{k} {v}' for k, v in b['status'].value_counts().items())}"

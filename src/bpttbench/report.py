@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import contract
 from .io import read_json, write_text
 from .tables import read_table
 
@@ -25,43 +26,13 @@ class Section:
     tables: list[str] = field(default_factory=list)  # table files under tables/
 
 
-# Order is the report's order; a section whose files are all absent is left out.
+# Order is the report's order (bpttbench.contract.report); a section whose files are all
+# absent is left out. Its figures are the contract figures naming the section; its tables
+# are shown from their CSV files.
 SECTIONS: list[Section] = [
-    Section("Claims", "Each claim of the source texts and of the theory, measured against its "
-            "prediction with a tolerance from the statistics. A failing claim is shown as failing.",
-            ["claims_overview", "claim_1_depth", "claim_2_tied_untied", "claim_3_orthogonal",
-             "claim_4_pascanu", "claim_5_mean_field", "claim_6_float32", "claim_7_gating"],
-            ["claims.csv"]),
-    Section("Reduced precision", "BPTT in float16 and bfloat16, under torch.autocast and with "
-            "loss scaling (claim group 8_precision): the lag where a vanishing gradient becomes "
-            "exactly 0 and an exploding one inf, predicted from the float64 rate of the same "
-            "weights and the dtype's subnormal and largest values, and bfloat16 (and on GPUs "
-            "TF32) rates against float64. Rows are in claims.csv. long_range_precision.csv: "
-            "the task lengths a reduced precision fails that float32 solves, and whether loss "
-            "scaling restores them (no rows unless long_range.precisions sweeps precisions).",
-            ["claim_8_precision"], ["long_range_precision.csv"]),
-    Section("Gradient flow through time", "BPTT with a loss at the last step: the norm of the "
-            "total derivative ∂L/∂h_t at every lag, its per-step growth rate and the horizon "
-            "where it has fallen a million-fold.",
-            ["gradient_norm_by_lag", "growth_rate_by_scale", "horizon_heatmap"], ["summary.csv"]),
-    Section("Jacobian products and Lyapunov spectra", "The chain J_T⋯J_{t+1} of per-step "
-            "Jacobians, tracked in log scale with QR re-orthonormalisation.",
-            ["lyapunov_spectrum", "chain_singular_values"], []),
-    Section("Long-range dependencies in training", "What the gradients mean in practice: "
-            "an unrolled cell plus a linear readout trained with a fixed budget on the adding "
-            "and copy-memory tasks, with and without gradient clipping. Solved: final loss "
-            "below 10% of the best memoryless predictor's loss.",
-            ["long_range_solved", "long_range_curves", "long_range_grad_norm",
-             "long_range_vs_horizon"],
-            ["long_range_summary.csv"]),
-    Section("Performance", "The Jacobian engine against the alternatives a user would reach "
-            "for (per-step torch loop, torch.func, NumPy, fused cuDNN RNNs), on the same inputs "
-            "with outputs checked against float64 before timing; medians of repeated calls, "
-            "and each row against the machine's measured GEMM rate and copy bandwidth. "
-            "Targets apply to H100/H200 GPUs.",
-            ["bench_speedup", "bench_roofline"], ["bench_targets.csv", "peak.csv", "bench.csv"]),
-    Section("Validation of the kernels", "Every custom kernel against the float64 reference.",
-            [], ["validation.csv"]),
+    Section(sec.title, sec.intro, contract.section_figures(sec),
+            [contract.twin_file(t) for t in sec.tables])
+    for sec in contract.report_sections()
 ]
 
 

@@ -1,7 +1,7 @@
-"""Check a table of a result set against the table contract (``bpttbench.tables``).
+"""Check a table of a result set against the table contract (``bpttbench.contract``).
 
-The contract is ``tables.COLUMNS`` (which columns a table has) and ``tables.COLUMN_KINDS``
-(the dtype kind of each). A file that cannot be read at all raises :class:`TableReadError`
+The contract declares which columns a table has, the dtype kind of each and which may be
+absent (optional). A file that cannot be read at all raises :class:`TableReadError`
 naming it; otherwise every declared column that is missing or of the wrong kind, and every
 column the contract does not know, is returned as a :class:`ColumnProblem`. What to make
 of a problem (an error, or a caveat when the comparison can go on without the column) is
@@ -18,9 +18,29 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .tables import COLUMNS, column_kind, column_optional, read_table
+from . import contract
+from .contract import Table
 
 MISSING, MISTYPED, UNKNOWN = "missing", "mistyped", "unknown"
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table; in CSVs only empty fields are missing (status "nan" stays a string)."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return pd.read_parquet(path)
+
+
+def _declared(table: str) -> Table | None:
+    """The contract of a result-set table (intermediates are never in a result set)."""
+    spec = contract.TABLES.get(table)
+    return None if spec is None or spec.intermediate else spec
+
+
+def _kind(spec: Table, column: str) -> str:
+    col = spec.column(column)
+    return col.kind if col else "float"
 
 
 class TableReadError(ValueError):
@@ -46,12 +66,21 @@ def _example(values: pd.Series) -> str:
     return f" like {(v.item() if isinstance(v, np.generic) else v)!r}"
 
 
+def _all_numbers(s: pd.Series) -> bool:
+    return bool(s.dropna().map(lambda v: isinstance(v, int | float | np.number)
+                               and not isinstance(v, bool | np.bool_)).all())
+
+
 def series_kind_problem(s: pd.Series, kind: str) -> str | None:
     """None when the column's values are of ``kind``; else what is wrong with them."""
     if kind == "any":
         return None
     if s.isna().all():
         return None  # an empty CSV column has no type to check
+    if kind in ("float", "int") and s.dtype == object and _all_numbers(s):
+        # a frame column of numbers and None (e.g. keys empty for some rows): numbers once
+        # written, so check the values
+        s = s.astype(float)
     if kind == "float":
         if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
             return f"expected numbers, found {s.dtype} values{_example(s)}"
@@ -101,11 +130,11 @@ def arrow_kind_problem(t: pa.DataType, kind: str) -> str | None:
 _KIND_WORDS = {"float": "numbers", "int": "integers", "str": "text", "bool": "True/False"}
 
 
-def _problems(table: str, present: dict[str, str | None]) -> list[ColumnProblem]:
+def _problems(spec: Table, present: dict[str, str | None]) -> list[ColumnProblem]:
     """present: column -> its kind problem (None if fine), for the columns the file has."""
-    declared = COLUMNS[table]
-    out = [ColumnProblem(table, c, MISSING, "missing") for c in declared
-           if c not in present and not column_optional(table, c)]
+    table, declared = spec.name, spec.column_names
+    out = [ColumnProblem(table, c.name, MISSING, "missing") for c in spec.columns
+           if c.name not in present and not c.optional]
     out += [ColumnProblem(table, c, MISTYPED, why) for c, why in present.items()
             if c in declared and why]
     out += [ColumnProblem(table, c, UNKNOWN, "is not in the table contract")
@@ -113,12 +142,15 @@ def _problems(table: str, present: dict[str, str | None]) -> list[ColumnProblem]
     return out
 
 
-def check_frame(table: str, df: pd.DataFrame) -> list[ColumnProblem]:
-    """Problems of a table (already read) against its contract; [] for unknown tables."""
-    if table not in COLUMNS:
+def check_frame(table: str, df: pd.DataFrame, declared: Table | None = None
+                ) -> list[ColumnProblem]:
+    """Problems of a table (already read) against its contract (``declared``, default the
+    result-set table ``table``); [] for a table the contract does not know."""
+    spec = declared or _declared(table)
+    if spec is None:
         return []
-    return _problems(table, {str(c): series_kind_problem(df[c], column_kind(table, str(c)))
-                             for c in df.columns})
+    return _problems(spec, {str(c): series_kind_problem(df[c], _kind(spec, str(c)))
+                            for c in df.columns})
 
 
 def check_file(table: str, path: str | Path) -> list[ColumnProblem]:
@@ -130,10 +162,11 @@ def check_file(table: str, path: str | Path) -> list[ColumnProblem]:
     try:
         if path.suffix == ".parquet":
             schema = pq.read_schema(path)
-            if table not in COLUMNS:
+            spec = _declared(table)
+            if spec is None:
                 return []
-            return _problems(table, {f.name: arrow_kind_problem(f.type, column_kind(table, f.name))
-                                     for f in schema})
+            return _problems(spec, {f.name: arrow_kind_problem(f.type, _kind(spec, f.name))
+                                    for f in schema})
         df = read_table(path)
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError,
             UnicodeDecodeError) as exc:

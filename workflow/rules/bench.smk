@@ -2,6 +2,7 @@
 # the machine's peaks, one job per op (or one for all ops: bench.jobs) checks and times every
 # variant, then collect (speedup, roofline, targets) and figures. Timing jobs claim every
 # core so that nothing runs beside them.
+from bpttbench import contract
 from bpttbench.planning.workflow import bench_config_json, part_ops
 
 BENCH = config["bench"]
@@ -15,11 +16,11 @@ BENCH_TABLES = {
     "bench_csv": "results/{hw}/tables/bench.csv",
     "targets": "results/{hw}/tables/bench_targets.csv",
 }
-BENCH_FIGURES = ["bench_speedup", "bench_roofline"]
+BENCH_FIGURES = contract.figure_files("bench")
 if BENCH["enabled"]:
     REPORT_INPUTS.extend([BENCH_TABLES["bench_csv"], BENCH_TABLES["targets"]])
     REPORT_INPUTS.append("results/{hw}/tables/peak.csv")
-    REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in BENCH_FIGURES)
+    REPORT_INPUTS.extend(BENCH_FIGURES.values())
 
 
 # Timing jobs take every core of a local run so that nothing runs beside them; where
@@ -95,16 +96,7 @@ rule bench_figures:
         bench=BENCH_TABLES["bench"],
         peak="results/{hw}/tables/peak.csv",
     output:
-        bench_speedup=report(
-            "results/{hw}/figures/bench_speedup.png",
-            caption="../report/bench_speedup.rst",
-            category="Performance",
-        ),
-        bench_roofline=report(
-            "results/{hw}/figures/bench_roofline.png",
-            caption="../report/bench_roofline.rst",
-            category="Performance",
-        ),
+        **contract.figure_outputs("bench", report),
     log:
         "logs/{hw}/bench/figures.log",
     conda:

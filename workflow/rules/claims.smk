@@ -1,18 +1,18 @@
 # Stage: the claims. Each claim of the seed texts and of the theory is one job that measures
 # it against its prediction (bpttbench claims run); then the table and the figures.
+from bpttbench import contract
 from bpttbench.planning.workflow import CLAIM_IDS, CURVES, OVERVIEW, TABLE, job_config
 
 CLAIMS_RUN = PLAN.claims
+# The overview and one figure per claim that runs (bpttbench.contract.claims).
+CLAIMS_FIGURES = [OVERVIEW, *(f"claim_{c}" for c in CLAIMS_RUN)]
 CLAIMS_TABLES = {
     "table": f"results/{{hw}}/tables/{TABLE}",
     "curves": f"results/{{hw}}/tables/{CURVES}",
 }
 if CLAIMS_RUN:  # claims.run: [] switches the stage off
     REPORT_INPUTS.append(CLAIMS_TABLES["table"])
-    REPORT_INPUTS.extend(
-        f"results/{{hw}}/figures/{n}.png"
-        for n in [OVERVIEW] + [f"claim_{c}" for c in CLAIMS_RUN]
-    )
+    REPORT_INPUTS.extend(contract.figure_files("claims", names=CLAIMS_FIGURES).values())
 
 
 rule claims_run:
@@ -59,19 +59,7 @@ rule claims_figures:
     input:
         **CLAIMS_TABLES,
     output:
-        overview=report(
-            f"results/{{hw}}/figures/{OVERVIEW}.png",
-            caption=f"../report/{OVERVIEW}.rst",
-            category="Claims",
-        ),
-        **{
-            f"claim_{c}": report(
-                f"results/{{hw}}/figures/claim_{c}.png",
-                caption=f"../report/claim_{c}.rst",
-                category="Claims",
-            )
-            for c in CLAIMS_RUN
-        },
+        **contract.figure_outputs("claims", report, names=CLAIMS_FIGURES),
     log:
         "logs/{hw}/claims_figures.log",
     conda:

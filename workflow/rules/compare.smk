@@ -2,6 +2,7 @@
 # `snakemake compare` builds results/compare/<A>__vs__<B>/ for every pair; any pair of sets
 # under results/ can also be asked for by path, e.g. results/compare/A__vs__B/summary.html.
 # This machine's set is built first if needed; other sets are only read (docs/compare.md).
+from bpttbench import contract
 from bpttbench.compare import OUTPUT_FILES, compare_pairs, pair_folders, pair_input_files
 
 try:
@@ -25,17 +26,15 @@ rule compare_pair:
             + [p.format(hw=HW) for p in REPORT_INPUTS if "/tables/" in p],
         ),
     output:
-        agreement="results/compare/{pair}/agreement.csv",
-        timing_ratio="results/compare/{pair}/timing_ratio.csv",
-        caveats="results/compare/{pair}/caveats.csv",
-        figure=report(
-            "results/compare/{pair}/agreement.png",
-            caption="../report/agreement.rst",
-            category="Comparison",
-            subcategory="{pair}",
-        ),
-        summary_md="results/compare/{pair}/summary.md",
-        summary_html="results/compare/{pair}/summary.html",
+        # the tables and pages of bpttbench.contract.compare, and its figure for --report
+        **{
+            role: f"results/compare/{{pair}}/{name}"
+            for role, name in OUTPUT_FILES.items()
+            if role != "figure"
+        },
+        figure=contract.figure_outputs(
+            "compare", report, folder="results/compare/{pair}", subcategory="{pair}"
+        )["agreement"],
     params:
         a=lambda wc: pair_folders(wc.pair, COMPARE_PAIRS)[0],
         b=lambda wc: pair_folders(wc.pair, COMPARE_PAIRS)[1],
@@ -49,5 +48,5 @@ rule compare_pair:
     resources:
         **res("figures"),
     shell:
-        "bpttbench compare {params.a:q} {params.b:q} --out results/compare/{wildcards.pair}"
+        "bpttbench compare sets {params.a:q} {params.b:q} --out results/compare/{wildcards.pair}"
         " > {log} 2>&1"

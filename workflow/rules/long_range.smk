@@ -1,5 +1,6 @@
 # Stage: the long-range benchmark. Train an unrolled cell on the adding and copy tasks
 # (one job per task x model x seq_len), gather the tables, draw the figures.
+from bpttbench import contract
 from bpttbench.planning.workflow import block_record_files
 
 LONG_RANGE_BLOCKS = PLAN.long_range
@@ -12,15 +13,10 @@ LONG_RANGE_TABLES = {
     "summary": "results/{hw}/tables/long_range_summary.csv",
     "precision": "results/{hw}/tables/long_range_precision.csv",
 }
-LONG_RANGE_FIGURES = [
-    "long_range_solved",
-    "long_range_curves",
-    "long_range_grad_norm",
-    "long_range_vs_horizon",
-]
+LONG_RANGE_FIGURES = contract.figure_files("long_range")
 if LONG_RANGE_BLOCKS:
     REPORT_INPUTS.extend(LONG_RANGE_TABLES.values())
-    REPORT_INPUTS.extend(f"results/{{hw}}/figures/{n}.png" for n in LONG_RANGE_FIGURES)
+    REPORT_INPUTS.extend(LONG_RANGE_FIGURES.values())
 
 
 # One job per task x model x seq_len: every clip setting and seed of it.
@@ -67,26 +63,7 @@ rule long_range_figures:
         **LONG_RANGE_TABLES,
         horizon="results/{hw}/tables/summary.csv",
     output:
-        long_range_solved=report(
-            "results/{hw}/figures/long_range_solved.png",
-            caption="../report/long_range_solved.rst",
-            category="Long-range training",
-        ),
-        long_range_curves=report(
-            "results/{hw}/figures/long_range_curves.png",
-            caption="../report/long_range_curves.rst",
-            category="Long-range training",
-        ),
-        long_range_grad_norm=report(
-            "results/{hw}/figures/long_range_grad_norm.png",
-            caption="../report/long_range_grad_norm.rst",
-            category="Long-range training",
-        ),
-        long_range_vs_horizon=report(
-            "results/{hw}/figures/long_range_vs_horizon.png",
-            caption="../report/long_range_vs_horizon.rst",
-            category="Long-range training",
-        ),
+        **contract.figure_outputs("long_range", report),
     log:
         "logs/{hw}/long_range_figures.log",
     conda:

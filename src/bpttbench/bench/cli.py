@@ -18,6 +18,7 @@ from typing import Any
 
 from bpttbench import cli_options
 from bpttbench.cli_options import add_config, add_hw_tag, add_out, add_stage
+from bpttbench.contract import FILE
 
 DEFAULT_TARGETS = "benchmarks/targets.yaml"
 OVERRIDES = ("ops", "variants", "hidden", "batch", "seq_len", "repeats", "warmup")
@@ -99,7 +100,7 @@ def cmd_op(args: argparse.Namespace) -> int:
 
     check_names(args.ops, [])
     df = pd.concat([run_op(cfg, op, log=_log) for op in args.ops], ignore_index=True)
-    write_table(df, args.out, "bench", csv_twin=False)
+    write_table(df, args.out, "bench_part", csv_twin=False)
     counts = df["status"].value_counts().to_dict()
     _log(f"bench {' '.join(args.ops)}: {len(df)} rows, status {counts}")
     return 0
@@ -118,9 +119,9 @@ def _collect(parts: list[str | Path], peak_path: str | Path, targets_path: str |
     # An unreadable part is moved aside and named in the error: no table from partial input.
     df = collect(read_intermediates(parts, pd.read_parquet), peaks)
     out = Path(out_dir)
-    write_table(df, out / "bench.parquet", "bench", csv_twin=True)
+    write_table(df, out / FILE["bench"], "bench", csv_twin=True)
     tdf = evaluate_targets(df, targets)
-    write_table(tdf, out / "bench_targets.csv", "bench_targets")
+    write_table(tdf, out / FILE["bench_targets"], "bench_targets")
     counts = df["status"].value_counts().to_dict()
     _log(f"collected {len(df)} bench rows into {out} (status {counts}); targets: "
          + ", ".join(f"{r.target}={'n/a' if pd.isna(r.met) else ('met' if r.met else 'NOT met')}"
@@ -137,8 +138,8 @@ def _figures(tables: Path, out_dir: Path) -> None:
     from bpttbench.figures import save
     from bpttbench.tables import read_table
 
-    bench = read_table(tables / "bench.parquet")
-    peaks = read_table(tables / "peak.csv")
+    bench = read_table(tables / FILE["bench"])
+    peaks = read_table(tables / FILE["peak"])
     save(bench_speedup(bench), out_dir / "bench_speedup.png")
     save(bench_roofline(bench, peaks), out_dir / "bench_roofline.png")
     _log(f"wrote {out_dir / 'bench_speedup.png'} and {out_dir / 'bench_roofline.png'}")
@@ -167,13 +168,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not targets.exists():
         raise FileNotFoundError(f"targets file {targets} not found; pass --targets PATH")
     peaks = peaks_for(cfg)
-    write_table(peaks, tables / "peak.csv", "peak")
+    write_table(peaks, tables / FILE["peak"], "peak")
     with tempfile.TemporaryDirectory(prefix="bpttbench-bench-") as tmp:
         parts = []
         for op in ops:
             df = run_op(cfg, op, log=_log)
-            parts.append(write_table(df, Path(tmp) / f"{op}.parquet", "bench", csv_twin=False))
-        _collect(parts, tables / "peak.csv", targets, tables)
+            parts.append(write_table(df, Path(tmp) / f"{op}.parquet", "bench_part", csv_twin=False))
+        _collect(parts, tables / FILE["peak"], targets, tables)
     _figures(tables, figures)
     return 0
 

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract import FILE
+
 
 @dataclass(frozen=True)
 class ClaimSpec:
@@ -52,8 +54,8 @@ CLAIMS: dict[str, ClaimSpec] = {
 }
 CLAIM_IDS: tuple[str, ...] = tuple(CLAIMS)
 OVERVIEW = "claims_overview"
-TABLE = "claims.csv"
-CURVES = "claim_curves.parquet"
+TABLE = FILE["claims"]
+CURVES = FILE["claim_curves"]
 
 
 def figure_names(claims: Sequence[str] | None = None) -> list[str]:

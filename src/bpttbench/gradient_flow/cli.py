@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from ..cli_options import add_config, add_figures, add_hw_tag, add_out, add_stage, load_config
+from ..contract import FILE
 
-TABLE_FILES = {"gradient_flow": "gradient_flow.parquet", "summary": "summary.csv",
-               "lyapunov": "lyapunov.parquet", "chain_spectrum": "chain_spectrum.parquet"}
+TABLE_FILES = {t: FILE[t] for t in ("gradient_flow", "summary", "lyapunov", "chain_spectrum")}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..contract import FILE
 from ..io import UNREADABLE, UnreadableFile, quarantine, write_with
 from ..tables import CELL_KEYS, COLUMNS, CSV_TWIN_MAX_ROWS, write_table
 
@@ -124,8 +125,8 @@ def collect_blocks(blocks: Iterable[str | Path], out_dir: str | Path) -> pd.Data
     summary = summary[[c for c in COLUMNS["summary"] if c in summary.columns]]
     if len(summary):
         summary = summary.sort_values(CELL_KEYS).reset_index(drop=True)
-    write_table(summary, out_dir / "summary.csv", "summary")
-    stream_table("gradient_flow", folders, out_dir / "gradient_flow.parquet")
-    stream_table("lyapunov", folders, out_dir / "lyapunov.parquet")
-    stream_table("chain_spectrum", folders, out_dir / "chain_spectrum.parquet", csv_twin=False)
+    write_table(summary, out_dir / FILE["summary"], "summary")
+    stream_table("gradient_flow", folders, out_dir / FILE["gradient_flow"])
+    stream_table("lyapunov", folders, out_dir / FILE["lyapunov"])
+    stream_table("chain_spectrum", folders, out_dir / FILE["chain_spectrum"], csv_twin=False)
     return summary

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .. import contract
 from ..figures import MODEL_ORDER, empty_figure, save
 
 __all__ = ["GRADIENT_FLOW_FIGURES", "save"]
@@ -147,11 +148,9 @@ def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
     return g.figure
 
 
-# name -> (table it reads, function); the figure file is figures/<name>.png
+# name -> (table it reads, function), as bpttbench.contract.gradient_flow declares them; the
+# figure file is figures/<name>.png
 GRADIENT_FLOW_FIGURES: dict[str, tuple[str, Callable[[pd.DataFrame], plt.Figure]]] = {
-    "gradient_norm_by_lag": ("gradient_flow", gradient_norm_by_lag),
-    "growth_rate_by_scale": ("summary", growth_rate_by_scale),
-    "horizon_heatmap": ("summary", horizon_heatmap),
-    "lyapunov_spectrum": ("lyapunov", lyapunov_spectrum),
-    "chain_singular_values": ("chain_spectrum", chain_singular_values),
+    f.name: (f.inputs[0], globals()[f.plot.rsplit(":", 1)[1]])
+    for f in contract.figures("gradient_flow")
 }

@@ -57,18 +57,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from ..contract import FILE
     from ..io import remove_checkpoints
     from ..tables import read_records, write_table
     from .tables import collect
 
     out = Path(args.out)
     tables = collect(read_records(args.records))
-    write_table(tables["long_range"], out / "long_range.parquet", "long_range")
-    write_table(tables["long_range_trace"], out / "long_range_trace.parquet", "long_range_trace")
-    write_table(tables["long_range_summary"], out / "long_range_summary.csv",
-                "long_range_summary")
-    write_table(tables["long_range_precision"], out / "long_range_precision.csv",
-                "long_range_precision")
+    for name in ("long_range", "long_range_trace", "long_range_summary", "long_range_precision"):
+        write_table(tables[name], out / FILE[name], name)
     remove_checkpoints(args.records)
     runs = tables["long_range"]
     print(f"collected {len(runs)} runs into {out}: {int(runs['solved'].sum())} solved; "
@@ -77,14 +74,14 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from ..contract import FILE
     from ..figures import draw
     from .figures import LONG_RANGE_FIGURES
 
     tables = Path(args.tables)
-    files = {"long_range": tables / "long_range.parquet",
-             "long_range_trace": tables / "long_range_trace.parquet",
-             "long_range_summary": tables / "long_range_summary.csv",
-             "summary": Path(args.horizon_summary or tables / "summary.csv")}
+    files = {t: tables / FILE[t] for t in ("long_range", "long_range_trace",
+                                           "long_range_summary")}
+    files["summary"] = Path(args.horizon_summary or tables / FILE["summary"])
     draw(LONG_RANGE_FIGURES, args.names, files, Path(args.out))
     return 0
 

@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from .. import contract
 from ..figures import MODEL_ORDER, empty_figure
 from ..gradient_flow.gradients import HORIZON_RATIO
 from .spec import clip_label
@@ -289,11 +290,8 @@ def long_range_vs_horizon(summary: pd.DataFrame, runs: pd.DataFrame,
     return fig
 
 
-# name -> (tables it reads, function); the figure file is figures/<name>.png
+# name -> (tables it reads, function), as bpttbench.contract.long_range declares them; the
+# figure file is figures/<name>.png
 LONG_RANGE_FIGURES = {
-    "long_range_solved": (("long_range_summary",), long_range_solved),
-    "long_range_curves": (("long_range_trace",), long_range_curves),
-    "long_range_grad_norm": (("long_range_trace",), long_range_grad_norm),
-    "long_range_vs_horizon": (("long_range_summary", "long_range", "summary"),
-                              long_range_vs_horizon),
+    f.name: (f.inputs, globals()[f.plot.rsplit(":", 1)[1]]) for f in contract.figures("long_range")
 }
