@@ -101,6 +101,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"] and len(argv) > 1 and argv[1].startswith("--") \
+            and argv[1] not in ("-h", "--help"):
+        argv.insert(1, "estimate")  # `bpttbench plan --configfile F ...`: the documented form
     args = build_parser(argv).parse_args(argv)
     if not hasattr(args, "func"):  # a stage named without a verb
         build_parser(argv).parse_args([args.command, "--help"])

@@ -34,11 +34,13 @@ def add_config(p: argparse.ArgumentParser, json: bool = True, required: bool = F
     """``--config FILE`` (by hand; default config/config.yaml), or ``--config-json TEXT`` (the
     pipeline passes the part of the config a job reads)."""
     if not json:
-        p.add_argument("--config", required=required,
+        p.add_argument("--config", "--configfile", dest="config", required=required,
                        help="config YAML file (default: config/config.yaml)")
         return
     g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--config", help="config YAML file (default: config/config.yaml)")
+    # --configfile: Snakemake's spelling, which users carry over (and issue 13's plan command)
+    g.add_argument("--config", "--configfile", dest="config",
+                   help="config YAML file (default: config/config.yaml)")
     g.add_argument("--config-json", help="the config as JSON (the pipeline passes it)")
 
 
