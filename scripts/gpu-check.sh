@@ -13,7 +13,7 @@
 #              (pip --no-index, into a throw-away --target folder on PYTHONPATH)
 #   facts      nvidia-smi, driver, CUDA, torch/CuPy versions, tools (logs: facts.txt)
 #   pytest     pytest -m cuda with a JUnit XML (OUTDIR/pytest-cuda.xml)
-#   validate   bpttbench validate-kernels (OUTDIR/validation.csv)
+#   validate   bpttbench validation kernels (OUTDIR/validation.csv)
 #   memcheck   compute-sanitizer --tool memcheck over the kernel validation
 #   racecheck  compute-sanitizer --tool racecheck over the kernel validation
 #   cell       one full-size cell (LSTM, H=256, B=128, T=10^4): wall time, peak GPU memory
@@ -353,7 +353,7 @@ step_pytest() {
 step_validate() {
     need_cuda || return
     local rc
-    run_timed bpttbench validate-kernels --out "$OUT/validation.csv"
+    run_timed bpttbench validation kernels --out "$OUT/validation.csv"
     rc=$?
     if [ -s "$OUT/validation.csv" ]; then
         local line vrc
@@ -381,7 +381,7 @@ sanitize() { # sanitize TOOL SUMMARY_REGEX
     local rc line
     # Lazy module loading: only the kernels used are loaded (and instrumented), not all of torch's.
     CUDA_MODULE_LOADING=LAZY run_timed "$SANITIZER" --tool "$1" --error-exitcode 3 --print-limit 20 --target-processes all \
-        "$PY" -c "$SANITIZED_VALIDATION" validate-kernels --out "$WORK/validation-$1.csv"
+        "$PY" -c "$SANITIZED_VALIDATION" validation kernels --out "$WORK/validation-$1.csv"
     rc=$?
     line=$(grep -E "$2" "$STEP_LOG" | tail -n 1 | sed 's/^=* *//')
     [ -n "$line" ] || line="no sanitizer summary in the log"

@@ -392,6 +392,16 @@ COLUMNS: dict[str, dict[str, str]] = {
         "between machines; may change the last bits)",
         "effect": "what the difference does to the comparison",
     },
+    "validation": {
+        "kernel": "custom CUDA kernel (or kernel chain) checked against the float64 NumPy "
+        "reference given the kernel's exact (rounded) inputs",
+        "shape": "problem shape, 'x'-joined (see bpttbench.validation.kernels.KERNEL_SHAPES)",
+        "dtype": "kernel dtype (float32 or float64)",
+        "max_rel_err": "max |got - ref| / max(1, |ref|) for accumulated logs, max |got - ref| / "
+        "max |ref| for matrices (inf if any output is non-finite)",
+        "tolerance": "the kernel's tolerance in this dtype",
+        "passed": "max_rel_err <= tolerance",
+    },
 }
 
 
@@ -476,6 +486,7 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
     },
     "compare_timing_ratio": {"table": "str", "metric": "str", "kind": "str", "key": "str"},
     "compare_caveats": {c: "str" for c in ("item", "value_a", "value_b", "severity", "effect")},
+    "validation": {"kernel": "str", "shape": "str", "dtype": "str", "passed": "bool"},
 }
 KINDS = ("float", "int", "str", "bool", "any")
 

@@ -10,6 +10,8 @@ import pytest
 
 from bpttbench.costmodel import CUPY_CUSTOM_KERNELS
 from bpttbench.jacobians import cupy_backend as cb
+from bpttbench.jacobians.chain import run_chain
+from bpttbench.validation import kernels as vk
 
 F32 = np.float32
 
@@ -24,9 +26,8 @@ def _launches(emu, run) -> int:
 @pytest.mark.parametrize("qr_every", [1, 1000])
 def test_gated_chain_launches_per_step(emu, model, qr_every):
     def run(steps):
-        saved = cb._round_saved(cb._random_model_saved(model, 2, 6, steps, 0), F32)
-        return lambda: cb.CupyBackend(F32).run_chain(cb._to_cupy_saved(saved, F32), 3,
-                                                     qr_every, None)
+        saved = vk._round_saved(vk._random_model_saved(model, 2, 6, steps, 0), F32)
+        return lambda: run_chain(vk._to_cupy_saved(saved, F32), cb.CupyBackend(F32), 3, qr_every)
     n16, n8 = _launches(emu, run(16)), _launches(emu, run(8))
     assert n8 > 0  # the kernels did run (the Jacobian build and the per-step kernels)
     per_step = (n16 - n8) / 8
@@ -41,11 +42,11 @@ def test_rnn_chain_launches_per_step(emu, path, qr_every):
     hidden, batch, k = 12, 2, 3
 
     def run(steps):
-        w = cb._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
-        deriv = cb._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
+        w = vk._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
+        deriv = vk._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
         saved = cb.Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
-        return lambda: cb.CupyBackend(F32, rnn_path=path).run_chain(
-            cb._to_cupy_saved(saved, F32), k, qr_every, None)
+        return lambda: run_chain(
+            vk._to_cupy_saved(saved, F32), cb.CupyBackend(F32, rnn_path=path), k, qr_every)
     per_step = (_launches(emu, run(16)) - _launches(emu, run(8))) / 8
     key = "persistent" if path == "persistent" else (
         "tiled_qr" if qr_every == 1 else "tiled_rescale")

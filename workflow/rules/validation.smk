@@ -12,4 +12,4 @@ rule validate_kernels:
         gpu=1,
         runtime=20,
     shell:
-        "bpttbench validate-kernels --out {output} > {log} 2>&1"
+        "bpttbench validation kernels --out {output} > {log} 2>&1"
