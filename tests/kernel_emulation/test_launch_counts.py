@@ -51,3 +51,34 @@ def test_rnn_chain_launches_per_step(emu, path, qr_every):
     key = "persistent" if path == "persistent" else (
         "tiled_qr" if qr_every == 1 else "tiled_rescale")
     assert per_step == CUPY_CUSTOM_KERNELS[key]
+
+
+@pytest.mark.parametrize(("model", "hidden"), [("lstm", 4), ("gru", 6), ("rnn_tanh", 6),
+                                               ("rnn_tanh", 130)])
+@pytest.mark.parametrize("qr_every", [1, 1000])
+def test_analyse_chain_launches_per_step(emu, monkeypatch, model, hidden, qr_every):
+    """analyse_chain itself on the emulated cupy backend (forward in torch on the CPU, its
+    record shared into the stand-in by DLPack): our kernels per step of the k-frame chain,
+    its window rerun (qr_every > 1) and the full-frame pass, against the cost model's parts.
+    hidden = 130 takes the vanilla RNN past the persistent kernel's limit (tiled path)."""
+    import torch
+
+    from bpttbench.costmodel import cupy_chain_parts
+    from bpttbench.jacobians import analyse_chain, registry
+    from bpttbench.models import RecurrentCell, init_parameters
+
+    monkeypatch.setattr(registry, "_on_cuda", lambda params: True)  # CPU tensors stand in
+    cell = RecurrentCell(model, 3, hidden, dtype=torch.float32)
+    init_parameters(cell, "gaussian", 1.1, seed=1)
+    params = {n: p.detach() for n, p in cell.params().items()}
+
+    def run(steps):
+        x = torch.randn(steps, 2, 3, generator=torch.Generator().manual_seed(2))
+        return lambda: analyse_chain(model, params, x, k=3, qr_every=qr_every, backend="cupy",
+                                     warmup_forward=2, warmup_align=2)
+    assert run(8)().backend == "cupy"
+    n16, n8 = _launches(emu, run(16)), _launches(emu, run(8))
+    parts = cupy_chain_parts(model, hidden, qr_every)
+    print(model, hidden, qr_every, "kernels per step", (n16 - n8) / 8, parts)
+    assert (n16 - n8) / 8 == sum(n * CUPY_CUSTOM_KERNELS[p] for p, n in parts.items())
+    assert any(p.startswith("full_frame") for p in parts)
