@@ -12,8 +12,8 @@ One generic implementation, :class:`XpBackend`, holds every operation on which N
 CuPy) and PyTorch agree, called through the array namespace ``xp`` (``numpy``, ``torch``,
 ``cupy``); :class:`NumpyBackend` and :class:`TorchBackend` override only what the
 namespaces spell differently (casts, placement, split, diag_embed, sigmoid, the finite
-test) or do differently (NumPy masks non-finite QR inputs; torch runs small CPU loops on
-one thread). Arithmetic operators (``+ - * / @``) work on every backend's arrays.
+test, torch's transpose) or do differently (NumPy masks non-finite QR inputs; torch runs
+small CPU loops on one thread). Arithmetic operators (``+ - * / @``) work on every backend's arrays.
 
 The chain hooks (:meth:`ArrayBackend.qr_accumulate`, :meth:`~ArrayBackend.rescale_accumulate`,
 :meth:`~ArrayBackend.adjoint_apply`) are the steps of the one chain loop; a backend with
@@ -315,6 +315,10 @@ class TorchBackend(XpBackend):
 
     def to_numpy(self, a: Array) -> np.ndarray:
         return a.detach().cpu().numpy()
+
+    def mT(self, a: Array) -> Array:  # noqa: N802
+        # the same view as torch.swapaxes, without the alias op the profiler would count
+        return a.transpose(-1, -2)
 
     def sigmoid(self, a: Array) -> Array:
         return torch.sigmoid(a)
