@@ -330,16 +330,8 @@ def test_ten_thousand_steps_at_scale_two_in_float32():
 
 
 def test_exploding_states_are_data_not_errors():
-    params, x, state0 = make_case(
-        "rnn_relu",
-        hidden=5,
-        batch=2,
-        steps=200,
-        scale=30.0,
-        init="orthogonal",
-        seed=17,
-        dtype=torch.float32,
-    )
+    params, x, state0 = make_case("rnn_relu", hidden=5, batch=2, steps=200, scale=30.0,
+                                  init="orthogonal", seed=17, dtype=torch.float32)
     res = analyse_chain("rnn_relu", params, x, state0, k=2, backend="torch")
     assert res.frame_log_stretch.shape == (200, 2) and res.log_sv.shape == (200, 2)
     p64 = {n: v.double() for n, v in params.items()}

@@ -206,7 +206,7 @@ def test_read_one_past_a_buffer_is_caught(emu, monkeypatch, rng_seed):
 
 
 def test_write_one_past_a_buffer_is_caught(emu, monkeypatch, rng_seed):
-    _mutate(monkeypatch, "gate_jacobians.cu", "e < total;", "e <= total;", count=2)
+    _mutate(monkeypatch, "gate_jacobians.cu", "e < total;", "e <= total;")  # for_each_entry
     # N D^2 = 6 * 30^2 is not a multiple of 256: a thread reaches e = total and writes J[total]
     with pytest.raises(emucupy.LaunchError, match=r"out-of-bounds write after argument 6 \(J\)"):
         vk._validate_one("lstm_jacobians", (2, 3, 15), F64, rng_seed % 2**31)

@@ -248,21 +248,10 @@ def analyse_chain(
         win = slice(wa, steps - wf)  # rows of lags wa+1 .. T-wf
         sum_exp = float(ff.logdiag[win].sum(axis=(0, 2)).mean() / (steps - wf - wa))
         mean_det = float(ff.log_det[win].mean())
-    return ChainResult(
-        exponents=mean,
-        exponents_std=std,
-        exponents_se=se,
-        exponents_half=half,
-        frame_log_stretch=rows,
-        sv_lags=lags_sv,
-        log_sv=log_sv,
-        sum_exponents=sum_exp,
-        mean_log_det=mean_det,
-        warmup_forward=wf,
-        warmup_align=wa,
-        backend=name,
-        steps=steps,
-    )
+    return ChainResult(exponents=mean, exponents_std=std, exponents_se=se, exponents_half=half,
+                       frame_log_stretch=rows, sv_lags=lags_sv, log_sv=log_sv,
+                       sum_exponents=sum_exp, mean_log_det=mean_det, warmup_forward=wf,
+                       warmup_align=wa, backend=name, steps=steps)
 
 
 def exponents_after_warmup(result: ChainResult, warmup: int) -> np.ndarray:

@@ -177,20 +177,8 @@ def persistent_smem_bytes(hidden: int, k: int, dtype: Any) -> int:
 F64 = np.float64
 
 
-def rnn_chain_persistent(
-    deriv,
-    w_hh,
-    frame,
-    scale,
-    total,
-    rows,
-    *,
-    t_first: int,
-    n_steps: int,
-    lag0: int,
-    qr_every: int,
-    total_steps: int,
-) -> None:
+def rnn_chain_persistent(deriv, w_hh, frame, scale, total, rows, *, t_first: int, n_steps: int,
+                         lag0: int, qr_every: int, total_steps: int) -> None:
     """n_steps fused adjoint steps J_{t_first+1}^T, J_{t_first}^T, ... on every frame [B, H, k]."""
     steps, batch, hidden = deriv.shape
     k = frame.shape[2]
@@ -213,22 +201,8 @@ def rnn_chain_persistent(
                 f"frame needs {smem} B of shared memory, device allows {max_optin_smem()}"
             )
         kern.max_dynamic_shared_size_bytes = smem
-    args = (
-        deriv,
-        w_hh,
-        frame,
-        scale,
-        total,
-        rows,
-        _i32(batch),
-        _i32(hidden),
-        _i32(k),
-        _i32(t_first),
-        _i32(n_steps),
-        _i32(lag0),
-        _i32(qr_every),
-        _i32(total_steps),
-    )
+    ints = (batch, hidden, k, t_first, n_steps, lag0, qr_every, total_steps)
+    args = (deriv, w_hh, frame, scale, total, rows, *(_i32(v) for v in ints))
     kern((batch,), (NTHREADS,), args, shared_mem=smem)
 
 
@@ -283,31 +257,30 @@ def _grid_1d(total: int) -> tuple[int]:
     return (max(1, min(math.ceil(total / NTHREADS), GRID_STRIDE_BLOCKS_MAX)),)
 
 
+def _gate_jacobians(base: str, gates, dgates, a, b, c, w_hh, out) -> None:
+    """Launch ``base`` (lstm_jacobians or gru_jacobians): out [N, D, D] from gates/dgates
+    [N, G*H] and three per-unit arrays a, b, c [N, H] (G = 4, D = 2H; or G = 3, D = H)."""
+    gate_count, dim_per_h, names = {"lstm_jacobians": (4, 2, ("c_prev", "tanh_c", "dtanh_c")),
+                                    "gru_jacobians": (3, 1, ("h_prev", "hn", "omz"))}[base]
+    n, width = gates.shape
+    hidden = width // gate_count
+    dim = dim_per_h * hidden
+    dt = gates.dtype
+    _check(dgates, (n, gate_count * hidden), dt, "dgates")
+    for arr, name in zip((a, b, c), names, strict=True):
+        _check(arr, (n, hidden), dt, name)
+    _check(w_hh, (gate_count * hidden, hidden), dt, "w_hh")
+    _check(out, (n, dim, dim), dt, "out")
+    kern = _kernel("gate_jacobians.cu", base, dt)
+    args = (gates, dgates, a, b, c, w_hh, out, np.int64(n), _i32(hidden))
+    kern(_grid_1d(n * dim * dim), (NTHREADS,), args)
+
+
 def lstm_jacobians(gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, out) -> None:
     """out [N, 2H, 2H] from gates/dgates [N, 4H] and c_prev, tanh_c, dtanh_c [N, H]."""
-    n, g4 = gates.shape
-    hidden = g4 // 4
-    dt = gates.dtype
-    _check(dgates, (n, 4 * hidden), dt, "dgates")
-    for a, name in ((c_prev, "c_prev"), (tanh_c, "tanh_c"), (dtanh_c, "dtanh_c")):
-        _check(a, (n, hidden), dt, name)
-    _check(w_hh, (4 * hidden, hidden), dt, "w_hh")
-    _check(out, (n, 2 * hidden, 2 * hidden), dt, "out")
-    kern = _kernel("gate_jacobians.cu", "lstm_jacobians", dt)
-    args = (gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, out, np.int64(n), _i32(hidden))
-    kern(_grid_1d(n * 4 * hidden * hidden), (NTHREADS,), args)
+    _gate_jacobians("lstm_jacobians", gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, out)
 
 
 def gru_jacobians(gates, dgates, h_prev, hn, omz, w_hh, out) -> None:
     """out [N, H, H] from gates/dgates [N, 3H] and h_prev, hn = W_hn h + b_hn, omz = 1-z [N, H]."""
-    n, g3 = gates.shape
-    hidden = g3 // 3
-    dt = gates.dtype
-    _check(dgates, (n, 3 * hidden), dt, "dgates")
-    for a, name in ((h_prev, "h_prev"), (hn, "hn"), (omz, "omz")):
-        _check(a, (n, hidden), dt, name)
-    _check(w_hh, (3 * hidden, hidden), dt, "w_hh")
-    _check(out, (n, hidden, hidden), dt, "out")
-    kern = _kernel("gate_jacobians.cu", "gru_jacobians", dt)
-    args = (gates, dgates, h_prev, hn, omz, w_hh, out, np.int64(n), _i32(hidden))
-    kern(_grid_1d(n * hidden * hidden), (NTHREADS,), args)
+    _gate_jacobians("gru_jacobians", gates, dgates, h_prev, hn, omz, w_hh, out)

@@ -25,19 +25,23 @@
 
 #include "launch.cuh"
 
+// The grid-stride loop over the N*D*D entries of a batch of D x D Jacobians: body(e, n, row,
+// col) for entry e = (n*D + row)*D + col (64-bit, so any N*D*D).
+template <typename F>
+__device__ __forceinline__ void for_each_entry(long long N, long long D, F body) {
+    const long long total = N * D * D;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x)
+        body(e, e / (D * D), (int)((e / D) % D), (int)(e % D));
+}
+
 template <typename T>
 __device__ void lstm_jacobians_impl(const T* __restrict__ gates, const T* __restrict__ dgates,
                                     const T* __restrict__ c_prev, const T* __restrict__ tanh_c,
                                     const T* __restrict__ dtanh_c, const T* __restrict__ w_hh,
                                     T* __restrict__ J, long long N, int H) {
-    const long long D = 2LL * H;
-    const long long total = N * D * D;
     const size_t HH = (size_t)H * H;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long n = e / (D * D);
-        const int row = (int)((e / D) % D);
-        const int col = (int)(e % D);
+    for_each_entry(N, 2LL * H, [&](long long e, long long n, int row, int col) {
         const int u = row < H ? row : row - H;  // unit of the row
         const T* gn = gates + (size_t)n * 4 * H;
         const T* dn = dgates + (size_t)n * 4 * H;
@@ -57,7 +61,7 @@ __device__ void lstm_jacobians_impl(const T* __restrict__ gates, const T* __rest
             v = diag ? (row < H ? oc * f : f) : (T)0;
         }
         J[e] = v;
-    }
+    });
 }
 
 template <typename T>
@@ -65,14 +69,8 @@ __device__ void gru_jacobians_impl(const T* __restrict__ gates, const T* __restr
                                    const T* __restrict__ h_prev, const T* __restrict__ hn,
                                    const T* __restrict__ omz, const T* __restrict__ w_hh,
                                    T* __restrict__ J, long long N, int H) {
-    const long long D = H;
-    const long long total = N * D * D;
     const size_t HH = (size_t)H * H;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long n = e / (D * D);
-        const int row = (int)((e / D) % D);
-        const int col = (int)(e % D);
+    for_each_entry(N, (long long)H, [&](long long e, long long n, int row, int col) {
         const T* gn = gates + (size_t)n * 3 * H;
         const T* dn = dgates + (size_t)n * 3 * H;
         const T r = gn[row], z = gn[H + row], nn = gn[2 * H + row];
@@ -84,7 +82,7 @@ __device__ void gru_jacobians_impl(const T* __restrict__ gates, const T* __restr
         T v = ((h - nn) * dz) * w_hh[HH + rc] + (uu * r) * w_hh[2 * HH + rc] + (uu * a * dr) * w_hh[rc];
         if (row == col) v += z;
         J[e] = v;
-    }
+    });
 }
 
 #define GATE_JACOBIAN_KERNELS(T, SUFFIX)                                                      \
