@@ -17,6 +17,7 @@ import re
 import emucupy
 import numpy as np
 import pytest
+import torch
 
 from bpttbench.jacobians import cupy_backend as cb
 from bpttbench.jacobians import cupy_kernels as ck
@@ -397,3 +398,30 @@ def test_torch_stream_uses_stream_from_external(emu, monkeypatch):
     with ck.torch_stream():
         pass
     assert seen == [marker]
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "lstm", "gru"])
+def test_analyse_chain_on_the_cupy_backend_matches_numpy(emu, monkeypatch, model, rng_seed):
+    """analyse_chain end to end on the emulated cupy backend (k-frame chain by the kernels, the
+    full-frame pass through the same loop with the tiled RNN step, the gate-Jacobian kernels and
+    the MGS QR) against the numpy float64 engine: exponents, true singular values, the sum of
+    the exponents and mean ln|det J|, float64, random weights and inputs."""
+    from bpttbench.jacobians import analyse_chain, registry
+    from bpttbench.models import RecurrentCell, init_parameters
+
+    monkeypatch.setattr(registry, "_on_cuda", lambda params: True)  # CPU tensors stand in
+    cell = RecurrentCell(model, 3, 5, dtype=torch.float64)
+    init_parameters(cell, "gaussian", 1.3, bias_scale=0.3, seed=rng_seed % 2**31)
+    params = {n: p.detach() for n, p in cell.params().items()}
+    gen = torch.Generator().manual_seed(rng_seed % 2**31 + 1)
+    x = torch.randn(12, 2, 3, generator=gen, dtype=torch.float64)
+    kw = {"k": 3, "qr_every": 2, "warmup_forward": 2, "warmup_align": 2}
+    ref = analyse_chain(model, params, x, backend="numpy", **kw)
+    got = analyse_chain(model, params, x, backend="cupy", **kw)
+    assert got.backend == "cupy"
+    tol = vk.TOLERANCES["chain_lstm"][1]  # float64 chain tolerance, relative to max(1, |ref|)
+    for name in ("exponents", "frame_log_stretch", "log_sv"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert np.all(np.abs(a - b) <= tol * np.maximum(1.0, np.abs(b))), name
+    assert abs(got.sum_exponents - ref.sum_exponents) <= tol
+    assert abs(got.mean_log_det - ref.mean_log_det) <= tol

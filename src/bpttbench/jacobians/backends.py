@@ -331,12 +331,3 @@ class TorchBackend(XpBackend):
 
     def isfinite_all(self, a: Array, axes: tuple[int, ...]) -> Array:
         return torch.isfinite(a).flatten(start_dim=a.dim() + min(axes)).all(dim=-1)
-
-
-def numpy_backend() -> NumpyBackend:
-    return NumpyBackend()
-
-
-def torch_backend(device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                  ) -> TorchBackend:
-    return TorchBackend(device, dtype)
