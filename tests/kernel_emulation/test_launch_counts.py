@@ -14,6 +14,7 @@ from bpttbench.jacobians.chain import run_chain
 from bpttbench.validation import kernels as vk
 
 F32 = np.float32
+pytestmark = pytest.mark.kernel_emulation  # runs the kernels through the stand-in (g++)
 
 
 def _launches(emu, run) -> int:
