@@ -1,8 +1,8 @@
 """The CUDA kernels against the numpy float64 reference (needs CuPy and an NVIDIA GPU).
 
 Each kernel runs on several shapes in float32 and float64 through
-``cupy_backend.validate_kernels`` (the same function a GPU run uses to write
-validation.csv); tolerances are in ``cupy_backend.TOLERANCES``. Skipped, with the
+``bpttbench.validation.kernels.validate_kernels`` (the same function a GPU run uses to write
+validation.csv); tolerances are in its ``TOLERANCES``. Skipped, with the
 reason, where CuPy or a GPU is absent.
 """
 
@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from bpttbench.jacobians import analyse_chain, cupy_backend
+from bpttbench.jacobians import analyse_chain, cupy_backend, cupy_kernels
 from bpttbench.models import RecurrentCell, init_parameters
+from bpttbench.validation import kernels as vk
 
-AVAILABLE, REASON = cupy_backend.cupy_available()
+AVAILABLE, REASON = cupy_kernels.cupy_available()
 
 
 def gpu(test):
@@ -26,18 +27,18 @@ def gpu(test):
 
 
 @gpu
-@pytest.mark.parametrize("kernel", list(cupy_backend.KERNEL_SHAPES))
+@pytest.mark.parametrize("kernel", list(vk.KERNEL_SHAPES))
 def test_kernel_matches_numpy_reference(kernel):
-    results = cupy_backend.validate_kernels([kernel])
-    assert len(results) == 2 * len(cupy_backend.KERNEL_SHAPES[kernel])
+    results = vk.validate_kernels([kernel])
+    assert len(results) == 2 * len(vk.KERNEL_SHAPES[kernel])
     bad = [r for r in results if not r["passed"]]
     assert not bad, "\n".join(str(r) for r in bad)
 
 
 @gpu
 def test_validation_csv(tmp_path):
-    results = cupy_backend.validate_kernels(["mgs_qr_logdiag"], dtypes=("float32",))
-    path = cupy_backend.write_validation_csv(results, tmp_path / "validation.csv")
+    results = vk.validate_kernels(["mgs_qr_logdiag"], dtypes=("float32",))
+    path = vk.write_validation_csv(results, tmp_path / "validation.csv")
     lines = path.read_text().splitlines()
     assert lines[0] == "kernel,shape,dtype,max_rel_err,tolerance,passed"
     assert len(lines) == 1 + len(results)
@@ -106,7 +107,7 @@ def _standin(base):
         deriv, w, frame, scale, total, rows, *ints = args
         assert all(isinstance(i, np.int32) for i in ints) and shared_mem > 0
         batch, hidden, k, t_first, n_steps, lag0, qr_every, total_steps = map(int, ints)
-        assert grid == (batch,) and block == (cupy_backend.NTHREADS,)
+        assert grid == (batch,) and block == (cupy_kernels.NTHREADS,)
         for step in range(n_steps):
             m = w.T @ (deriv[t_first - step][..., None] * frame)
             lag = lag0 + step + 1
@@ -173,10 +174,10 @@ def numpy_as_cupy(monkeypatch):
 
     fake = types.SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("_")})
     fake.asnumpy = np.asarray
-    monkeypatch.setattr(cupy_backend, "cp", fake)
-    monkeypatch.setattr(cupy_backend, "cupy_available", lambda: (True, "numpy stand-in"))
-    monkeypatch.setattr(cupy_backend, "max_optin_smem", lambda: 100 * 1024)
-    monkeypatch.setattr(cupy_backend, "_kernel", lambda fname, base, dtype: _standin(base))
+    monkeypatch.setattr(cupy_kernels, "cp", fake)
+    monkeypatch.setattr(cupy_kernels, "cupy_available", lambda: (True, "numpy stand-in"))
+    monkeypatch.setattr(cupy_kernels, "max_optin_smem", lambda: 100 * 1024)
+    monkeypatch.setattr(cupy_kernels, "_kernel", lambda fname, base, dtype: _standin(base))
     return fake
 
 
@@ -199,8 +200,8 @@ def test_wrapper_orchestration_with_numpy_standins(numpy_as_cupy, monkeypatch, m
     saved = forward_saved(model, params, x, None, NumpyBackend())
     k = 3
     tot_ref, rows_ref = chain.run_chain(saved, NumpyBackend(), k, qr_every)
-    monkeypatch.setattr(cupy_backend, "ROWS_CHUNK_BYTES", 5 * 2 * k * 8)  # 5 steps per launch
-    monkeypatch.setattr(cupy_backend, "JAC_CHUNK_BYTES", 7 * 2 * (2 * hidden) ** 2 * 8)
+    monkeypatch.setattr(cupy_kernels, "ROWS_CHUNK_BYTES", 5 * 2 * k * 8)  # 5 steps per launch
+    monkeypatch.setattr(chain, "CHUNK_BYTES", 7 * 2 * (2 * hidden) ** 2 * 8)
     bk = cupy_backend.CupyBackend(np.float64, rnn_path=path)
     tot, rows = chain.run_chain(saved, bk, k, qr_every)
     np.testing.assert_allclose(rows, rows_ref, rtol=0, atol=1e-10)

@@ -131,7 +131,7 @@ def test_junit_verdict(tmp_path, capsys) -> None:
 
 
 def test_validation_verdict(tmp_path, capsys, rng_seed) -> None:
-    from bpttbench.jacobians.cupy_backend import write_validation_csv
+    from bpttbench.validation.kernels import write_validation_csv
 
     rows = [{"kernel": "k", "shape": f"{i}x4", "dtype": "float32",
              "max_rel_err": 10.0 ** -(6 - (i == rng_seed % 3) * 3), "tolerance": 1e-4,

@@ -33,7 +33,7 @@ from bpttbench.jacobians import (
     jacobians,
     log_norm_adjoint_chain,
 )
-from bpttbench.jacobians.backends import NumpyBackend
+from bpttbench.jacobians.backends import NumpyBackend, TorchBackend
 from bpttbench.models import MODELS, RecurrentCell, cell_step, init_parameters, state_size, unroll
 
 F64 = torch.float64
@@ -139,7 +139,7 @@ def test_saved_forward_matches_models_unroll(model):
     params, x, state0 = make_case(model, steps=7, seed=8)
     states = unroll(model, params, x, state0)
     for name in ("numpy", "torch"):
-        bk = chain.NumpyBackend() if name == "numpy" else chain.TorchBackend("cpu", F64)
+        bk = NumpyBackend() if name == "numpy" else TorchBackend("cpu", F64)
         saved = forward_saved(model, params, x, state0, bk)
         for got, want in zip(saved.final_state, states[-1], strict=True):
             assert np.abs(np.asarray(got) - want.numpy()).max() < 1e-13
@@ -330,16 +330,8 @@ def test_ten_thousand_steps_at_scale_two_in_float32():
 
 
 def test_exploding_states_are_data_not_errors():
-    params, x, state0 = make_case(
-        "rnn_relu",
-        hidden=5,
-        batch=2,
-        steps=200,
-        scale=30.0,
-        init="orthogonal",
-        seed=17,
-        dtype=torch.float32,
-    )
+    params, x, state0 = make_case("rnn_relu", hidden=5, batch=2, steps=200, scale=30.0,
+                                  init="orthogonal", seed=17, dtype=torch.float32)
     res = analyse_chain("rnn_relu", params, x, state0, k=2, backend="torch")
     assert res.frame_log_stretch.shape == (200, 2) and res.log_sv.shape == (200, 2)
     p64 = {n: v.double() for n, v in params.items()}

@@ -4,7 +4,8 @@ Runs in CI without a GPU. NVRTC, the compiler cupy.RawModule uses, comes from th
 nvidia-cuda-nvrtc wheel through CuPy's own binding (never skipped); nvcc, where installed,
 also compiles each file (skipped, with the reason, when it is absent).
 Also checks that every kernel file opens with its comment block (launch shape, memory
-layout, limits) and that the entry points the CuPy wrapper loads exist.
+layout, limits) that the entry points the CuPy wrapper loads exist, and that every file instantiates its
+dtypes one way (launch.cuh's FOR_FLOAT_TYPES) and takes its launch constants from launch.cuh.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def test_kernel_files_exist_and_document_themselves():
 
 
 def test_wrapper_entry_points_are_defined():
-    from bpttbench.jacobians.cupy_backend import KERNEL_ENTRY_POINTS
+    from bpttbench.jacobians.cupy_kernels import KERNEL_ENTRY_POINTS
 
     for fname, bases in KERNEL_ENTRY_POINTS.items():
         text = (KERNEL_DIR / fname).read_text()
@@ -54,6 +55,24 @@ def test_wrapper_entry_points_are_defined():
                 name = f"{base}_{suffix}"
                 # defined directly or through the RNN_CHAIN_KERNELS(T, SUFFIX) macro
                 assert re.search(rf"\b{name}\b", text) or f"{base}_##SUFFIX" in text, name
+
+
+@pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
+def test_one_dtype_instantiation_and_launch_constants_in_one_place(path):
+    """Every file instantiates its extern "C" entry points through FOR_FLOAT_TYPES (never a
+    hand-written _f32/_f64 pair) and defines no launch constant itself: launch.cuh holds them,
+    and the Python wrappers read the same values from it."""
+    from bpttbench.jacobians import cupy_kernels
+
+    text = path.read_text()
+    assert '#include "launch.cuh"' in text
+    assert re.search(r"^FOR_FLOAT_TYPES\(\w+\)$", text, re.M), path.name
+    assert not re.search(r"\w+_f(32|64)\s*\(", text), "hand-written dtype flavour"
+    assert not re.search(r"^#define (NTHREADS|TILE)", text, re.M), "launch constant redefined"
+    header = (KERNEL_DIR / "launch.cuh").read_text()
+    for name in ("NTHREADS", "TILE", "GRID_STRIDE_BLOCKS_MAX"):
+        value = int(re.search(rf"^#define {name} (\d+)$", header, re.M).group(1))
+        assert getattr(cupy_kernels, name) == value, name
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)")
@@ -74,7 +93,7 @@ def test_kernel_compiles_to_cubin(path, arch, tmp_path):
 @pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
 def test_inlined_source_compiles(path, tmp_path):
     """What CuPy compiles is the file with its local headers inlined: that must build too."""
-    from bpttbench.jacobians.cupy_backend import kernel_source
+    from bpttbench.jacobians.cupy_kernels import kernel_source
 
     src = tmp_path / path.name  # alone in a folder: an un-inlined #include would fail here
     src.write_text(kernel_source(path.name))
@@ -91,7 +110,7 @@ def test_inlined_source_compiles(path, tmp_path):
 # compute capability XY (cupy/cuda/compiler.py: _compile_with_cache_cuda adds -ftz=true,
 # _compile_using_nvrtc_no_warning the -arch and --device-as-default-execution-space).
 def _cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
-    from bpttbench.jacobians.cupy_backend import NVRTC_OPTIONS
+    from bpttbench.jacobians.cupy_kernels import NVRTC_OPTIONS
 
     return (*NVRTC_OPTIONS, "-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
 
@@ -106,7 +125,7 @@ def test_kernel_compiles_with_cupys_nvrtc(path, arch):
 
     from cupy.cuda import compiler  # needs cupy-cuda13x and nvidia-cuda-nvrtc (pip install .[test])
 
-    from bpttbench.jacobians.cupy_backend import KERNEL_ENTRY_POINTS, kernel_source
+    from bpttbench.jacobians.cupy_kernels import KERNEL_ENTRY_POINTS, kernel_source
 
     print("NVRTC", compiler._get_nvrtc_version())
     prog = compiler._NVRTCProgram(kernel_source(path.name), path.name, method="cubin")

@@ -31,9 +31,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "gpus": ("bpttbench.gpus", "the GPUs of this machine for local runs: list, run"),
     "report": ("bpttbench.cli", "a result set's manifest and HTML report: manifest, build"),
 }
-#: commands of stage modules that still register under their old name (their owners move
-#: them to ``<stage> <verb>``): command -> stage
-OLD_NAMES: dict[str, str] = {"validate-kernels": "validation"}
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
@@ -79,7 +76,7 @@ def _command(argv: Sequence[str]) -> str | None:
     """The stage (or old command) named by ``argv``, if any: its first non-option word."""
     for word in argv:
         if not word.startswith("-"):
-            return word if word in STAGES or word in OLD_NAMES else None
+            return word if word in STAGES else None
     return None
 
 
@@ -90,7 +87,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
     named = _command(argv) if argv is not None else None
     wanted = list(STAGES) if argv is None else (
-        [OLD_NAMES.get(named, named)] if named else [])
+        [named] if named else [])
     for stage, (module, help_text) in STAGES.items():
         if stage in wanted:
             importlib.import_module(module).register(sub)

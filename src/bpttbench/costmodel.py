@@ -6,9 +6,9 @@ launch (dispatch) cost dominates; for big shapes the FLOPs or bytes do.
 
 Launches per step are those of the code as it is, counted with the torch profiler
 (``profiling.count_launches``: leaf aten ops that do work) and re-counted by
-``tests/test_scale.py``; CuPy launches per step of the chain are those of
-``CupyBackend.run_chain`` (custom kernels counted through the kernel-emulation stand-in,
-plus the CuPy array ops written out in ``CUPY_CHAIN``).
+``tests/test_scale.py``; CuPy launches per step of the chain are those of ``analyse_chain``
+on the cupy backend, k-frame chain and full-frame pass (``CUPY_STEP_LAUNCHES``: our kernels
+counted through the kernel-emulation stand-in, the CuPy array ops written out).
 
 FLOPs count multiply-adds as 2; bytes count each weight matrix read once per step plus
 the B x H-sized operands of the element-wise launches (three arrays each: two in, one out).
@@ -43,19 +43,17 @@ TORCH_LAUNCHES: dict[str, dict[str, float]] = {
     "gru": {"bptt": 30, "saved": 43, "chain_qr": 42, "chain_rescale": 57, "train": 40,
             "train_update": 92, "eval": 16},
 }
-#: the same under torch.use_deterministic_algorithms(True) (config ``deterministic: true``,
-#: the default): torch then fills every uninitialised allocation (one more launch each)
-TORCH_LAUNCHES_DETERMINISTIC: dict[str, dict[str, float]] = {
-    "rnn_tanh": {"bptt": 8, "saved": 23, "chain_qr": 68, "chain_rescale": 83, "train": 17,
-                 "train_update": 130, "eval": 6},
-    "rnn_relu": {"bptt": 8, "saved": 13, "chain_qr": 68, "chain_rescale": 83, "train": 17,
-                 "train_update": 130, "eval": 6},
-    "rnn_linear": {"bptt": 6, "saved": 9, "chain_qr": 68, "chain_rescale": 83, "train": 15,
-                   "train_update": 130, "eval": 5},
-    "lstm": {"bptt": 28, "saved": 67, "chain_qr": 66, "chain_rescale": 80, "train": 37,
-             "train_update": 130, "eval": 14},
-    "gru": {"bptt": 31, "saved": 50, "chain_qr": 66, "chain_rescale": 80, "train": 41,
-            "train_update": 128, "eval": 17},
+#: launches that torch.use_deterministic_algorithms(True) (config ``deterministic: true``, the
+#: default) adds per step to TORCH_LAUNCHES: torch then fills every uninitialised allocation
+#: (one more launch each). The chain and optimizer phases allocate alike for every model;
+#: per-model entries add to (or, for ``train_update``, replace) the shared ones.
+_DETERMINISTIC_FILLS_SHARED = {"chain_qr": 24, "chain_rescale": 23, "train_update": 36}
+DETERMINISTIC_FILLS: dict[str, dict[str, float]] = {
+    "rnn_tanh": {"saved": 6},
+    "rnn_relu": {"saved": 3},
+    "rnn_linear": {"saved": 2},
+    "lstm": {"saved": 12, "train_update": 37},
+    "gru": {"bptt": 1, "saved": 7, "train": 1, "eval": 1},
 }
 
 
@@ -81,18 +79,71 @@ FORWARD_LAUNCHES_DETERMINISTIC = {**FORWARD_LAUNCHES, "gru": 17}
 
 def launches_of(model: str, deterministic: bool) -> dict[str, float]:
     """Torch launches per step of ``model``'s phases in the given determinism mode."""
-    return (TORCH_LAUNCHES_DETERMINISTIC if deterministic else TORCH_LAUNCHES)[model]
+    base = TORCH_LAUNCHES[model]
+    if not deterministic:
+        return dict(base)
+    fills = {**_DETERMINISTIC_FILLS_SHARED, **DETERMINISTIC_FILLS[model]}
+    return {phase: n + fills.get(phase, 0) for phase, n in base.items()}
 
 
-#: CuPy chain launches per step (CupyBackend.run_chain, LSTM/GRU and the tiled RNN path):
-#: qr step = matmul (or the tiled RNN kernel) + mgs_qr_logdiag + total += scale + scale = 0
-#: + mean + row store; rescale step = step kernel + colnorm_rescale + mean + row store.
-#: The persistent RNN kernel (H <= 128) runs all steps of a chunk in one launch (~0 per step).
-CUPY_CHAIN = {"qr": 6, "rescale": 4, "persistent": 0}
-#: of which our own kernels (RawKernel launches, counted through the kernel-emulation
-#: stand-in by tests/kernel_emulation/test_launch_counts.py): per step, by path
-CUPY_CUSTOM_KERNELS = {"gated_qr": 1, "gated_rescale": 1, "tiled_qr": 2, "tiled_rescale": 2,
-                       "persistent": 0}
+#: CuPy launches per step of analyse_chain on the cupy backend, by part of the chain, as
+#: (our own kernels, other CuPy launches: array ops and memsets). Our kernels are counted
+#: through the kernel-emulation stand-in (tests/kernel_emulation/test_launch_counts.py); the
+#: others are those the code issues (CupyBackend hooks of bpttbench.jacobians.loop.frame_loop):
+#: - k-frame chain, LSTM/GRU: J^T Q matmul, then QR step = mgs_qr_logdiag + total += scale
+#:   + scale = 0 + row mean, or rescale step = colnorm_rescale + row mean;
+#: - k-frame chain, vanilla RNN above the persistent kernel's limit: the tiled step kernel in
+#:   place of the matmul; within it (H <= 128) one launch runs a chunk of steps (~0 per step);
+#: - full-frame pass (true singular values, every cell; QR every step): J^T F (the tiled kernel
+#:   or a matmul), a copy of M, zeroed logs, mgs_qr_logdiag, Q^T M and its upper-triangle
+#:   mask; float32 adds one float64 cast of R. It also copies R and the logs to the host every
+#:   step (two device-to-host transfers, not counted as launches).
+#: Per-chunk work (the gate-Jacobian kernel, ln|det J|) is amortised over 64+ steps: not counted.
+CUPY_STEP_LAUNCHES: dict[str, tuple[int, int]] = {
+    "gated_qr": (1, 4),
+    "gated_rescale": (1, 2),
+    "tiled_qr": (2, 3),
+    "tiled_rescale": (2, 1),
+    "persistent": (0, 0),
+    "full_frame_rnn": (2, 4),
+    "full_frame_gated": (1, 5),
+}
+#: of which our own kernels (RawKernel launches), per step, by part
+CUPY_CUSTOM_KERNELS = {part: n[0] for part, n in CUPY_STEP_LAUNCHES.items()}
+#: the vanilla RNN's k-frame chain runs in the persistent kernel up to this hidden size
+CUPY_PERSISTENT_MAX_H = 128
+
+
+def cupy_chain_parts(model: str, hidden: int, qr_every: int, warmups: bool = True
+                     ) -> dict[str, float]:
+    """Steps of each part of CUPY_STEP_LAUNCHES per time step of analyse_chain on CUDA.
+
+    The full-frame pass runs once per step. With qr_every > 1 and warm-ups (the pipeline's
+    cells have them), the exponents' window comes from a second k-frame run over the window
+    (about T more steps: analyse_chain's _window_exponents), so the k-frame part counts twice.
+    """
+    qr_share = 1.0 / qr_every
+    runs = 2.0 if qr_every > 1 and warmups else 1.0
+    if model.startswith("rnn_"):
+        kind = "persistent" if hidden <= CUPY_PERSISTENT_MAX_H else "tiled"
+        parts = {"full_frame_rnn": 1.0}
+    else:
+        kind, parts = "gated", {"full_frame_gated": 1.0}
+    if kind == "persistent":
+        parts["persistent"] = runs
+    else:
+        parts[f"{kind}_qr"] = runs * qr_share
+        parts[f"{kind}_rescale"] = runs * (1 - qr_share)
+    return parts
+
+
+def cupy_chain_launches(model: str, hidden: int, qr_every: int, dtype: str,
+                        warmups: bool = True) -> float:
+    """CuPy launches per step of analyse_chain (k-frame chain + full-frame pass) on CUDA;
+    float32 adds the full-frame pass's float64 cast of R."""
+    parts = cupy_chain_parts(model, hidden, qr_every, warmups)
+    cast = 1 if ITEMSIZE[dtype] < 8 else 0
+    return sum(n * sum(CUPY_STEP_LAUNCHES[p]) for p, n in parts.items()) + cast
 
 
 @dataclass(frozen=True)
@@ -163,10 +214,7 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
         frame_bytes = 4 * batch * d * d * item + batch * d * k * item * 3
     qr_flops = 4 * batch * d * k * k * qr_share + 3 * batch * d * k * (1 - qr_share)
     if backend == "cupy":
-        if model.startswith("rnn_") and hidden <= 128:
-            launches = CUPY_CHAIN["persistent"]
-        else:
-            launches = qr_share * CUPY_CHAIN["qr"] + (1 - qr_share) * CUPY_CHAIN["rescale"]
+        launches = cupy_chain_launches(model, hidden, qr_every, dtype)
     else:
         launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
     return saved + StepCost(mult + qr_flops, frame_bytes, launches)

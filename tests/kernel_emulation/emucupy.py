@@ -1,6 +1,7 @@
 """A stand-in for the ``cupy`` module that runs the CUDA kernels as host C++ (tests only).
 
-``install(monkeypatch)`` puts a :class:`FakeCupy` in ``cupy_backend.cp``. Array operations are
+``install(monkeypatch)`` puts a :class:`FakeCupy` in ``cupy_kernels.cp`` (the CuPy backend and
+the launch wrappers take their ``cupy`` from there). Array operations are
 numpy's (the backend's ``cp.zeros``, ``cp.matmul``... are numpy's, on the host); a
 ``RawModule(code=...)`` compiles exactly the code the backend hands over (its
 ``kernel_source``) with ``g++`` against ``shim.h``, cached per source hash; a ``RawKernel``
@@ -349,11 +350,11 @@ class FakeCupy(types.ModuleType):
 
 
 def install(monkeypatch: Any, **settings: Any) -> Emulator:
-    """Route bpttbench.jacobians.cupy_backend to the emulator for the rest of the test."""
-    from bpttbench.jacobians import cupy_backend
+    """Route bpttbench.jacobians.cupy_kernels to the emulator for the rest of the test."""
+    from bpttbench.jacobians import cupy_kernels
 
     emu = Emulator(**settings)
-    monkeypatch.setattr(cupy_backend, "cp", FakeCupy(emu))
-    cupy_backend._module.cache_clear()  # the caller clears both again at teardown
-    cupy_backend._optin_smem.cache_clear()
+    monkeypatch.setattr(cupy_kernels, "cp", FakeCupy(emu))
+    cupy_kernels._module.cache_clear()  # the caller clears both again at teardown
+    cupy_kernels._optin_smem.cache_clear()
     return emu

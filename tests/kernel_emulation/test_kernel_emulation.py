@@ -1,8 +1,9 @@
 """Every CUDA kernel executed on the CPU: host C++ build of the exact CuPy source (shim.h),
-driven through cupy_backend's own wrappers by a stand-in ``cupy`` (emucupy.py).
+driven through the engine's own launch wrappers (bpttbench.jacobians.cupy_kernels) by a stand-in
+``cupy`` (emucupy.py).
 
 Checks: each kernel against the numpy float64 reference at the tolerances of
-``cupy_backend.TOLERANCES`` (``validate_kernels`` itself, then odd/even shapes), launches that
+``bpttbench.validation.kernels.TOLERANCES`` (``validate_kernels`` itself, then odd/even shapes), launches that
 are bitwise identical whatever the order of the threads within a barrier interval, and
 mutated kernels (a missing ``__syncthreads()``, an out-of-bounds read or write) that the
 harness must catch. What the emulation cannot see is listed in docs/NUMERICS.md.
@@ -16,8 +17,12 @@ import re
 import emucupy
 import numpy as np
 import pytest
+import torch
 
 from bpttbench.jacobians import cupy_backend as cb
+from bpttbench.jacobians import cupy_kernels as ck
+from bpttbench.jacobians.chain import run_chain
+from bpttbench.validation import kernels as vk
 
 pytestmark = pytest.mark.kernel_emulation
 
@@ -25,20 +30,20 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _tol(name: str, dtype: np.dtype) -> float:
-    return cb.TOLERANCES[name][0 if dtype == F32 else 1]
+    return vk.TOLERANCES[name][0 if dtype == F32 else 1]
 
 
 def test_validate_kernels_through_the_stand_in(emu):
     """cupy_backend.validate_kernels() itself, every kernel, shape and dtype, emulated."""
-    results = cb.validate_kernels()
-    assert len(results) == 2 * sum(len(v) for v in cb.KERNEL_SHAPES.values())
+    results = vk.validate_kernels()
+    assert len(results) == 2 * sum(len(v) for v in vk.KERNEL_SHAPES.values())
     for r in results:
         print(f"{r['kernel']:24s} {r['shape']:>14s} {r['dtype']}  max_rel_err={r['max_rel_err']:.2e}")
     bad = [r for r in results if not r["passed"]]
     assert not bad, "\n".join(map(str, bad))
-    assert emu.options and all(o == cb.NVRTC_OPTIONS for o in emu.options)
+    assert emu.options and all(o == ck.NVRTC_OPTIONS for o in emu.options)
     assert {launch.kernel.rsplit("_", 1)[0] for launch in emu.launches} >= {
-        base for bases in cb.KERNEL_ENTRY_POINTS.values() for base in bases
+        base for bases in ck.KERNEL_ENTRY_POINTS.values() for base in bases
     }
 
 
@@ -81,14 +86,14 @@ def test_kernel_against_numpy_reference(emu, monkeypatch, name, shape, dtype, rn
     if name == "rnn_chain_persistent":
         batch, _, k, steps, _ = shape
         # 4 steps per launch: lag offsets lag0 = 0, 4, 8, ... and qr_every across launches
-        monkeypatch.setattr(cb, "ROWS_CHUNK_BYTES", 4 * batch * k * 8)
-    err = cb._validate_one(name, shape, dtype, rng_seed % 2**31)
+        monkeypatch.setattr(ck, "ROWS_CHUNK_BYTES", 4 * batch * k * 8)
+    err = vk._validate_one(name, shape, dtype, rng_seed % 2**31)
     print(f"{name} {shape} {dtype}: max_rel_err={err:.3e}")
     assert err <= _tol(name, dtype)
     if name == "rnn_chain_persistent":
         launched = [x for x in emu.launches if x.kernel.startswith("rnn_chain_persistent")]
         assert len(launched) == math.ceil(steps / 4)
-        assert all(x.shared_mem == cb.persistent_smem_bytes(shape[1], k, dtype) for x in launched)
+        assert all(x.shared_mem == ck.persistent_smem_bytes(shape[1], k, dtype) for x in launched)
 
 
 # ------------------------------------------------------------------------------------ races
@@ -101,14 +106,14 @@ def _run_all(seed: int) -> list[np.ndarray]:
     for dtype in (F32, F64):
         for path, (batch, hidden, k, steps, qr_every) in (("persistent", (2, 40, 12, 7, 3)),
                                                           ("tiled", (2, 40, 12, 7, 3))):  # fmt: skip
-            w = cb._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), dtype)
-            deriv = cb._round(rng.uniform(0.05, 1.0, (steps, batch, hidden)), dtype)
+            w = vk._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), dtype)
+            deriv = vk._round(rng.uniform(0.05, 1.0, (steps, batch, hidden)), dtype)
             saved = cb.Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
-            outs += cb.CupyBackend(dtype, rnn_path=path).run_chain(cb._to_cupy_saved(saved, dtype), k,
-                                                                   qr_every, None)  # fmt: skip
+            outs += run_chain(vk._to_cupy_saved(saved, dtype), cb.CupyBackend(dtype, rnn_path=path),
+                              k, qr_every)
         for model in ("lstm", "gru"):
-            saved = cb._round_saved(cb._random_model_saved(model, 2, 20, 3, seed), dtype)
-            outs += cb.CupyBackend(dtype).run_chain(cb._to_cupy_saved(saved, dtype), 9, 2, None)
+            saved = vk._round_saved(vk._random_model_saved(model, 2, 20, 3, seed), dtype)
+            outs += run_chain(vk._to_cupy_saved(saved, dtype), cb.CupyBackend(dtype), 9, 2)
         q, logd = cb.CupyBackend(dtype).qr_logdiag(rng.standard_normal((3, 70, 33)).astype(dtype))
         outs += [q, logd]
     return outs
@@ -130,15 +135,15 @@ def test_thread_order_does_not_change_any_output(emu, rng_seed):
 
 def _mutate(monkeypatch, fname: str, old: str, new: str, count: int = 1) -> None:
     """Serve a mutated copy of fname (header inlined) to the backend."""
-    text = cb.kernel_source(fname)
+    text = ck.kernel_source(fname)
     assert text.count(old) >= count, old
     mutated = text.replace(old, new, count)
-    real = cb.kernel_source
+    real = ck.kernel_source
 
     def source(name: str) -> str:
         return mutated if name == fname else real(name)
 
-    monkeypatch.setattr(cb, "kernel_source", source)
+    monkeypatch.setattr(ck, "kernel_source", source)
 
 
 def _delete_nth_sync(text: str, after: str) -> tuple[str, str]:
@@ -155,30 +160,30 @@ def test_missing_syncthreads_is_caught(emu, monkeypatch, where, rng_seed):
         "tiled tile load": ("rnn_chain.cu", "qs[ty][tx] = ", "rnn_adjoint_step_tiled", (2, 40, 12, 5, 1)),
         "block_sum": ("batched_qr.cu", "if (lane == 0) red[warp] = v;", "mgs_qr_logdiag", (3, 70, 20)),
     }[where]  # fmt: skip
-    old, new = _delete_nth_sync(cb.kernel_source(fname), marker)
+    old, new = _delete_nth_sync(ck.kernel_source(fname), marker)
     _mutate(monkeypatch, fname, old, new)
     seed = rng_seed % 2**31
     for order in (0, 12345):
         emu.order_seed = order
-        err = cb._validate_one(name, shape, F64, seed)
+        err = vk._validate_one(name, shape, F64, seed)
         print(f"{where}, order seed {order}: max_rel_err {err:.2e}")
         assert not err <= _tol(name, F64)
 
 
 def test_missing_syncthreads_makes_the_output_depend_on_thread_order(emu, monkeypatch, rng_seed):
     """The race check alone (no reference): in order and shuffled differ bitwise."""
-    text = cb.kernel_source("rnn_chain.cu")
+    text = ck.kernel_source("rnn_chain.cu")
     rng = np.random.default_rng(rng_seed)
     d, w, q = rng.uniform(0.1, 1, (2, 40)), rng.standard_normal((40, 40)), rng.standard_normal((2, 40, 12))
     outs = {}
     for mutated in (False, True):
         if mutated:
             _mutate(monkeypatch, "rnn_chain.cu", *_delete_nth_sync(text, "qs[ty][tx] = "))
-            cb._module.cache_clear()
+            ck._module.cache_clear()
         for order in (0, 12345):
             emu.order_seed = order
             out = np.empty((2, 40, 12))
-            cb.rnn_adjoint_step_tiled(d, w, q, out)
+            ck.rnn_adjoint_step_tiled(d, w, q, out)
             outs[mutated, order] = out.tobytes()
     assert outs[False, 0] == outs[False, 12345]
     assert outs[True, 0] != outs[True, 12345]
@@ -190,29 +195,29 @@ def test_divergent_syncthreads_is_caught(emu, monkeypatch, rng_seed):
     new = old.replace("__syncthreads();", "if (threadIdx.x < 128) __syncthreads();")
     _mutate(monkeypatch, "batched_qr.cu", old, new)
     with pytest.raises(emucupy.LaunchError, match="different lines"):
-        cb._validate_one("mgs_qr_logdiag", (2, 20, 5), F64, rng_seed % 2**31)
+        vk._validate_one("mgs_qr_logdiag", (2, 20, 5), F64, rng_seed % 2**31)
 
 
 def test_read_one_past_a_buffer_is_caught(emu, monkeypatch, rng_seed):
     """A read of omz[N*H] (one past the end) meets the NaN guard zone: the check fails."""
     _mutate(monkeypatch, "gate_jacobians.cu", "if (row == col) v += z;",
             "if (row == col) v += z + (T)0 * omz[(size_t)n * H + row + 1];")  # fmt: skip
-    err = cb._validate_one("gru_jacobians", (2, 3, 16), F64, rng_seed % 2**31)
+    err = vk._validate_one("gru_jacobians", (2, 3, 16), F64, rng_seed % 2**31)
     assert not err <= _tol("gru_jacobians", F64)  # NaN -> inf error
 
 
 def test_write_one_past_a_buffer_is_caught(emu, monkeypatch, rng_seed):
-    _mutate(monkeypatch, "gate_jacobians.cu", "e < total;", "e <= total;", count=2)
+    _mutate(monkeypatch, "gate_jacobians.cu", "e < total;", "e <= total;")  # for_each_entry
     # N D^2 = 6 * 30^2 is not a multiple of 256: a thread reaches e = total and writes J[total]
     with pytest.raises(emucupy.LaunchError, match=r"out-of-bounds write after argument 6 \(J\)"):
-        cb._validate_one("lstm_jacobians", (2, 3, 15), F64, rng_seed % 2**31)
+        vk._validate_one("lstm_jacobians", (2, 3, 15), F64, rng_seed % 2**31)
 
 
 def test_write_to_a_const_input_is_caught(emu, monkeypatch, rng_seed):
     _mutate(monkeypatch, "gate_jacobians.cu", "if (row == col) v += z;",
             "if (row == col) v += z;\n        if (e == 0) const_cast<T*>(w_hh)[0] += (T)1;")  # fmt: skip
     with pytest.raises(emucupy.LaunchError, match=r"const argument 5 \(w_hh\) was written"):
-        cb._validate_one("gru_jacobians", (2, 3, 16), F64, rng_seed % 2**31)
+        vk._validate_one("gru_jacobians", (2, 3, 16), F64, rng_seed % 2**31)
 
 
 def test_shared_memory_overrun_is_caught(emu, monkeypatch, rng_seed):
@@ -220,14 +225,14 @@ def test_shared_memory_overrun_is_caught(emu, monkeypatch, rng_seed):
     _mutate(monkeypatch, "rnn_chain.cu", "for (int l = tid; l < H; l += nthr) d[l]",
             "for (int l = tid; l <= H; l += nthr) d[l]")  # fmt: skip
     with pytest.raises(emucupy.LaunchError, match="dynamic shared memory"):
-        cb._validate_one("rnn_chain_persistent", (2, 16, 4, 5, 1), F64, rng_seed % 2**31)
+        vk._validate_one("rnn_chain_persistent", (2, 16, 4, 5, 1), F64, rng_seed % 2**31)
 
 
 # ------------------------------------------------------------------------------- launch checks
 
 
 def test_stand_in_refuses_what_cuda_refuses(emu):
-    kern = cb._kernel("rnn_chain.cu", "rnn_adjoint_step_tiled", F64)
+    kern = ck._kernel("rnn_chain.cu", "rnn_adjoint_step_tiled", F64)
     d, w, q, out = np.ones((2, 4)), np.ones((4, 4)), np.ones((2, 4, 3)), np.zeros((2, 4, 3))
     i32 = np.int32
     good = (d, w, q, out, i32(2), i32(4), i32(3))
@@ -247,7 +252,7 @@ def test_stand_in_refuses_what_cuda_refuses(emu):
     for grid, block, args, smem, what in cases:
         with pytest.raises(emucupy.LaunchError, match=what):
             kern(grid, block, args, shared_mem=smem)
-    qr = cb._kernel("batched_qr.cu", "mgs_qr_logdiag", F64)
+    qr = ck._kernel("batched_qr.cu", "mgs_qr_logdiag", F64)
     with pytest.raises(emucupy.LaunchError, match="launch_bounds"):
         args = (np.ones((1, 8, 8)), np.zeros((1, 8)), i32(1), i32(8), i32(8), i32(1))
         qr((1,), (512,), args, shared_mem=768)
@@ -265,10 +270,10 @@ def _tiled_reference(deriv_t: np.ndarray, w: np.ndarray, frame: np.ndarray) -> n
 def test_tiled_step_splits_batches_over_grid_z(emu, monkeypatch, rng_seed):
     """Batches above the grid.z limit go in several launches (limit lowered to 2 here)."""
     rng = np.random.default_rng(rng_seed)
-    monkeypatch.setattr(cb, "MAX_GRID_YZ", 2)
+    monkeypatch.setattr(ck, "MAX_GRID_YZ", 2)
     d, w, q = rng.uniform(0.1, 1, (5, 20)), rng.standard_normal((20, 20)), rng.standard_normal((5, 20, 7))
     out = np.full((5, 20, 7), np.nan)
-    cb.rnn_adjoint_step_tiled(d, w, q, out)
+    ck.rnn_adjoint_step_tiled(d, w, q, out)
     assert [x.grid[2] for x in emu.launches] == [2, 2, 1]
     assert np.abs(out - _tiled_reference(d, w, q)).max() <= 1e-12 * np.abs(out).max()
 
@@ -278,7 +283,7 @@ def test_tiled_step_with_batch_above_65535(emu, rng_seed):
     batch = 65537
     d, w, q = rng.uniform(0.1, 1, (batch, 1)), rng.standard_normal((1, 1)), rng.standard_normal((batch, 1, 2))
     out = np.full((batch, 1, 2), np.nan)
-    cb.rnn_adjoint_step_tiled(d, w, q, out)
+    ck.rnn_adjoint_step_tiled(d, w, q, out)
     assert [x.grid for x in emu.launches] == [(1, 1, 65535), (1, 1, 2)]
     assert np.abs(out - _tiled_reference(d, w, q)).max() <= 1e-14
 
@@ -298,10 +303,10 @@ def test_qr_stages_in_shared_memory_up_to_the_optin_maximum(emu, rng_seed):
 
 
 def test_kernel_sources_agree_with_the_wrapper_on_staging():
-    head = (cb.KERNEL_DIR / "batched_qr.cu").read_text().split("#define", 1)[0]
+    head = (ck.KERNEL_DIR / "batched_qr.cu").read_text().split("#define", 1)[0]
     assert "opt-in maximum" in head and "max_dynamic_shared_size_bytes" in head
-    assert re.search(r"32 \* 8 \+ stage <= max_optin_smem\(\)", (cb.KERNEL_DIR.parent / "jacobians" /
-                                                                 "cupy_backend.py").read_text())  # fmt: skip
+    assert re.search(r"32 \* 8 \+ stage <= max_optin_smem\(\)", (ck.KERNEL_DIR.parent / "jacobians" /
+                                                                 "cupy_kernels.py").read_text())  # fmt: skip
 
 
 # --------------------------------------------------------------------------- ftz and float32
@@ -313,25 +318,24 @@ def test_ftz_flushes_float32_denormal_derivatives(emu, rng_seed):
     stretching of -inf there, and a finite one in numpy/torch (docs/NUMERICS.md)."""
     rng = np.random.default_rng(rng_seed)
     hidden, k, steps, batch = 8, 3, 5, 1
-    w = cb._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
-    deriv = cb._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
+    w = vk._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
+    deriv = vk._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
     deriv[2] = np.float32(1e-39)  # a float32 denormal, exactly representable
     saved = cb.Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
     from bpttbench.jacobians.backends import NumpyBackend
-    from bpttbench.jacobians.chain import run_chain
 
     _, rows_ref = run_chain(saved, NumpyBackend(), k, 1)
     assert np.isfinite(rows_ref).all()
     for path in ("persistent", "tiled"):
         bk = cb.CupyBackend(F32, rnn_path=path)
         emu.ftz = True
-        _, rows = bk.run_chain(cb._to_cupy_saved(saved, F32), k, 1, None)
+        _, rows = run_chain(vk._to_cupy_saved(saved, F32), bk, k, 1)
         lag = steps - 2  # J_3 (deriv row 2) enters at lag 3
         assert np.isfinite(rows[: lag - 1]).all() and np.isneginf(rows[lag - 1 :]).all(), path
         # without the flush the column norm is ~1e-39 and its float32 inverse overflows (inf):
         # the kernels are written for -ftz=true, which CuPy always passes
         emu.ftz = False
-        _, rows = bk.run_chain(cb._to_cupy_saved(saved, F32), k, 1, None)
+        _, rows = run_chain(vk._to_cupy_saved(saved, F32), bk, k, 1)
         assert np.isfinite(rows[: lag - 1]).all() and not np.isneginf(rows[lag - 1]).any(), path
 
 
@@ -340,12 +344,11 @@ def test_float32_full_frame_with_sparse_qr(emu, rng_seed):
     lowest exponents lose digits in any float32 chain (numpy's too). The CuPy backend warns;
     with qr_every = 1 (or k < H) the error stays within the float32 tolerance."""
     from bpttbench.jacobians.backends import NumpyBackend
-    from bpttbench.jacobians.chain import run_chain
 
     rng = np.random.default_rng(rng_seed)
     batch, hidden, steps = 2, 64, 40
-    w = cb._round(rng.standard_normal((hidden, hidden)) * 1.3 / math.sqrt(hidden), F32)
-    deriv = cb._round(rng.uniform(0.05, 1.0, (steps, batch, hidden)), F32)
+    w = vk._round(rng.standard_normal((hidden, hidden)) * 1.3 / math.sqrt(hidden), F32)
+    deriv = vk._round(rng.uniform(0.05, 1.0, (steps, batch, hidden)), F32)
     ref = cb.Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
     f32 = cb.Saved("rnn_tanh", hidden, steps, batch, w.astype(F32), deriv=deriv.astype(F32))
     errs = {}
@@ -355,11 +358,11 @@ def test_float32_full_frame_with_sparse_qr(emu, rng_seed):
         bk = cb.CupyBackend(F32)
         if k == hidden and qr_every > 1:
             with pytest.warns(RuntimeWarning, match="qr_every"):
-                tot, rows = bk.run_chain(cb._to_cupy_saved(ref, F32), k, qr_every, None)
+                tot, rows = run_chain(vk._to_cupy_saved(ref, F32), bk, k, qr_every)
         else:
-            tot, rows = bk.run_chain(cb._to_cupy_saved(ref, F32), k, qr_every, None)
-        errs[k, qr_every] = (max(cb._rel_log_err(rows, rows_ref), cb._rel_log_err(tot, tot_ref)),
-                             max(cb._rel_log_err(rows_np, rows_ref), cb._rel_log_err(tot_np, tot_ref)))
+            tot, rows = run_chain(vk._to_cupy_saved(ref, F32), bk, k, qr_every)
+        errs[k, qr_every] = (max(vk._rel_log_err(rows, rows_ref), vk._rel_log_err(tot, tot_ref)),
+                             max(vk._rel_log_err(rows_np, rows_ref), vk._rel_log_err(tot_np, tot_ref)))
     print(errs)
     tol = _tol("rnn_chain_persistent", F32)
     assert errs[hidden, 1][0] <= tol and errs[hidden // 2, 3][0] <= tol
@@ -387,11 +390,38 @@ def test_torch_stream_uses_stream_from_external(emu, monkeypatch):
             return cls()
 
     marker = object()
-    monkeypatch.setattr(cb.cp.cuda, "Stream", Recorder)
+    monkeypatch.setattr(ck.cp.cuda, "Stream", Recorder)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda dev=None: marker)
-    with cb.torch_stream():
+    with ck.torch_stream():
         pass
     assert seen == [marker]
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "lstm", "gru"])
+def test_analyse_chain_on_the_cupy_backend_matches_numpy(emu, monkeypatch, model, rng_seed):
+    """analyse_chain end to end on the emulated cupy backend (k-frame chain by the kernels, the
+    full-frame pass through the same loop with the tiled RNN step, the gate-Jacobian kernels and
+    the MGS QR) against the numpy float64 engine: exponents, true singular values, the sum of
+    the exponents and mean ln|det J|, float64, random weights and inputs."""
+    from bpttbench.jacobians import analyse_chain, registry
+    from bpttbench.models import RecurrentCell, init_parameters
+
+    monkeypatch.setattr(registry, "_on_cuda", lambda params: True)  # CPU tensors stand in
+    cell = RecurrentCell(model, 3, 5, dtype=torch.float64)
+    init_parameters(cell, "gaussian", 1.3, bias_scale=0.3, seed=rng_seed % 2**31)
+    params = {n: p.detach() for n, p in cell.params().items()}
+    gen = torch.Generator().manual_seed(rng_seed % 2**31 + 1)
+    x = torch.randn(12, 2, 3, generator=gen, dtype=torch.float64)
+    kw = {"k": 3, "qr_every": 2, "warmup_forward": 2, "warmup_align": 2}
+    ref = analyse_chain(model, params, x, backend="numpy", **kw)
+    got = analyse_chain(model, params, x, backend="cupy", **kw)
+    assert got.backend == "cupy"
+    tol = vk.TOLERANCES["chain_lstm"][1]  # float64 chain tolerance, relative to max(1, |ref|)
+    for name in ("exponents", "frame_log_stretch", "log_sv"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert np.all(np.abs(a - b) <= tol * np.maximum(1.0, np.abs(b))), name
+    assert abs(got.sum_exponents - ref.sum_exponents) <= tol
+    assert abs(got.mean_log_det - ref.mean_log_det) <= tol

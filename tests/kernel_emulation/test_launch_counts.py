@@ -10,8 +10,11 @@ import pytest
 
 from bpttbench.costmodel import CUPY_CUSTOM_KERNELS
 from bpttbench.jacobians import cupy_backend as cb
+from bpttbench.jacobians.chain import run_chain
+from bpttbench.validation import kernels as vk
 
 F32 = np.float32
+pytestmark = pytest.mark.kernel_emulation  # runs the kernels through the stand-in (g++)
 
 
 def _launches(emu, run) -> int:
@@ -24,9 +27,8 @@ def _launches(emu, run) -> int:
 @pytest.mark.parametrize("qr_every", [1, 1000])
 def test_gated_chain_launches_per_step(emu, model, qr_every):
     def run(steps):
-        saved = cb._round_saved(cb._random_model_saved(model, 2, 6, steps, 0), F32)
-        return lambda: cb.CupyBackend(F32).run_chain(cb._to_cupy_saved(saved, F32), 3,
-                                                     qr_every, None)
+        saved = vk._round_saved(vk._random_model_saved(model, 2, 6, steps, 0), F32)
+        return lambda: run_chain(vk._to_cupy_saved(saved, F32), cb.CupyBackend(F32), 3, qr_every)
     n16, n8 = _launches(emu, run(16)), _launches(emu, run(8))
     assert n8 > 0  # the kernels did run (the Jacobian build and the per-step kernels)
     per_step = (n16 - n8) / 8
@@ -41,12 +43,43 @@ def test_rnn_chain_launches_per_step(emu, path, qr_every):
     hidden, batch, k = 12, 2, 3
 
     def run(steps):
-        w = cb._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
-        deriv = cb._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
+        w = vk._round(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), F32)
+        deriv = vk._round(rng.uniform(0.2, 1.0, (steps, batch, hidden)), F32)
         saved = cb.Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
-        return lambda: cb.CupyBackend(F32, rnn_path=path).run_chain(
-            cb._to_cupy_saved(saved, F32), k, qr_every, None)
+        return lambda: run_chain(
+            vk._to_cupy_saved(saved, F32), cb.CupyBackend(F32, rnn_path=path), k, qr_every)
     per_step = (_launches(emu, run(16)) - _launches(emu, run(8))) / 8
     key = "persistent" if path == "persistent" else (
         "tiled_qr" if qr_every == 1 else "tiled_rescale")
     assert per_step == CUPY_CUSTOM_KERNELS[key]
+
+
+@pytest.mark.parametrize(("model", "hidden"), [("lstm", 4), ("gru", 6), ("rnn_tanh", 6),
+                                               ("rnn_tanh", 130)])
+@pytest.mark.parametrize("qr_every", [1, 1000])
+def test_analyse_chain_launches_per_step(emu, monkeypatch, model, hidden, qr_every):
+    """analyse_chain itself on the emulated cupy backend (forward in torch on the CPU, its
+    record shared into the stand-in by DLPack): our kernels per step of the k-frame chain,
+    its window rerun (qr_every > 1) and the full-frame pass, against the cost model's parts.
+    hidden = 130 takes the vanilla RNN past the persistent kernel's limit (tiled path)."""
+    import torch
+
+    from bpttbench.costmodel import cupy_chain_parts
+    from bpttbench.jacobians import analyse_chain, registry
+    from bpttbench.models import RecurrentCell, init_parameters
+
+    monkeypatch.setattr(registry, "_on_cuda", lambda params: True)  # CPU tensors stand in
+    cell = RecurrentCell(model, 3, hidden, dtype=torch.float32)
+    init_parameters(cell, "gaussian", 1.1, seed=1)
+    params = {n: p.detach() for n, p in cell.params().items()}
+
+    def run(steps):
+        x = torch.randn(steps, 2, 3, generator=torch.Generator().manual_seed(2))
+        return lambda: analyse_chain(model, params, x, k=3, qr_every=qr_every, backend="cupy",
+                                     warmup_forward=2, warmup_align=2)
+    assert run(8)().backend == "cupy"
+    n16, n8 = _launches(emu, run(16)), _launches(emu, run(8))
+    parts = cupy_chain_parts(model, hidden, qr_every)
+    print(model, hidden, qr_every, "kernels per step", (n16 - n8) / 8, parts)
+    assert (n16 - n8) / 8 == sum(n * CUPY_CUSTOM_KERNELS[p] for p, n in parts.items())
+    assert any(p.startswith("full_frame") for p in parts)

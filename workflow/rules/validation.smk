@@ -11,4 +11,4 @@ rule validate_kernels:
     resources:
         **res("kernels", gpu=True),
     shell:
-        "bpttbench validate-kernels --out {output} > {log} 2>&1"
+        "bpttbench validation kernels --out {output} > {log} 2>&1"

@@ -32,7 +32,7 @@ import torch
 from bpttbench.bench.ops import OPS, Problem, bptt_autograd
 from bpttbench.jacobians import analytic
 from bpttbench.jacobians.backends import NumpyBackend, TorchBackend
-from bpttbench.jacobians.chain import CHUNK_BYTES
+from bpttbench.jacobians.chain import CHUNK_BYTES, run_chain
 from bpttbench.models import RecurrentCell, cell_step
 
 Runner = Callable[[], Any]
@@ -156,7 +156,7 @@ def chain_cupy(p: Problem) -> Runner:
     bk = cb.CupyBackend(dtype=cb.cupy_dtype(p.dtype))
 
     def run() -> np.ndarray:
-        return bk.run_chain(saved, p.k, p.qr_every, p.frame0)[0]
+        return run_chain(saved, bk, p.k, p.qr_every, p.frame0)[0]
 
     return run
 

@@ -10,16 +10,15 @@ Public API:
 - :func:`apply_adjoint_chain`, :func:`log_norm_adjoint_chain`: the chain applied to a
   given vector (delta_t = P_{T,t}^T delta_T), for delta checks;
 - backends ``numpy`` (float64 oracle), ``torch`` (any device), ``cupy`` (CUDA kernels).
+
+Layers, each importing only from the ones above it (tests/test_jacobians_layers.py):
+frame (NumPy utilities) -> backends (protocol; numpy, torch) -> analytic (J_t) ->
+cupy_kernels (loader, launch wrappers) -> cupy_backend -> registry (every backend by name)
+-> loop (the one chain loop) -> spectrum (full-frame pass) -> chain (analyse_chain).
 """
 
-from bpttbench.jacobians.analytic import Saved, forward_saved, jacobians, step_jacobians
-from bpttbench.jacobians.backends import (
-    BACKENDS,
-    ArrayBackend,
-    NumpyBackend,
-    TorchBackend,
-    backend_for,
-)
+from bpttbench.jacobians.analytic import Saved, forward_saved, step_jacobians
+from bpttbench.jacobians.backends import ArrayBackend, NumpyBackend, TorchBackend
 from bpttbench.jacobians.chain import (
     ChainResult,
     analyse_chain,
@@ -27,12 +26,13 @@ from bpttbench.jacobians.chain import (
     check_k,
     exponents_after_warmup,
     growth_rate,
-    initial_frame,
+    jacobians,
     log_norm_adjoint_chain,
-    resolve_backend,
     run_chain,
     slice_saved,
 )
+from bpttbench.jacobians.frame import initial_frame
+from bpttbench.jacobians.registry import BACKENDS, backend_for, resolve_backend
 from bpttbench.jacobians.spectrum import FullFrame, full_frame_chain, report_lags
 
 __all__ = [

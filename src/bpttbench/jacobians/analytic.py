@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bpttbench.jacobians.backends import Array, ArrayBackend, NumpyBackend, TorchBackend
+from bpttbench.jacobians.backends import Array, ArrayBackend
 from bpttbench.models import check_model, gate_count, state_size
 
 PARAM_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
@@ -245,31 +245,3 @@ def step_jacobians(
         return bk.cat([top, bottom], axis=-2)
     check_model(model)
     raise AssertionError("unreachable")
-
-
-def make_backend(name: str, params: Mapping[str, torch.Tensor]) -> ArrayBackend:
-    """numpy (float64 CPU) or torch (params' dtype and device)."""
-    if name == "numpy":
-        return NumpyBackend()
-    if name == "torch":
-        w = params["weight_hh_l0"]
-        return TorchBackend(w.device, w.dtype)
-    raise ValueError(f"unknown array backend {name!r}; allowed here: numpy, torch")
-
-
-def jacobians(
-    model: str,
-    params: Mapping[str, torch.Tensor],
-    x: torch.Tensor,
-    state0: tuple[torch.Tensor, ...] | None = None,
-    *,
-    backend: str = "numpy",
-) -> Array:
-    """All T per-step Jacobians [T, B, D, D] (numpy float64, or torch in the params' dtype).
-
-    Memory is T * B * D^2 elements: meant for tests and short chains; the chain
-    engine builds them in time chunks instead.
-    """
-    bk = make_backend(backend, params)
-    saved = forward_saved(model, params, x, state0, bk)
-    return step_jacobians(saved, bk)

@@ -5,14 +5,14 @@ BPTT propagates the error backward with the transposed Jacobians,
     delta_t = J_{t+1}^T delta_{t+1} = P_{T,t}^T delta_T,    P_{T,t} = J_T ... J_{t+1},
 
 so the engine applies J_T^T, J_{T-1}^T, ..., J_1^T in that order to a frame of k
-orthonormal vectors. Every step the columns are rescaled to unit norm (the log of the
-scale goes into a float64 accumulator), and every ``qr_every`` steps (and at the
-last step) the frame is re-orthonormalised by a sign-fixed QR whose log|diag R| is
-added to the float64 totals. The totals after lag steps are the log stretching
-factors of the frame; their slopes over a window that leaves out the alignment and
-forward transients are the (finite-time) Lyapunov exponents. They are *not* the
-singular values of P_{T,T-lag}: those come from the full-frame pass in
-:mod:`bpttbench.jacobians.spectrum`. See docs/NUMERICS.md.
+orthonormal vectors (the one loop: :func:`bpttbench.jacobians.loop.frame_loop`). Every step
+the columns are rescaled to unit norm (the log of the scale goes into a float64
+accumulator), and every ``qr_every`` steps (and at the last step) the frame is
+re-orthonormalised by a sign-fixed QR whose log|diag R| is added to the float64 totals.
+The totals after lag steps are the log stretching factors of the frame; their slopes over
+a window that leaves out the alignment and forward transients are the (finite-time)
+Lyapunov exponents. They are *not* the singular values of P_{T,T-lag}: those come from the
+full-frame pass in :mod:`bpttbench.jacobians.spectrum`. See docs/NUMERICS.md.
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ import numpy as np
 import torch
 
 from bpttbench.jacobians.analytic import Saved, forward_saved, step_jacobians
-from bpttbench.jacobians.backends import (
-    Array,
-    ArrayBackend,
-    NumpyBackend,
-    TorchBackend,
-    backend_for,
+from bpttbench.jacobians.backends import Array, ArrayBackend
+from bpttbench.jacobians.frame import (  # noqa: F401 - CHUNK_BYTES, FRAME_SEED re-exported
+    CHUNK_BYTES,
+    FRAME_SEED,
+    chunk_steps,
+    full_frame,
+    initial_frame,
 )
+from bpttbench.jacobians.loop import frame_loop
+from bpttbench.jacobians.registry import array_backend, backend_for, chain_backends, resolve_backend
+from bpttbench.jacobians.spectrum import full_frame_chain
 from bpttbench.models import check_model, state_size
-
-#: bytes of Jacobians built at once for the LSTM/GRU chains (time chunks of [n, B, D, D])
-CHUNK_BYTES = 64 * 2**20
-#: seed of the initial orthonormal frame (same frame for every batch element and backend)
-FRAME_SEED = 20240917
 
 
 @dataclass
@@ -90,13 +89,6 @@ class ChainResult:
         return self.sum_exponents - self.mean_log_det
 
 
-def initial_frame(dim: int, k: int, seed: int = FRAME_SEED) -> np.ndarray:
-    """A fixed random orthonormal [dim, k] frame (float64, sign-fixed QR of a Gaussian)."""
-    a = np.random.default_rng(seed).standard_normal((dim, k))
-    q, r = np.linalg.qr(a)
-    return q * np.where(np.diag(r) < 0, -1.0, 1.0)
-
-
 def check_k(model: str, hidden: int, k: int) -> int:
     dim = state_size(model, hidden)
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= dim:
@@ -107,8 +99,32 @@ def check_k(model: str, hidden: int, k: int) -> int:
     return int(k)
 
 
-def _chunk_steps(batch: int, dim: int, itemsize: int, budget: int = CHUNK_BYTES) -> int:
-    return max(1, budget // max(1, batch * dim * dim * itemsize))
+def _chunk_steps(batch: int, dim: int, itemsize: int) -> int:
+    """Time steps of Jacobians built at once (reads :data:`CHUNK_BYTES` at call time)."""
+    return chunk_steps(batch, dim, itemsize, CHUNK_BYTES)
+
+
+class _Accumulators:
+    """The k-frame chain's float64 logs: ``total`` up to the last QR, ``scale`` since it,
+    and one batch-mean row per lag."""
+
+    def __init__(self, bk: ArrayBackend, batch: int, k: int, ref: Array) -> None:
+        self.bk = bk
+        self.scale = bk.zeros64((batch, k), ref)  # log column scales since the last QR
+        self.total = bk.zeros64((batch, k), ref)  # log|diag R| (+ scales) up to the last QR
+        self.rows: list[Array] = []
+
+    def qr(self, lag: int, i: int, m: Array) -> Array:
+        # one step of growth since the last rescale cannot overflow: QR directly
+        q, self.total, self.scale = self.bk.qr_accumulate(m, self.total, self.scale)
+        self.rows.append(self.bk.mean(self.total, 0))
+        return q
+
+    def rescale(self, lag: int, i: int, m: Array) -> Array:
+        # rescale the columns to unit norm, keep the log scales in float64
+        q, self.scale, row = self.bk.rescale_accumulate(m, self.total, self.scale)
+        self.rows.append(self.bk.mean(row, 0))
+        return q
 
 
 def run_chain(
@@ -117,65 +133,25 @@ def run_chain(
     """Adjoint chain over all T steps of ``saved``.
 
     Returns (totals [B, k], log_sv rows [T, k]) as float64 NumPy arrays; totals are the
-    accumulated log stretching of each batch element's frame after the final QR.
+    accumulated log stretching of each batch element's frame after the final QR. A backend
+    with a fused whole-chain kernel runs it (:meth:`ArrayBackend.fused_chain`); every other
+    case runs the one loop, :func:`bpttbench.jacobians.loop.frame_loop`.
     """
-    if hasattr(bk, "run_chain"):  # backends with fused kernels (cupy)
-        return bk.run_chain(saved, k, qr_every, frame0)
-    steps, batch, dim = saved.steps, saved.batch, saved.dim
+    batch, dim = saved.batch, saved.dim
     if frame0 is None:
         frame0 = initial_frame(dim, k)
+    fused = bk.fused_chain(saved, k, qr_every, frame0)
+    if fused is not None:
+        return fused
     w = saved.w_hh
     q = bk.zeros((batch, dim, k), w) + bk.like(bk.asarray(frame0), w)
-    scale = bk.zeros64((batch, k), w)  # log column scales since the last QR
-    total = bk.zeros64((batch, k), w)  # log|diag R| (+ scales) up to the last QR
-    rows = []
-    rnn = saved.model.startswith("rnn_")
-    w_t = bk.mT(w)
+    acc = _Accumulators(bk, batch, k, w)
     itemsize = int(getattr(w, "itemsize", None) or w.element_size())
-    chunk = _chunk_steps(batch, dim, itemsize)
-    with bk.small_problem(batch * dim * k):
-        lag = 0
-        for hi in range(steps, 0, -chunk):
-            lo = max(0, hi - chunk)
-            jac = None if rnn else step_jacobians(saved, bk, lo, hi)
-            for i in range(hi - 1, lo - 1, -1):
-                if rnn:  # J^T Q = W^T (phi'(a) * Q): no D x D matrix per step
-                    m = w_t @ (saved.deriv[i][..., :, None] * q)
-                else:
-                    m = bk.mT(jac[i - lo]) @ q
-                lag += 1
-                if lag % qr_every == 0 or lag == steps:
-                    # one step of growth since the last rescale cannot overflow: QR directly
-                    q, logd = bk.qr_logdiag(m)
-                    total = total + logd + scale
-                    scale = bk.zeros64((batch, k), w)
-                    rows.append(bk.mean(total, 0))
-                else:  # rescale the columns to unit norm, keep the log scales in float64
-                    nrm = bk.colnorm64(m)
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        scale = scale + bk.log(nrm)
-                        inv = bk.where(nrm > 0, 1.0 / nrm, 0.0 * nrm)
-                    q = m * bk.like(inv, m)[..., None, :]
-                    rows.append(bk.mean(total + scale, 0))
-    return bk.to_numpy(total).astype(np.float64), bk.to_numpy(bk.stack(rows, 0)).astype(np.float64)
-
-
-def _cuda_params(params: Mapping[str, torch.Tensor]) -> bool:
-    return params["weight_hh_l0"].device.type == "cuda"
-
-
-def resolve_backend(backend: str, params: Mapping[str, torch.Tensor]) -> str:
-    """'auto' -> 'cupy' when params live on CUDA and CuPy with a GPU is usable, else 'torch'."""
-    if backend not in ("auto", "numpy", "torch", "cupy"):
-        raise ValueError(f"unknown backend {backend!r}; allowed: auto, numpy, torch, cupy")
-    if backend != "auto":
-        return backend
-    if _cuda_params(params):
-        from bpttbench.jacobians import cupy_backend
-
-        if cupy_backend.cupy_available()[0]:
-            return "cupy"
-    return "torch"
+    with bk.loop_context(batch * dim * k):
+        frame_loop(saved, bk, q, acc.qr, acc.rescale, qr_every=qr_every,
+                   chunk=_chunk_steps(batch, dim, itemsize))
+    return (bk.to_numpy(acc.total).astype(np.float64),
+            bk.to_numpy(bk.stack(acc.rows, 0)).astype(np.float64))
 
 
 def slice_saved(saved: Saved, lo: int, hi: int) -> Saved:
@@ -243,32 +219,12 @@ def analyse_chain(
     if wf or wa:
         check_warmups(int(x.shape[0]), warmup_forward, warmup_align)
     name = resolve_backend(backend, params)
-    if name == "numpy":
-        bk: ArrayBackend = NumpyBackend()
-        saved = forward_saved(model, params, x, state0, bk)
-    elif name == "torch":
-        w = params["weight_hh_l0"]
-        bk = TorchBackend(w.device, w.dtype)
-        saved = forward_saved(model, params, x, state0, bk)
-    else:
-        from bpttbench.jacobians import cupy_backend
-
-        ok, why = cupy_backend.cupy_available()
-        if not ok:
-            raise RuntimeError(f"backend 'cupy' is not usable here: {why}")
-        if not _cuda_params(params):
-            raise ValueError("backend 'cupy' needs params on a CUDA device")
-        w = params["weight_hh_l0"]
-        tbk = TorchBackend(w.device, w.dtype)
-        saved_t = forward_saved(model, params, x, state0, tbk)  # forward in torch on the GPU
-        bk = cupy_backend.CupyBackend(dtype=cupy_backend.cupy_dtype(w.dtype))
-        saved = cupy_backend.saved_to_cupy(saved_t)
+    forward_bk, bk, adopt = chain_backends(name, params)
+    saved = adopt(forward_saved(model, params, x, state0, forward_bk))
     totals, rows = run_chain(saved, bk, k, int(qr_every))
     steps = saved.steps
     ff = None
     if singular_values:
-        from bpttbench.jacobians.spectrum import full_frame, full_frame_chain
-
         ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k))
     if ff is not None and qr_every == 1:
         # the full frame's first k columns are the k-frame (same start, QR every step)
@@ -292,21 +248,10 @@ def analyse_chain(
         win = slice(wa, steps - wf)  # rows of lags wa+1 .. T-wf
         sum_exp = float(ff.logdiag[win].sum(axis=(0, 2)).mean() / (steps - wf - wa))
         mean_det = float(ff.log_det[win].mean())
-    return ChainResult(
-        exponents=mean,
-        exponents_std=std,
-        exponents_se=se,
-        exponents_half=half,
-        frame_log_stretch=rows,
-        sv_lags=lags_sv,
-        log_sv=log_sv,
-        sum_exponents=sum_exp,
-        mean_log_det=mean_det,
-        warmup_forward=wf,
-        warmup_align=wa,
-        backend=name,
-        steps=steps,
-    )
+    return ChainResult(exponents=mean, exponents_std=std, exponents_se=se, exponents_half=half,
+                       frame_log_stretch=rows, sv_lags=lags_sv, log_sv=log_sv,
+                       sum_exponents=sum_exp, mean_log_det=mean_det, warmup_forward=wf,
+                       warmup_align=wa, backend=name, steps=steps)
 
 
 def exponents_after_warmup(result: ChainResult, warmup: int) -> np.ndarray:
@@ -379,3 +324,21 @@ def growth_rate(log_norms: np.ndarray, start: int = 0) -> float:
     if y.shape[0] - start < 2:
         return math.nan
     return float(np.polyfit(lags[start:], y[start:], 1)[0])
+
+
+def jacobians(
+    model: str,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    state0: tuple[torch.Tensor, ...] | None = None,
+    *,
+    backend: str = "numpy",
+) -> Array:
+    """All T per-step Jacobians [T, B, D, D] (numpy float64, or torch in the params' dtype).
+
+    Memory is T * B * D^2 elements: meant for tests and short chains; the chain
+    engine builds them in time chunks instead.
+    """
+    bk = array_backend(backend, params)
+    saved = forward_saved(model, params, x, state0, bk)
+    return step_jacobians(saved, bk)

@@ -20,7 +20,8 @@ The same pass gives every step's ln|diag R| (the full Lyapunov spectrum) and, co
 independently by LU (slogdet), ln|det J_t|: with a full frame sum_i ln|R_ii| = ln|det J_t|
 exactly, so the gap between the two measures the engine's round-off.
 
-Backend-generic (numpy, torch, cupy through the ArrayBackend primitives); no kernels.
+Backend-generic (numpy, torch, cupy through the ArrayBackend primitives): the steps are the
+one chain loop's (:func:`bpttbench.jacobians.loop.frame_loop`, QR every step).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bpttbench.jacobians.analytic import Saved, step_jacobians
-from bpttbench.jacobians.backends import ArrayBackend
+from bpttbench.jacobians.analytic import Saved
+from bpttbench.jacobians.backends import Array, ArrayBackend
+from bpttbench.jacobians.frame import full_frame
+from bpttbench.jacobians.loop import frame_loop
 
 #: widest range (nats) below the largest value of a block that one float64 SVD reports:
 #: its relative error there is about D eps e^SPAN (1e-6 for D = 64); lower values are NaN
@@ -178,19 +181,6 @@ def report_lags(steps: int, dense: int = 8, total: int = 20) -> np.ndarray:
     return np.unique(np.concatenate([np.arange(1, dense + 1), tail, [steps]]))
 
 
-def full_frame(dim: int, k: int) -> np.ndarray:
-    """An orthonormal D x D frame whose first k columns are ``initial_frame(dim, k)``, so
-    that the full pass's first k columns are the k-frame chain (QR every step)."""
-    from bpttbench.jacobians.chain import FRAME_SEED, initial_frame
-
-    first = initial_frame(dim, k)
-    rest = np.random.default_rng(FRAME_SEED + 1).standard_normal((dim, dim - k))
-    q, r = np.linalg.qr(np.concatenate([first, rest], axis=1))
-    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
-    q[:, :k] = first  # equal up to round-off; keep the k-frame's columns exactly
-    return q
-
-
 def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = None,
                      frame0: np.ndarray | None = None, chunk: int = 64) -> FullFrame:
     """Adjoint chain of a full D x D frame (QR every step): ln|diag R| and the independent
@@ -206,38 +196,37 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
         frame0 = full_frame(dim, dim)
     q = bk.zeros((batch, dim, dim), w) + bk.like(bk.asarray(frame0), w)
     mask = _triu_mask(bk, dim, w)
-    u = np.broadcast_to(np.eye(dim), (batch, dim, dim)).copy()  # A_0 = I, column-scaled
-    logc = np.zeros((batch, dim))
     rnn = saved.model.startswith("rnn_")
-    w_t = bk.mT(w)
-    if rnn:  # ln|det diag(phi') W| = sum ln|phi'| + ln|det W|
-        logdet_w = float(bk.to_numpy(bk.logabsdet(bk.f64(w))))
+    logdet_w = float(bk.to_numpy(bk.logabsdet(bk.f64(w)))) if rnn else 0.0
+    # A_0 = I, column-scaled: u unit columns, logc their float64 logs
+    st = {"u": np.broadcast_to(np.eye(dim), (batch, dim, dim)).copy(),
+          "logc": np.zeros((batch, dim)), "dets": None, "lo": 0}
     kept_u, kept_c, logdiag, log_det = [], [], [], []
-    with bk.small_problem(batch * dim * dim), np.errstate(divide="ignore", invalid="ignore"):
-        for hi in range(steps, 0, -chunk):
-            lo = max(0, hi - chunk)
-            if rnn:
-                dets = bk.to_numpy(bk.sum(bk.log(bk.abs(bk.f64(saved.deriv[lo:hi]))), -1))
-                dets = dets + logdet_w
-            else:
-                jac = step_jacobians(saved, bk, lo, hi)
-                dets = bk.to_numpy(bk.logabsdet(bk.f64(jac)))  # [n, B], one batched LU
-            for i in range(hi - 1, lo - 1, -1):
-                ld = dets[i - lo]
-                if rnn:
-                    m = w_t @ (saved.deriv[i][..., :, None] * q)
-                else:
-                    m = bk.mT(jac[i - lo]) @ q
-                q, logd = bk.qr_logdiag(m)
-                r = (bk.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
-                v = bk.to_numpy(bk.f64(r)) @ u  # R_lag A_{lag-1}, one step of growth
-                nrm = np.sqrt((v * v).sum(axis=-2))
-                u = v * np.where(nrm > 0, 1.0 / nrm, 0.0)[..., None, :]
-                logc = logc + np.log(nrm)
-                if steps - i in want:
-                    kept_u.append(u)
-                    kept_c.append(logc)
-                logdiag.append(bk.to_numpy(logd).astype(np.float64))
-                log_det.append(np.asarray(ld, dtype=np.float64))
+
+    def on_chunk(lo: int, hi: int, jac: Array | None) -> None:
+        if rnn:  # ln|det diag(phi') W| = sum ln|phi'| + ln|det W|
+            dets = bk.to_numpy(bk.sum(bk.log(bk.abs(bk.f64(saved.deriv[lo:hi]))), -1))
+            st["dets"] = dets + logdet_w
+        else:
+            st["dets"] = bk.to_numpy(bk.logabsdet(bk.f64(jac)))  # [n, B], one batched LU
+        st["lo"] = lo
+
+    def on_qr(lag: int, i: int, m: Array) -> Array:
+        ld = st["dets"][i - st["lo"]]
+        q, logd = bk.qr_logdiag(m)
+        r = (bk.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
+        v = bk.to_numpy(bk.f64(r)) @ st["u"]  # R_lag A_{lag-1}, one step of growth
+        nrm = np.sqrt((v * v).sum(axis=-2))
+        st["u"] = v * np.where(nrm > 0, 1.0 / nrm, 0.0)[..., None, :]
+        st["logc"] = st["logc"] + np.log(nrm)
+        if lag in want:
+            kept_u.append(st["u"])
+            kept_c.append(st["logc"])
+        logdiag.append(bk.to_numpy(logd).astype(np.float64))
+        log_det.append(np.asarray(ld, dtype=np.float64))
+        return q
+
+    with bk.loop_context(batch * dim * dim), np.errstate(divide="ignore", invalid="ignore"):
+        frame_loop(saved, bk, q, on_qr, qr_every=1, chunk=chunk, on_chunk=on_chunk)
     log_sv = log_singular_values(np.stack(kept_u), np.stack(kept_c))
     return FullFrame(np.unique(lags), log_sv, np.stack(logdiag), np.stack(log_det))

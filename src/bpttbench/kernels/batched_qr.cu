@@ -9,9 +9,9 @@
 // Memory layout (row-major, contiguous):
 //   A       [B, D, k]  float or double, element (b, r, j) at (b*D + r)*k + j   (in/out)
 //   logacc  [B, k]     double                                                  (in/out)
-// Launch: grid = (B), block = (256) (a multiple of 32), one block per matrix.
+// Launch: grid = (B), block = (NTHREADS = 256, launch.cuh) (a multiple of 32), one block per matrix.
 //   Dynamic shared memory: 32*8 bytes, plus D*k*sizeof(T) when use_smem != 0: the matrix is
-//   staged in shared memory. The wrapper (cupy_backend.mgs_qr_logdiag) stages whenever that
+//   staged in shared memory. The wrapper (cupy_kernels.mgs_qr_logdiag) stages whenever that
 //   total fits the device's opt-in maximum (227 KB on an H100, e.g. D = k = 160 in float64),
 //   raising the kernel's max_dynamic_shared_size_bytes above 48 KB; otherwise the block
 //   works on global memory (L2-resident for these sizes), same code path.
@@ -19,8 +19,7 @@
 //   k <= D. Dot products, squares and logs are float64; a zero column stays zero and gives
 //   log r_jj = -inf (an exactly vanished direction). Deterministic (no atomics).
 
-#define NTHREADS 256
-
+#include "launch.cuh"
 #include "block_reduce.cuh"
 
 template <typename T>
@@ -47,12 +46,10 @@ __device__ void mgs_qr_logdiag_impl(T* __restrict__ A, double* __restrict__ loga
         for (size_t o = threadIdx.x; o < n; o += blockDim.x) a[o] = stage[o];
 }
 
-extern "C" __global__ void __launch_bounds__(NTHREADS)
-    mgs_qr_logdiag_f32(float* A, double* logacc, int B, int D, int k, int use_smem) {
-    mgs_qr_logdiag_impl<float>(A, logacc, B, D, k, use_smem);
-}
+#define BATCHED_QR_KERNELS(T, SUFFIX)                                                         \
+    extern "C" __global__ void __launch_bounds__(NTHREADS)                                    \
+        mgs_qr_logdiag_##SUFFIX(T* A, double* logacc, int B, int D, int k, int use_smem) {    \
+        mgs_qr_logdiag_impl<T>(A, logacc, B, D, k, use_smem);                                 \
+    }
 
-extern "C" __global__ void __launch_bounds__(NTHREADS)
-    mgs_qr_logdiag_f64(double* A, double* logacc, int B, int D, int k, int use_smem) {
-    mgs_qr_logdiag_impl<double>(A, logacc, B, D, k, use_smem);
-}
+FOR_FLOAT_TYPES(BATCHED_QR_KERNELS)

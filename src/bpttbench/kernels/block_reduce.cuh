@@ -1,6 +1,6 @@
 // block_reduce.cuh -- reductions and the block-wide QR shared by the kernels of this folder.
 // Included by rnn_chain.cu and batched_qr.cu (the CuPy wrapper inlines it into the source,
-// see cupy_backend.kernel_source). A whole thread block works on one matrix; blockDim.x is a
+// see cupy_kernels.kernel_source). A whole thread block works on one matrix; blockDim.x is a
 // multiple of 32 and at most 1024; every sum is float64 in a fixed order (deterministic).
 
 __device__ __forceinline__ double warp_sum(double v) {

@@ -16,25 +16,32 @@
 //   GRU:  gates, dgates [N, 3H] (r, z, n and r', z', n'); h_prev, hn, omz [N, H]
 //         (h_{t-1}, W_hn h_{t-1} + b_hn, 1 - z); w_hh [3H, H]; J out [N, H, H]
 // Launch: 1-D grid-stride loop over the N*D*D output elements, one thread per element;
-//   block = (256), grid = (min(ceil(N*D*D / 256), 65535 * 8)). 64-bit indices, so any N*D*D.
+//   block = (NTHREADS), grid = (min(ceil(N*D*D / NTHREADS), GRID_STRIDE_BLOCKS_MAX)) (launch.cuh).
+//   64-bit indices, so any N*D*D.
 //   Writes are coalesced (consecutive threads -> consecutive columns of one row); the per-row
 //   gate factors are re-read by every thread of the row (cached in L1).
 // Limits: none beyond memory (the wrapper builds time chunks of at most ~64 MB of J).
 // float32 ("_f32") and float64 ("_f64") flavours; pure elementwise math, deterministic.
+
+#include "launch.cuh"
+
+// The grid-stride loop over the N*D*D entries of a batch of D x D Jacobians: body(e, n, row,
+// col) for entry e = (n*D + row)*D + col (64-bit, so any N*D*D).
+template <typename F>
+__device__ __forceinline__ void for_each_entry(long long N, long long D, F body) {
+    const long long total = N * D * D;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x)
+        body(e, e / (D * D), (int)((e / D) % D), (int)(e % D));
+}
 
 template <typename T>
 __device__ void lstm_jacobians_impl(const T* __restrict__ gates, const T* __restrict__ dgates,
                                     const T* __restrict__ c_prev, const T* __restrict__ tanh_c,
                                     const T* __restrict__ dtanh_c, const T* __restrict__ w_hh,
                                     T* __restrict__ J, long long N, int H) {
-    const long long D = 2LL * H;
-    const long long total = N * D * D;
     const size_t HH = (size_t)H * H;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long n = e / (D * D);
-        const int row = (int)((e / D) % D);
-        const int col = (int)(e % D);
+    for_each_entry(N, 2LL * H, [&](long long e, long long n, int row, int col) {
         const int u = row < H ? row : row - H;  // unit of the row
         const T* gn = gates + (size_t)n * 4 * H;
         const T* dn = dgates + (size_t)n * 4 * H;
@@ -54,7 +61,7 @@ __device__ void lstm_jacobians_impl(const T* __restrict__ gates, const T* __rest
             v = diag ? (row < H ? oc * f : f) : (T)0;
         }
         J[e] = v;
-    }
+    });
 }
 
 template <typename T>
@@ -62,14 +69,8 @@ __device__ void gru_jacobians_impl(const T* __restrict__ gates, const T* __restr
                                    const T* __restrict__ h_prev, const T* __restrict__ hn,
                                    const T* __restrict__ omz, const T* __restrict__ w_hh,
                                    T* __restrict__ J, long long N, int H) {
-    const long long D = H;
-    const long long total = N * D * D;
     const size_t HH = (size_t)H * H;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long n = e / (D * D);
-        const int row = (int)((e / D) % D);
-        const int col = (int)(e % D);
+    for_each_entry(N, (long long)H, [&](long long e, long long n, int row, int col) {
         const T* gn = gates + (size_t)n * 3 * H;
         const T* dn = dgates + (size_t)n * 3 * H;
         const T r = gn[row], z = gn[H + row], nn = gn[2 * H + row];
@@ -81,32 +82,19 @@ __device__ void gru_jacobians_impl(const T* __restrict__ gates, const T* __restr
         T v = ((h - nn) * dz) * w_hh[HH + rc] + (uu * r) * w_hh[2 * HH + rc] + (uu * a * dr) * w_hh[rc];
         if (row == col) v += z;
         J[e] = v;
+    });
+}
+
+#define GATE_JACOBIAN_KERNELS(T, SUFFIX)                                                      \
+    extern "C" __global__ void lstm_jacobians_##SUFFIX(                                       \
+        const T* gates, const T* dgates, const T* c_prev, const T* tanh_c, const T* dtanh_c,   \
+        const T* w_hh, T* J, long long N, int H) {                                             \
+        lstm_jacobians_impl<T>(gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, J, N, H);        \
+    }                                                                                          \
+    extern "C" __global__ void gru_jacobians_##SUFFIX(                                        \
+        const T* gates, const T* dgates, const T* h_prev, const T* hn, const T* omz,           \
+        const T* w_hh, T* J, long long N, int H) {                                             \
+        gru_jacobians_impl<T>(gates, dgates, h_prev, hn, omz, w_hh, J, N, H);                 \
     }
-}
 
-extern "C" __global__ void lstm_jacobians_f32(const float* gates, const float* dgates,
-                                              const float* c_prev, const float* tanh_c,
-                                              const float* dtanh_c, const float* w_hh, float* J,
-                                              long long N, int H) {
-    lstm_jacobians_impl<float>(gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, J, N, H);
-}
-
-extern "C" __global__ void lstm_jacobians_f64(const double* gates, const double* dgates,
-                                              const double* c_prev, const double* tanh_c,
-                                              const double* dtanh_c, const double* w_hh, double* J,
-                                              long long N, int H) {
-    lstm_jacobians_impl<double>(gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, J, N, H);
-}
-
-extern "C" __global__ void gru_jacobians_f32(const float* gates, const float* dgates,
-                                             const float* h_prev, const float* hn, const float* omz,
-                                             const float* w_hh, float* J, long long N, int H) {
-    gru_jacobians_impl<float>(gates, dgates, h_prev, hn, omz, w_hh, J, N, H);
-}
-
-extern "C" __global__ void gru_jacobians_f64(const double* gates, const double* dgates,
-                                             const double* h_prev, const double* hn,
-                                             const double* omz, const double* w_hh, double* J,
-                                             long long N, int H) {
-    gru_jacobians_impl<double>(gates, dgates, h_prev, hn, omz, w_hh, J, N, H);
-}
+FOR_FLOAT_TYPES(GATE_JACOBIAN_KERNELS)

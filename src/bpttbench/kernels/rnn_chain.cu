@@ -15,7 +15,7 @@
 //   rows   [n, B, k]   float64 per step: total + scale (= total right after a QR)
 //
 // Kernels (each in a float32 "_f32" and a float64 "_f64" flavour):
-//   rnn_chain_persistent: grid = (B), block = (256), dynamic shared memory
+//   rnn_chain_persistent: grid = (B), block = (NTHREADS = 256, launch.cuh), dynamic shared memory
 //       3*k*8 + 32*8 + (2*H*k + H)*sizeof(T) bytes. Runs n_steps steps (J indices
 //       t_first, t_first-1, ...) without leaving the kernel; the frame lives in shared
 //       memory. Limits: H <= 128 and the shared memory above within the device's opt-in
@@ -24,15 +24,13 @@
 //       grid = (ceil(k/16), ceil(H/16), B), block = (16, 16), 2 * 16*17*sizeof(T) static
 //       shared memory; writes M [B, H, k]. deriv_t points at deriv[i] ([B, H]). gridDim.z is
 //       at most 65,535: the wrapper launches larger batches in slices of <= 65,535 elements.
-//   colnorm_rescale: grid = (B), block = (256); rescales the columns of M [B, D, k] to
+//   colnorm_rescale: grid = (B), block = (NTHREADS = 256, launch.cuh); rescales the columns of M [B, D, k] to
 //       unit norm in place, scale += log(norm) (float64), row_out [B, k] = total + scale.
 //   Zero columns stay zero and give log = -inf (an exactly vanished direction).
 // All accumulations of squares, dot products and logs are in float64. No atomics: the
 // results are deterministic for a given launch shape.
 
-#define NTHREADS 256
-#define TILE 16
-
+#include "launch.cuh"
 #include "block_reduce.cuh"
 
 template <typename T>
@@ -184,5 +182,4 @@ __device__ void colnorm_rescale_impl(T* __restrict__ mat, double* __restrict__ s
         colnorm_rescale_impl<T>(mat, scale, total, row_out, B, D, k);                               \
     }
 
-RNN_CHAIN_KERNELS(float, f32)
-RNN_CHAIN_KERNELS(double, f64)
+FOR_FLOAT_TYPES(RNN_CHAIN_KERNELS)

@@ -1,18 +1,21 @@
-"""Kernel validation: every custom CUDA kernel against the float64 NumPy reference.
+"""Validation stage: every custom CUDA kernel against the float64 NumPy reference.
 
-Needs an NVIDIA GPU and CuPy; writes ``tables/validation.csv`` (kernel, shape, dtype,
-max_rel_err, tolerance, passed). On a machine without one it refuses with the reason,
-so a CPU result set never carries a validation table it did not measure.
+``bpttbench validation kernels --out tables/validation.csv [--seed N]`` needs an NVIDIA GPU
+and CuPy; it writes the ``validation`` table (kernel, shape, dtype, max_rel_err, tolerance,
+passed; :mod:`.kernels`). On a machine without one it refuses with the reason, so a CPU
+result set never carries a validation table it did not measure.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .jacobians.cupy_backend import cupy_available, validate_kernels, write_validation_csv
-
 
 def run_validation(out: str, seed: int = 0) -> int:
+    from bpttbench.jacobians.cupy_kernels import cupy_available
+
+    from .kernels import validate_kernels, write_validation_csv
+
     usable, why = cupy_available()
     if not usable:
         raise SystemExit(f"kernel validation needs a CUDA GPU with CuPy: {why}")
@@ -28,8 +31,12 @@ def run_validation(out: str, seed: int = 0) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate-kernels",
-                       help="check every CUDA kernel against the float64 reference (GPU only)")
+    """The ``validation`` stage and its verb ``kernels``."""
+    from bpttbench.cli_options import add_stage
+
+    verbs = add_stage(sub, "validation", "check the custom CUDA kernels (GPU only)")
+    p = verbs.add_parser("kernels",
+                         help="check every CUDA kernel against the float64 reference (GPU only)")
     p.add_argument("--out", required=True, help="validation.csv to write")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_validation(a.out, a.seed))

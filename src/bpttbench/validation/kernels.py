@@ -1,0 +1,192 @@
+"""Kernel validation: every custom CUDA kernel against the float64 NumPy reference.
+
+The reference gets the kernel's exact inputs (rounded to the kernel dtype), so the error
+measures the kernel's arithmetic. Needs a GPU with CuPy (or, in the tests, the
+kernel-emulation stand-in put into :mod:`bpttbench.jacobians.cupy_kernels`). The table is
+written through the contract (``bpttbench.tables.write_table``, table ``validation``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bpttbench.jacobians import cupy_kernels as ck
+from bpttbench.jacobians.analytic import Saved, forward_saved, step_jacobians
+from bpttbench.jacobians.backends import NumpyBackend
+from bpttbench.jacobians.chain import run_chain
+from bpttbench.jacobians.cupy_backend import CupyBackend
+from bpttbench.jacobians.cupy_kernels import F64, cupy_dtype
+from bpttbench.models import RecurrentCell, init_parameters
+from bpttbench.tables import write_table
+
+#: columns of the validation table, in order (documented in bpttbench.tables.COLUMNS)
+VALIDATION_COLUMNS = ["kernel", "shape", "dtype", "max_rel_err", "tolerance", "passed"]
+
+#: (float32, float64) tolerances on the max relative error (see validate_kernels)
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "rnn_chain_persistent": (1e-4, 1e-10),
+    "rnn_adjoint_step_tiled": (1e-4, 1e-10),
+    "lstm_jacobians": (1e-5, 1e-12),
+    "gru_jacobians": (1e-5, 1e-12),
+    "mgs_qr_logdiag": (1e-4, 1e-10),
+    "chain_lstm": (1e-4, 1e-10),
+    "chain_gru": (1e-4, 1e-10),
+}
+KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
+    # (B, H, k, T, qr_every)
+    "rnn_chain_persistent": [
+        (4, 16, 4, 50, 1),
+        (3, 64, 16, 40, 3),
+        (2, 128, 32, 30, 1),
+        (2, 128, 64, 20, 2),
+    ],
+    "rnn_adjoint_step_tiled": [(4, 40, 8, 30, 1), (2, 200, 16, 20, 2), (2, 300, 5, 15, 4)],
+    # (T, B, H)
+    "lstm_jacobians": [(3, 4, 8), (2, 3, 64), (2, 2, 130)],
+    "gru_jacobians": [(3, 4, 8), (2, 3, 64), (2, 2, 130)],
+    # (B, D, k)
+    "mgs_qr_logdiag": [(64, 8, 8), (32, 100, 20), (8, 256, 64), (2, 256, 256)],
+    # (B, H, k, T, qr_every)
+    "chain_lstm": [(3, 16, 8, 30, 1), (2, 64, 32, 20, 2)],
+    "chain_gru": [(3, 16, 8, 30, 1), (2, 100, 20, 20, 3)],
+}
+
+
+def _rel_log_err(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| / max(1, |ref|), elementwise (for accumulated logs)."""
+    got, ref = np.asarray(got, F64), np.asarray(ref, F64)
+    if not (np.isfinite(got).all() and np.isfinite(ref).all()):
+        return math.inf
+    return float((np.abs(got - ref) / np.maximum(1.0, np.abs(ref))).max())
+
+
+def _rel_norm_err(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| / max |ref| (for matrices whose entries may be tiny)."""
+    got, ref = np.asarray(got, F64), np.asarray(ref, F64)
+    if not np.isfinite(got).all():
+        return math.inf
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300))
+
+
+def _round(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """a rounded to dtype and back to float64: the reference sees the kernel's exact inputs."""
+    return np.asarray(a, dtype=dtype).astype(F64)
+
+
+def _random_model_saved(model: str, batch: int, hidden: int, steps: int, seed: int) -> Saved:
+    cell = RecurrentCell(model, 4, hidden, dtype=torch.float64)
+    init_parameters(cell, "gaussian", 1.3, bias_scale=0.3, seed=seed)
+    params = {n: p.detach() for n, p in cell.params().items()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(steps, batch, 4, generator=gen, dtype=torch.float64)
+    return forward_saved(model, params, x, None, NumpyBackend())
+
+
+def _round_saved(saved: Saved, dtype: np.dtype) -> Saved:
+    fields = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
+    for name in ("w_hh", "deriv", "gates", "dgates", "prev", "aux", "aux2"):
+        if fields[name] is not None:
+            fields[name] = _round(fields[name], dtype)
+    return Saved(**fields)
+
+
+def _to_cupy_saved(saved: Saved, dtype: np.dtype) -> Saved:
+    cp = ck.cp
+    fields = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
+    for name in ("w_hh", "deriv", "gates", "dgates", "prev", "aux", "aux2"):
+        if fields[name] is not None:
+            fields[name] = cp.asarray(fields[name], dtype=dtype)
+    fields["final_state"] = ()
+    return Saved(**fields)
+
+
+def _validate_one(name: str, shape: tuple[int, ...], dtype: np.dtype, seed: int) -> float:
+    cp = ck.cp
+    rng = np.random.default_rng(seed)
+    ref_bk = NumpyBackend()
+    if name in ("rnn_chain_persistent", "rnn_adjoint_step_tiled"):
+        batch, hidden, k, steps, qr_every = shape
+        w = _round(rng.standard_normal((hidden, hidden)) * 1.3 / math.sqrt(hidden), dtype)
+        deriv = _round(rng.uniform(0.05, 1.0, (steps, batch, hidden)), dtype)
+        ref = Saved("rnn_tanh", hidden, steps, batch, w, deriv=deriv)
+        tot_ref, rows_ref = run_chain(ref, ref_bk, k, qr_every)
+        path = "persistent" if name == "rnn_chain_persistent" else "tiled"
+        got_bk = CupyBackend(dtype, rnn_path=path)
+        tot, rows = run_chain(_to_cupy_saved(ref, dtype), got_bk, k, qr_every)
+        return max(_rel_log_err(rows, rows_ref), _rel_log_err(tot, tot_ref))
+    if name in ("lstm_jacobians", "gru_jacobians"):
+        steps, batch, hidden = shape
+        model = name.split("_")[0]
+        ref = _round_saved(_random_model_saved(model, batch, hidden, steps, seed), dtype)
+        jac_ref = step_jacobians(ref, ref_bk)
+        jac = CupyBackend(dtype).build_jacobians(_to_cupy_saved(ref, dtype), 0, steps)
+        return _rel_norm_err(cp.asnumpy(jac), jac_ref)
+    if name == "mgs_qr_logdiag":
+        batch, dim, k = shape
+        a = rng.standard_normal((batch, dim, k)) * np.exp(np.linspace(0.0, -4.0, k))
+        a = _round(a, dtype)
+        q_ref, log_ref = ref_bk.qr_logdiag(a)
+        q, logd = CupyBackend(dtype).qr_logdiag(cp.asarray(a, dtype=dtype))
+        return max(_rel_log_err(cp.asnumpy(logd), log_ref), _rel_norm_err(cp.asnumpy(q), q_ref))
+    if name in ("chain_lstm", "chain_gru"):
+        batch, hidden, k, steps, qr_every = shape
+        model = name.split("_")[1]
+        ref = _round_saved(_random_model_saved(model, batch, hidden, steps, seed), dtype)
+        tot_ref, rows_ref = run_chain(ref, ref_bk, k, qr_every)
+        tot, rows = run_chain(_to_cupy_saved(ref, dtype), CupyBackend(dtype), k, qr_every)
+        return max(_rel_log_err(rows, rows_ref), _rel_log_err(tot, tot_ref))
+    raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNEL_SHAPES)}")
+
+
+def validate_kernels(
+    kernels: Sequence[str] | None = None,
+    dtypes: Sequence[str] = ("float32", "float64"),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Every kernel against the numpy float64 reference on several shapes (needs a GPU).
+
+    The reference gets the kernel's exact inputs (rounded to the kernel dtype), so the
+    error measures the kernel's arithmetic. max_rel_err is max |got - ref| / max(1, |ref|)
+    for accumulated logs (chains, QR log|diag R|) and max |got - ref| / max |ref| for
+    matrices (Jacobians, Q). Returns one dict per (kernel, shape, dtype): kernel, shape,
+    dtype, max_rel_err, tolerance, passed.
+    """
+    ck.require()
+    names = list(KERNEL_SHAPES) if kernels is None else list(kernels)
+    results = []
+    for name in names:
+        if name not in KERNEL_SHAPES:
+            raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNEL_SHAPES)}")
+        for dtype_name in dtypes:
+            dtype = cupy_dtype(np.dtype(dtype_name))
+            tol = TOLERANCES[name][0 if dtype == np.dtype(np.float32) else 1]
+            for i, shape in enumerate(KERNEL_SHAPES[name]):
+                err = _validate_one(name, shape, dtype, seed + i)
+                results.append(
+                    {
+                        "kernel": name,
+                        "shape": "x".join(str(s) for s in shape),
+                        "dtype": dtype_name,
+                        "max_rel_err": err,
+                        "tolerance": tol,
+                        "passed": bool(err <= tol),
+                    }
+                )
+    return results
+
+
+def write_validation_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write validate_kernels() output as the contract's ``validation`` table (CSV, atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame([{c: row[c] for c in VALIDATION_COLUMNS} for row in results],
+                      columns=VALIDATION_COLUMNS)
+    return write_table(df, path, name="validation")
