@@ -12,14 +12,16 @@ BENCH_PARTS = PLAN.bench_parts
 BENCH_CONFIG_JSON = bench_config_json(config)
 BENCH_TARGETS = os.path.join(workflow.basedir, "benchmarks", "targets.yaml")
 BENCH_TABLES = {
-    "bench": "results/{hw}/tables/bench.parquet",
-    "bench_csv": "results/{hw}/tables/bench.csv",
-    "targets": "results/{hw}/tables/bench_targets.csv",
+    "bench": contract.table_file("bench"),
+    "bench_csv": contract.table_file("bench", twin=True),
+    "targets": contract.table_file("bench_targets"),
 }
 BENCH_FIGURES = contract.figure_files("bench")
+# A timing job's part of the bench table (the contract's bench_part; temp, collect joins them).
+BENCH_PART_FILE = "results/{hw}/cells/bench/{part}.parquet"
 if BENCH["enabled"]:
     REPORT_INPUTS.extend([BENCH_TABLES["bench_csv"], BENCH_TABLES["targets"]])
-    REPORT_INPUTS.append("results/{hw}/tables/peak.csv")
+    REPORT_INPUTS.append(contract.table_file("peak"))
     REPORT_INPUTS.extend(BENCH_FIGURES.values())
 
 
@@ -30,7 +32,7 @@ BENCH_THREADS = workflow.cores if isinstance(workflow.cores, int) else 1
 
 rule bench_peak:
     output:
-        "results/{hw}/tables/peak.csv",
+        contract.table_file("peak"),
     params:
         cfg=BENCH_CONFIG_JSON,
         explicit=hw_tag_flag,
@@ -49,7 +51,7 @@ rule bench_peak:
 # One job per op (or one for all): every size and variant, checked against float64, timed.
 rule bench_op:
     output:
-        temp("results/{hw}/cells/bench/{part}.parquet"),
+        temp(BENCH_PART_FILE),
     params:
         cfg=BENCH_CONFIG_JSON,
         explicit=hw_tag_flag,
@@ -71,11 +73,11 @@ rule bench_op:
 rule bench_collect:
     input:
         parts=lambda wc: expand(
-            "results/{hw}/cells/bench/{part}.parquet", hw=wc.hw, part=BENCH_PARTS
+            BENCH_PART_FILE, hw=wc.hw, part=BENCH_PARTS
         ),
         # ancient: beside the temp() parts, a committed table or repo file that a fresh clone
         # happens to date newer must not rerun this job (it would recompute the parts).
-        peak=ancient("results/{hw}/tables/peak.csv"),
+        peak=ancient(contract.table_file("peak")),
         targets=ancient(BENCH_TARGETS),
     output:
         **BENCH_TABLES,
@@ -94,7 +96,7 @@ rule bench_collect:
 rule bench_figures:
     input:
         bench=BENCH_TABLES["bench"],
-        peak="results/{hw}/tables/peak.csv",
+        peak=contract.table_file("peak"),
     output:
         **contract.figure_outputs("bench", report),
     log:

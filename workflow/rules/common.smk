@@ -4,6 +4,7 @@ import os
 
 from snakemake.utils import validate
 
+from bpttbench import contract
 from bpttbench.planning.workflow import (
     ConfigError,
     Plan,
@@ -101,7 +102,7 @@ def all_targets():
 
 # Kernel validation runs only where the CUDA kernels are used (a CUDA device).
 if USES_GPU:
-    REPORT_INPUTS.append("results/{hw}/tables/validation.csv")
+    REPORT_INPUTS.append(contract.table_file("validation"))
 
 
 # One pipeline per result set. Snakemake's lock (.snakemake/locks) is per working directory

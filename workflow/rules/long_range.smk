@@ -8,10 +8,10 @@ LONG_RANGE_THREADS = config["long_range"]["threads"]
 # A job's GPU share: its largest run's estimated training graph (bpttbench.planning.memory).
 LONG_RANGE_JOB_GPU = {"lr_block": PLAN.peaks("long_range")}
 LONG_RANGE_TABLES = {
-    "runs": "results/{hw}/tables/long_range.parquet",
-    "trace": "results/{hw}/tables/long_range_trace.parquet",
-    "summary": "results/{hw}/tables/long_range_summary.csv",
-    "precision": "results/{hw}/tables/long_range_precision.csv",
+    "runs": contract.table_file("long_range"),
+    "trace": contract.table_file("long_range_trace"),
+    "summary": contract.table_file("long_range_summary"),
+    "precision": contract.table_file("long_range_precision"),
 }
 LONG_RANGE_FIGURES = contract.figure_files("long_range")
 if LONG_RANGE_BLOCKS:
@@ -61,7 +61,7 @@ rule long_range_collect:
 rule long_range_figures:
     input:
         **LONG_RANGE_TABLES,
-        horizon="results/{hw}/tables/summary.csv",
+        horizon=contract.table_file("summary"),
     output:
         **contract.figure_outputs("long_range", report),
     log:

@@ -8,7 +8,7 @@ rule manifest:
         # The manifest records the machine and commit that measured the set: a fresh clone
         # with shuffled mtimes must never rewrite it (ancient), but a rerun of the sweep must
         # (its temp block records are regenerated; missing after a clone, they trigger nothing).
-        summary=ancient("results/{hw}/tables/summary.csv"),
+        summary=ancient(contract.table_file("summary")),
         blocks=manifest_block_files,
     output:
         "results/{hw}/manifest.json",

@@ -3,7 +3,7 @@
 
 rule validate_kernels:
     output:
-        "results/{hw}/tables/validation.csv",
+        contract.table_file("validation"),
     log:
         "logs/{hw}/validate_kernels.log",
     conda:

@@ -24,6 +24,7 @@ from .registry import (
     report_sections,
     section_figures,
     table,
+    table_file,
     table_files,
     table_path,
     tables,
@@ -35,5 +36,5 @@ __all__ = [
     "COMPARE_MODES", "CSV_TWIN_MAX_ROWS", "FIGURES", "FILE", "KINDS", "ROLES", "STAGES", "TABLES",
     "Column", "Figure", "Section", "Table", "UnknownTableError", "columns_markdown", "figure",
     "figure_files", "figure_outputs", "figures", "plot_function", "report_sections",
-    "section_figures", "table", "table_files", "table_path", "tables", "twin_file",
+    "section_figures", "table", "table_file", "table_files", "table_path", "tables", "twin_file",
 ]

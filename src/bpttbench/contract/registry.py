@@ -82,6 +82,12 @@ def twin_file(name: str) -> str:
     return Path(table(name).file).with_suffix(".csv").name
 
 
+def table_file(name: str, folder: str = "results/{hw}/tables", twin: bool = False) -> str:
+    """The path under ``folder`` of one table (its CSV twin if ``twin``): the .smk files'
+    spelling of a table's file, so that the contract alone names it."""
+    return f"{folder}/{twin_file(name) if twin else table(name).file}"
+
+
 def table_files(stage: str, folder: str = "results/{hw}/tables") -> dict[str, str]:
     """Table name -> path under ``folder``, for a stage's outputs (intermediates left out)."""
     return {t.name: f"{folder}/{t.file}" for t in tables(stage)}
