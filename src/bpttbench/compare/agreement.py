@@ -135,9 +135,11 @@ def _summary_rows(a: ResultSet, b: ResultSet, sa: pd.DataFrame, sb: pd.DataFrame
             raise ResultSetError(f"{rs.tables['summary']}: missing columns {', '.join(missing)}")
     regimes = _cell_regimes(sa, sb)
     if regimes.empty:
+        # name the summary files: an empty or cut one is the usual cause
         raise ResultSetError(
             f"{a.path} and {b.path} have no common cells: no (model, init, hidden, seq_len, "
-            f"weight_scale, seed) of one set is in the other ({len(sa)} and {len(sb)} cells)")
+            f"weight_scale, seed) of one set is in the other ({len(sa)} cells in "
+            f"{a.tables['summary']}, {len(sb)} in {b.tables['summary']})")
     metrics = [m for m in SUMMARY_METRICS if m in sa and m in sb]
     m = sa[[*CELL_KEYS, *metrics]].merge(sb[[*CELL_KEYS, *metrics]], on=CELL_KEYS,
                                          suffixes=("_a", "_b"))
