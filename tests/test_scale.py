@@ -343,3 +343,14 @@ def test_planning_chunks_match_the_engine():
     assert pm.REDUCE_CHUNK_BYTES == gradients.REDUCE_CHUNK_BYTES
     for batch, dim, item in [(1, 8, 4), (16, 64, 8), (256, 512, 4), (1, 8192, 2)]:
         assert pm.chain_chunk_steps(batch, dim, item) == chain._chunk_steps(batch, dim, item)
+
+
+def test_planning_full_frame_constants_match_the_engine():
+    """The full-frame pass's read-back budget and its most reported lags, as planning.memory
+    counts them, are the engine's (jacobians.spectrum)."""
+    from bpttbench.jacobians import spectrum
+    from bpttbench.planning import memory as pm
+
+    assert pm.FULL_FRAME_RESULT_BYTES == spectrum.RESULT_BYTES
+    for t in (1, 7, 20, 21, 100, 1000, 10_000, 10**6):
+        assert len(spectrum.report_lags(t)) <= min(t, pm.REPORT_LAGS)

@@ -40,8 +40,9 @@ from bpttbench.jacobians.loop import frame_loop
 #: widest range (nats) below the largest value of a block that one float64 SVD reports:
 #: its relative error there is about D eps e^SPAN (1e-6 for D = 64); lower values are NaN
 SPAN = 18.0
-#: bytes of per-step results (logs, the reported lags' A) held on the device per read-back
-RESULT_BYTES = 256 * 2**20
+#: bytes of each kind of per-step result (ln|diag R|, ln|det J|, the reported lags' A and
+#: logs) held on the device before one read-back (planning.memory counts them)
+RESULT_BYTES = 64 * 2**20
 #: coupled values further apart than this (nats) are first separated by QR sweeps
 SWEEP_GAP = 8.0
 
@@ -220,7 +221,7 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
     Every step runs on the backend's device in its array type: the QR, R = Q^T M, the
     float64 update A_lag = R_lag A_{lag-1} with its column logs, ln|det J|. The per-step
     logs and the A of the reported lags are read back in transfers of at most
-    :data:`RESULT_BYTES` (once per cell when they fit), never once per step; the singular
+    :data:`RESULT_BYTES` each (once per cell when they fit), never once per step; the singular
     values are then read off on the host. ``chunk``: time steps of gated Jacobians built at
     once (default: as many as fit :data:`~bpttbench.jacobians.frame.CHUNK_BYTES`).
     """
@@ -249,8 +250,10 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
     def on_chunk(lo: int, hi: int, jac: Array | None) -> None:
         if rnn:  # ln|det diag(phi') W| = sum ln|phi'| + ln|det W|
             st["dets"] = bk.sum(bk.log(bk.abs(bk.f64(saved.deriv[lo:hi]))), -1) + logdet_w
-        else:
-            st["dets"] = bk.logabsdet(bk.f64(jac))  # [n, B], one batched LU
+        else:  # batched LUs in float64, a quarter of the chunk at a time (bounded copies)
+            step = max(1, (hi - lo) // 4)
+            st["dets"] = bk.cat([bk.logabsdet(bk.f64(jac[a:a + step]))
+                                 for a in range(0, hi - lo, step)], 0)
         st["lo"] = lo
 
     def on_qr(lag: int, i: int, m: Array) -> Array:
