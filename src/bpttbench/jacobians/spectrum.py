@@ -194,8 +194,10 @@ class _DeviceRows:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            self.host.append(self.bk.to_numpy(self.bk.stack(self.pending, 0)))
+        if self.pending:  # one array: read it back as it is (no stacked device copy)
+            one = len(self.pending) == 1
+            rows = self.pending[0][None] if one else self.bk.stack(self.pending, 0)
+            self.host.append(self.bk.to_numpy(rows))
             self.pending, self.held = [], 0
 
     def result(self) -> np.ndarray:
