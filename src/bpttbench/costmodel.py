@@ -204,25 +204,35 @@ def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str
 FP64_COST = 2.0
 
 
+def full_frame_matmul_flops(model: str, hidden: int, batch: int) -> float:
+    """FLOPs of the full-frame pass's three batched products per step: J^T F (the vanilla
+    RNNs: W^T (phi' * F)), R = Q^T M and A = R A, F [B, D, D] (tests/test_scale.py checks them
+    against the torch profiler's counts)."""
+    d = state_size(model, hidden)
+    apply = 2 * batch * hidden * hidden * d if model.startswith("rnn_") else 2 * batch * d**3
+    return apply + 2 * 2 * batch * d**3
+
+
 def full_frame_step(model: str, hidden: int, batch: int, dtype: str) -> StepCost:
     """FLOPs and bytes of one step of the full-frame pass (bpttbench.jacobians.spectrum), on
     the device: J^T F with F [B, D, D] (the gated cells build J again and take ln|det J| by
-    LU), the MGS QR twice (4 B D^3), R = Q^T M (2 B D^3), then in float64 A = R A (2 B D^3),
-    its column norms and logs. The float64 product counts FP64_COST times its FLOPs when the
-    cell runs in a lower precision (the step time uses the cell dtype's rate). Launches are
-    in chain_step's counts (TORCH_LAUNCHES, CUPY_STEP_LAUNCHES)."""
+    a float64 LU, 2/3 D^3), the MGS QR twice (4 B D^3), R = Q^T M (2 B D^3), then in float64
+    A = R A (2 B D^3), its column norms and logs. The float64 work counts FP64_COST times its
+    FLOPs when the cell runs in a lower precision (the step time uses the cell dtype's rate).
+    Launches are in chain_step's counts (TORCH_LAUNCHES, CUPY_STEP_LAUNCHES)."""
     d, item = state_size(model, hidden), ITEMSIZE[dtype]
+    cube = 2 * batch * d**3  # one [B, D, D] x [B, D, D] product
     lu = 0.0
-    if model.startswith("rnn_"):  # W^T (phi' * F)
-        apply = 2 * batch * hidden * hidden * d + batch * d * d
+    if model.startswith("rnn_"):  # phi' * F before the product
+        elementwise = batch * d * d
         extra_bytes = hidden * hidden * item
-    else:  # build J [B, D, D] again, J^T F; ln|det J| by a float64 LU (2/3 D^3)
-        apply = 2 * batch * d**3 + 8 * batch * d * d
+    else:  # build J [B, D, D] again (several passes) and its float64 LU
+        elementwise = 8 * batch * d * d
         lu = (2 / 3) * batch * d**3
         extra_bytes = 4 * batch * d * d * item
     fp64 = 1.0 if item == 8 else FP64_COST
-    flops = apply + 4 * batch * d**3 + 2 * batch * d**3 + fp64 * (2 * batch * d**3
-                                                                   + 12 * batch * d * d + lu)
+    working = full_frame_matmul_flops(model, hidden, batch) - cube  # J^T F and Q^T M
+    flops = working + elementwise + 2 * cube + fp64 * (cube + 12 * batch * d * d + lu)
     # frames F, M, Q, R (working dtype) and A, V (float64): each read and written once or twice
     frame_bytes = 8 * batch * d * d * item + 6 * batch * d * d * 8
     return StepCost(flops, extra_bytes + frame_bytes, 0.0)
