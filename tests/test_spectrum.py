@@ -206,3 +206,19 @@ def test_torch_full_frame_reads_back_per_cell_not_per_step(model):
     ref = full_frame_chain(forward_saved(model, params, x, None, bk), bk, report_lags(40))
     ok = ref.log_sv - ref.log_sv[..., :1] > math.log(1e-3)
     assert np.abs(ff.log_sv - ref.log_sv)[ok].max() < 1e-4
+
+
+@pytest.mark.parametrize("model", ["rnn_tanh", "gru"])
+def test_read_back_in_small_pieces_and_one_step_chunks_change_nothing(monkeypatch, model):
+    """Results read back from the device in many small transfers (RESULT_BYTES of one step)
+    and Jacobians built one step at a time give bit-identical output (NumPy backend)."""
+    from bpttbench.jacobians import spectrum
+
+    params, x = random_case(model, hidden=4, steps=30, batch=2, scale=1.3, seed=5)
+    bk = NumpyBackend()
+    saved = forward_saved(model, params, x, None, bk)
+    ref = full_frame_chain(saved, bk, report_lags(30))
+    monkeypatch.setattr(spectrum, "RESULT_BYTES", 1)
+    got = full_frame_chain(saved, bk, report_lags(30), chunk=1)
+    for name in ("lags", "log_sv", "logdiag", "log_det"):
+        assert np.array_equal(getattr(got, name), getattr(ref, name), equal_nan=True), name
