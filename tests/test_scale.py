@@ -343,3 +343,41 @@ def test_planning_chunks_match_the_engine():
     assert pm.REDUCE_CHUNK_BYTES == gradients.REDUCE_CHUNK_BYTES
     for batch, dim, item in [(1, 8, 4), (16, 64, 8), (256, 512, 4), (1, 8192, 2)]:
         assert pm.chain_chunk_steps(batch, dim, item) == chain._chunk_steps(batch, dim, item)
+
+
+def test_planning_full_frame_constants_match_the_engine():
+    """The full-frame pass's read-back budget and its most reported lags, as planning.memory
+    counts them, are the engine's (jacobians.spectrum)."""
+    from bpttbench.jacobians import spectrum
+    from bpttbench.planning import memory as pm
+
+    assert pm.FULL_FRAME_RESULT_BYTES == spectrum.RESULT_BYTES
+    for t in (1, 7, 20, 21, 100, 1000, 10_000, 10**6):
+        assert len(spectrum.report_lags(t)) <= min(t, pm.REPORT_LAGS)
+
+
+@pytest.mark.parametrize("model,hidden", [("rnn_tanh", 12), ("lstm", 6), ("gru", 12)])
+def test_full_frame_matmul_flops_match_profiler(model, hidden):
+    """The cost model's FLOPs of the full-frame pass's products per step (J^T F, Q^T M, R A)
+    are the torch profiler's FLOPs of its matmuls (difference of T = 30 and T = 10 over 20)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bpttbench.costmodel import full_frame_matmul_flops
+    from bpttbench.jacobians.analytic import forward_saved
+    from bpttbench.jacobians.backends import TorchBackend
+    from bpttbench.jacobians.spectrum import full_frame_chain, report_lags
+
+    batch = 4
+    spec = _spec(model, hidden=hidden, seq_len=30, batch=batch)
+    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
+    bk = TorchBackend()
+    flops = {}
+    for steps in (10, 30):
+        saved = forward_saved(model, cell.params(), x[:steps], cell.initial_state(batch), bk)
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            full_frame_chain(saved, bk, report_lags(steps))
+        flops[steps] = sum(e.flops for e in prof.key_averages()
+                           if e.key in ("aten::bmm", "aten::mm", "aten::matmul") and e.flops)
+    per_step = (flops[30] - flops[10]) / 20
+    print(model, "profiler matmul FLOPs per step", per_step)
+    assert per_step == full_frame_matmul_flops(model, hidden, batch) > 0

@@ -26,28 +26,30 @@ ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 #: bptt: measure_gradient_flow (unrolled forward with autograd, backward, norm reduction);
 #: saved: jacobians.forward_saved; chain_qr / chain_rescale: the torch run_chain step with /
 #: without a QR (analyse_chain less forward_saved; since the true singular values these include
-#: the full-frame pass, which QRs a D x D frame every step: the rescale step costs more launches
-#: than the QR step because the full-frame pass then runs beside the k-frame rescale);
+#: the full-frame pass, which QRs a D x D frame every step and updates the float64 triangular
+#: factor A = R A with its column logs on the device, 13 launches of the step: the rescale step
+#: costs more launches than the QR step because the full-frame pass then runs beside the
+#: k-frame rescale);
 #: train: one update of the long-range
 #: model per time step, train_update its fixed part (loss, norms, clipping, Adam);
 #: eval: no-grad forward per time step.
 TORCH_LAUNCHES: dict[str, dict[str, float]] = {
-    "rnn_tanh": {"bptt": 8, "saved": 17, "chain_qr": 44, "chain_rescale": 60, "train": 17,
+    "rnn_tanh": {"bptt": 8, "saved": 17, "chain_qr": 57, "chain_rescale": 73, "train": 17,
                  "train_update": 94, "eval": 6},
-    "rnn_relu": {"bptt": 8, "saved": 10, "chain_qr": 44, "chain_rescale": 60, "train": 17,
+    "rnn_relu": {"bptt": 8, "saved": 10, "chain_qr": 57, "chain_rescale": 73, "train": 17,
                  "train_update": 94, "eval": 6},
-    "rnn_linear": {"bptt": 6, "saved": 7, "chain_qr": 44, "chain_rescale": 60, "train": 15,
+    "rnn_linear": {"bptt": 6, "saved": 7, "chain_qr": 57, "chain_rescale": 73, "train": 15,
                    "train_update": 94, "eval": 5},
-    "lstm": {"bptt": 28, "saved": 55, "chain_qr": 42, "chain_rescale": 57, "train": 37,
+    "lstm": {"bptt": 28, "saved": 55, "chain_qr": 55, "chain_rescale": 70, "train": 37,
              "train_update": 93, "eval": 14},
-    "gru": {"bptt": 30, "saved": 43, "chain_qr": 42, "chain_rescale": 57, "train": 40,
+    "gru": {"bptt": 30, "saved": 43, "chain_qr": 55, "chain_rescale": 70, "train": 40,
             "train_update": 92, "eval": 16},
 }
 #: launches that torch.use_deterministic_algorithms(True) (config ``deterministic: true``, the
 #: default) adds per step to TORCH_LAUNCHES: torch then fills every uninitialised allocation
 #: (one more launch each). The chain and optimizer phases allocate alike for every model;
 #: per-model entries add to (or, for ``train_update``, replace) the shared ones.
-_DETERMINISTIC_FILLS_SHARED = {"chain_qr": 24, "chain_rescale": 23, "train_update": 36}
+_DETERMINISTIC_FILLS_SHARED = {"chain_qr": 27, "chain_rescale": 26, "train_update": 36}
 DETERMINISTIC_FILLS: dict[str, dict[str, float]] = {
     "rnn_tanh": {"saved": 6},
     "rnn_relu": {"saved": 3},
@@ -96,17 +98,20 @@ def launches_of(model: str, deterministic: bool) -> dict[str, float]:
 #:   place of the matmul; within it (H <= 128) one launch runs a chunk of steps (~0 per step);
 #: - full-frame pass (true singular values, every cell; QR every step): J^T F (the tiled kernel
 #:   or a matmul), a copy of M, zeroed logs, mgs_qr_logdiag, Q^T M and its upper-triangle
-#:   mask; float32 adds one float64 cast of R. It also copies R and the logs to the host every
-#:   step (two device-to-host transfers, not counted as launches).
-#: Per-chunk work (the gate-Jacobian kernel, ln|det J|) is amortised over 64+ steps: not counted.
+#:   mask, then on the device in float64 (bpttbench.jacobians.spectrum) V = R A (a matmul),
+#:   its unit columns and logs (v*v, sum, sqrt, > 0, 1/x, where, scale, log: 8) and the log
+#:   accumulation; float32 adds one float64 cast of R. Its results (per-step logs, the A of
+#:   the reported lags) come back in transfers of 256 MiB at most (a few per cell), not per step.
+#: Per-chunk work (the gate-Jacobian kernel, ln|det J|) is amortised over the steps of a
+#: CHUNK_BYTES chunk: not counted.
 CUPY_STEP_LAUNCHES: dict[str, tuple[int, int]] = {
     "gated_qr": (1, 4),
     "gated_rescale": (1, 2),
     "tiled_qr": (2, 3),
     "tiled_rescale": (2, 1),
     "persistent": (0, 0),
-    "full_frame_rnn": (2, 4),
-    "full_frame_gated": (1, 5),
+    "full_frame_rnn": (2, 14),
+    "full_frame_gated": (1, 15),
 }
 #: of which our own kernels (RawKernel launches), per step, by part
 CUPY_CUSTOM_KERNELS = {part: n[0] for part, n in CUPY_STEP_LAUNCHES.items()}
@@ -195,9 +200,50 @@ def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str
                     weights + _elementwise_bytes(launches, batch, g * hidden, item) / g, launches)
 
 
+#: FP32 FLOPs one FP64 FLOP costs on the GPUs the model knows (H100/H200: 67 vs 34 TFLOP/s)
+FP64_COST = 2.0
+
+
+def full_frame_matmul_flops(model: str, hidden: int, batch: int) -> float:
+    """FLOPs of the full-frame pass's three batched products per step: J^T F (the vanilla
+    RNNs: W^T (phi' * F)), R = Q^T M and A = R A, F [B, D, D] (tests/test_scale.py checks them
+    against the torch profiler's counts)."""
+    d = state_size(model, hidden)
+    apply = 2 * batch * hidden * hidden * d if model.startswith("rnn_") else 2 * batch * d**3
+    return apply + 2 * 2 * batch * d**3
+
+
+def full_frame_step(model: str, hidden: int, batch: int, dtype: str) -> StepCost:
+    """FLOPs and bytes of one step of the full-frame pass (bpttbench.jacobians.spectrum), on
+    the device: J^T F with F [B, D, D] (the gated cells build J again and take ln|det J| by
+    a float64 LU, 2/3 D^3), the MGS QR twice (4 B D^3), R = Q^T M (2 B D^3), then in float64
+    A = R A (2 B D^3), its column norms and logs. The float64 work counts FP64_COST times its
+    FLOPs when the cell runs in a lower precision (the step time uses the cell dtype's rate).
+    Launches are in chain_step's counts (TORCH_LAUNCHES, CUPY_STEP_LAUNCHES)."""
+    d, item = state_size(model, hidden), ITEMSIZE[dtype]
+    cube = 2 * batch * d**3  # one [B, D, D] x [B, D, D] product
+    lu = 0.0
+    if model.startswith("rnn_"):  # phi' * F before the product
+        elementwise = batch * d * d
+        extra_bytes = hidden * hidden * item
+    else:  # build J [B, D, D] again (several passes) and its float64 LU
+        elementwise = 8 * batch * d * d
+        lu = (2 / 3) * batch * d**3
+        extra_bytes = 4 * batch * d * d * item
+    fp64 = 1.0 if item == 8 else FP64_COST
+    working = full_frame_matmul_flops(model, hidden, batch) - cube  # J^T F and Q^T M
+    flops = working + elementwise + 2 * cube + fp64 * (cube + 12 * batch * d * d + lu)
+    # frames F, M, Q, R (working dtype) and A, V (float64): each read and written once or twice
+    frame_bytes = 8 * batch * d * d * item + 6 * batch * d * d * 8
+    return StepCost(flops, extra_bytes + frame_bytes, 0.0)
+
+
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
-               dtype: str, backend: str = "torch", deterministic: bool = False) -> StepCost:
-    """One step of the Jacobian chain: forward_saved plus the adjoint step (QR or rescale)."""
+               dtype: str, backend: str = "torch", deterministic: bool = False,
+               full_frame: bool = True) -> StepCost:
+    """One step of the Jacobian chain: forward_saved plus the adjoint step (QR or rescale),
+    and with ``full_frame`` (the gradient-flow cells: true singular values) one step of the
+    full-frame pass (:func:`full_frame_step`; its launches are in the counted tables)."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
     counts = launches_of(model, deterministic)
     saved_launches = counts["saved"]
@@ -217,7 +263,8 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
         launches = cupy_chain_launches(model, hidden, qr_every, dtype)
     else:
         launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
-    return saved + StepCost(mult + qr_flops, frame_bytes, launches)
+    step = saved + StepCost(mult + qr_flops, frame_bytes, launches)
+    return step + full_frame_step(model, hidden, batch, dtype) if full_frame else step
 
 
 def train_step_cost(model: str, hidden: int, batch: int, inputs: int, dtype: str,

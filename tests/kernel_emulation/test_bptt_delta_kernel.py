@@ -1,5 +1,7 @@
-"""The RNN's two-column BPTT chain kernel (bpttbench.gradient_flow.bptt_delta_cupy) through the kernel
-emulation stand-in, against the torch path of bptt_deltas (itself tested against autograd).
+"""The RNN's two-column BPTT chain kernel (kernels/bptt_delta.cu, launched by
+bpttbench.jacobians.cupy_kernels.bptt_delta_rnn for bpttbench.gradient_flow.bptt_delta_cupy)
+through the kernel emulation stand-in, against the torch path of bptt_deltas (itself tested
+against autograd). NVRTC compiles the file with the engine's others (tests/test_kernels_compile.py).
 
 Tolerances on ||delta_t|| (relative, max over lags and batch): float64 1e-12, float32 2e-5
 (the kernel sums its products in another order than the BLAS; observed below 2e-6).
@@ -19,19 +21,16 @@ from bpttbench.gradient_flow import bptt_delta_cupy as kc
 from bpttbench.gradient_flow.bptt_deltas import delta_chain, log_abs_err, norm_rel_err
 from bpttbench.gradient_flow.cells import build_cell, make_inputs
 from bpttbench.gradient_flow.gradients import readout_problem
+from bpttbench.jacobians import cupy_kernels as ck
 
 pytestmark = pytest.mark.kernel_emulation
 
 
 @pytest.fixture
-def kemu(monkeypatch):
-    if shutil.which(emucupy.CXX) is None:
-        pytest.skip(f"no host C++ compiler {emucupy.CXX!r} (set CXX) to build the kernels")
-    emu = emucupy.Emulator()
-    monkeypatch.setattr(kc, "cp", emucupy.FakeCupy(emu))
-    kc._module.cache_clear()
-    yield emu
-    kc._module.cache_clear()
+def kemu(emu):
+    """The emulator behind cupy_kernels (conftest's ``emu``): the kernel loads through the
+    engine's one loader, kernels/bptt_delta.cu with launch.cuh inlined."""
+    return emu
 
 
 def _args(model, dtype, hidden, batch, steps, seed, scale=1.0):
@@ -86,6 +85,8 @@ def test_one_launch_per_chunk_none_per_step(kemu):
         return len(kemu.launches) - before
 
     assert launches(8) == launches(24) == 1
+    assert {launch.kernel for launch in kemu.launches} == {"bptt_delta_rnn_f32"}
+    assert "#define NTHREADS" in kemu.sources["bptt_delta_rnn_f32"]  # launch.cuh, inlined
     assert CUPY_DELTAS["rnn"] == (launches(24) - launches(8)) / 16 == 0
 
 
@@ -95,30 +96,22 @@ def test_bitwise_identical_in_any_thread_order(monkeypatch):
         pytest.skip(f"no host C++ compiler {emucupy.CXX!r}")
     args = _args("rnn_tanh", "float32", 300, 2, 9, 5, scale=1.3)  # H > 256: threads loop
     outs = []
-    for order in (0, 1, 2):
-        monkeypatch.setattr(kc, "cp", emucupy.FakeCupy(emucupy.Emulator(order_seed=order)))
-        kc._module.cache_clear()
-        got = delta_chain(*args, backend="cupy")
-        outs.append((got.flow.log_norm_h, got.log_norm_h_true))
-    kc._module.cache_clear()
+    try:
+        for order in (0, 1, 2):
+            emucupy.install(monkeypatch, order_seed=order)
+            got = delta_chain(*args, backend="cupy")
+            outs.append((got.flow.log_norm_h, got.log_norm_h_true))
+    finally:
+        ck._module.cache_clear()
+        ck._optin_smem.cache_clear()
     for a, b in outs[1:]:
         assert np.array_equal(a, outs[0][0]) and np.array_equal(b, outs[0][1])
 
 
-@pytest.mark.parametrize("arch", ["80", "90", "100"])
-def test_kernel_compiles_with_cupys_nvrtc(arch):
-    """The kernel source through CuPy's own NVRTC path (no GPU needed), as the engine's."""
-    import struct
-
-    from cupy.cuda import compiler
-
-    opts = (*kc.NVRTC_OPTIONS, "-ftz=true", f"-arch=sm_{arch}",
-            "--device-as-default-execution-space")
-    prog = compiler._NVRTCProgram(kc.SOURCE, "bptt_delta.cu", method="cubin")
-    try:
-        cubin, _ = prog.compile(opts)
-    except compiler.CompileException as exc:
-        pytest.fail(f"NVRTC failed (sm_{arch}):\n{exc}")
-    assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
-    for suffix in ("f32", "f64"):
-        assert f"bptt_delta_rnn_{suffix}".encode() in cubin
+def test_kernel_is_the_engines_file():
+    """The kernel is kernels/bptt_delta.cu, loaded by the engine's loader: no inline source,
+    launch constants or compiler options of its own in the wrapper module."""
+    assert "bptt_delta.cu" in ck.KERNEL_ENTRY_POINTS
+    for name in ("SOURCE", "NTHREADS", "NVRTC_OPTIONS", "_module", "_kernel"):
+        assert not hasattr(kc, name), name
+    assert kc.smem_bytes(300, np.float32) == 2 * ck.NTHREADS * 8 + 4 * 300 * 4

@@ -309,8 +309,7 @@ def _run_cupy(saved: Saved, delta_T: Tensor, loss: float, first_bad: int | None,
     if delta_T.is_cuda:  # CuPy's default stream does not wait for torch's queued work
         torch.cuda.current_stream().synchronize()
     norm_raw, scale, zero0 = kc.rnn_delta_rows(
-        *(kc.cp.from_dlpack(t.detach().contiguous()) for t in (saved.deriv, saved.w_hh,
-                                                               delta_T)))
+        *(kc.from_torch(t) for t in (saved.deriv, saved.w_hh, delta_T)))
     log_scale = _log_scale(scale)
     with np.errstate(divide="ignore"):
         log_h = np.log(norm_raw)

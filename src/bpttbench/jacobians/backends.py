@@ -77,6 +77,8 @@ class ArrayBackend(Protocol):
     def logabsdet(self, a: Array) -> Array: ...
     def colnorm64(self, m: Array) -> Array: ...
     def qr_logdiag(self, a: Array) -> tuple[Array, Array]: ...
+    def unit_columns64(self, v: Array) -> tuple[Array, Array]: ...
+    def itemsize(self, a: Array) -> int: ...
 
     # -- chain hooks (the steps of bpttbench.jacobians.loop.frame_loop) -------------------
     def adjoint_apply(self, saved: Saved) -> AdjointApply: ...
@@ -192,6 +194,18 @@ class XpBackend:
         with np.errstate(divide="ignore", invalid="ignore"):
             logd = self.log(self.abs(self.f64(d)))
         return q, logd
+
+    def unit_columns64(self, v: Array) -> tuple[Array, Array]:
+        """(v with unit columns, ln of its column norms) for a float64 v [..., m, n], on v's
+        device; a zero column stays zero (ln 0 = -inf)."""
+        nrm = self.sqrt(self.sum(v * v, -2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = self.where(nrm > 0, 1.0 / nrm, 0.0)
+            return v * inv[..., None, :], self.log(nrm)
+
+    def itemsize(self, a: Array) -> int:
+        """Bytes per element of ``a`` (numpy, cupy and torch dtypes all say it)."""
+        return int(a.dtype.itemsize)
 
     # -- chain hooks -------------------------------------------------------------------------------
     def adjoint_apply(self, saved: Saved) -> AdjointApply:

@@ -225,7 +225,9 @@ def analyse_chain(
     steps = saved.steps
     ff = None
     if singular_values:
-        ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k))
+        itemsize = bk.itemsize(saved.w_hh)
+        ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k),
+                              chunk=_chunk_steps(saved.batch, saved.dim, itemsize))
     if ff is not None and qr_every == 1:
         # the full frame's first k columns are the k-frame (same start, QR every step)
         window = ff.logdiag[wa:steps - wf, :, :k].sum(axis=0) / (steps - wf - wa)

@@ -10,7 +10,9 @@ constants and the one dtype instantiation, ``FOR_FLOAT_TYPES``, that every file 
   otherwise;
 - ``gate_jacobians.cu``: batched LSTM (2H x 2H) and GRU (H x H) Jacobians from saved gates;
 - ``batched_qr.cu``: batched thin QR (modified Gram-Schmidt, twice) accumulating log|diag R|
-  in float64.
+  in float64;
+- ``bptt_delta.cu``: the vanilla RNN's two-column BPTT chain (working dtype and rescaled) as
+  one persistent kernel per chunk of steps (used by ``bpttbench.gradient_flow.bptt_delta_cupy``).
 
 The wrappers here only check shapes and dtypes and launch (every launch of the engine goes
 through them; the kernel-emulation tests put a stand-in ``cupy`` in :data:`cp`). Data from
@@ -48,6 +50,7 @@ KERNEL_ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "rnn_chain.cu": ("rnn_chain_persistent", "rnn_adjoint_step_tiled", "colnorm_rescale"),
     "gate_jacobians.cu": ("lstm_jacobians", "gru_jacobians"),
     "batched_qr.cu": ("mgs_qr_logdiag",),
+    "bptt_delta.cu": ("bptt_delta_rnn",),
 }
 _DEFINE = re.compile(r"^#define ([A-Z_]+) (\d+)$", re.M)
 
@@ -284,3 +287,31 @@ def lstm_jacobians(gates, dgates, c_prev, tanh_c, dtanh_c, w_hh, out) -> None:
 def gru_jacobians(gates, dgates, h_prev, hn, omz, w_hh, out) -> None:
     """out [N, H, H] from gates/dgates [N, 3H] and h_prev, hn = W_hn h + b_hn, omz = 1-z [N, H]."""
     _gate_jacobians("gru_jacobians", gates, dgates, h_prev, hn, omz, w_hh, out)
+
+
+def bptt_delta_smem_bytes(hidden: int, dtype: Any) -> int:
+    """Dynamic shared memory of bptt_delta_rnn: the partial sums and 4 H values."""
+    return 2 * NTHREADS * 8 + 4 * hidden * cupy_dtype(dtype).itemsize
+
+
+def bptt_delta_rnn(deriv, w_hh, frame, norm_raw, scale, zero0, *, t_first: int,
+                   n_steps: int) -> None:
+    """n_steps steps of the two-column RNN BPTT chain on frame [B, 2, H] in one launch:
+    step s reads deriv[t_first - s]; rows s of norm_raw, scale, zero0 [n_steps, B] (float64)."""
+    steps, batch, hidden = deriv.shape
+    dt = deriv.dtype
+    _check(w_hh, (hidden, hidden), dt, "w_hh")
+    _check(frame, (batch, 2, hidden), dt, "frame")
+    _check(deriv, (steps, batch, hidden), dt, "deriv")
+    for a, name in ((norm_raw, "norm_raw"), (scale, "scale"), (zero0, "zero0")):
+        _check(a, (n_steps, batch), F64, name)
+    if not (0 <= t_first < steps and 1 <= n_steps <= t_first + 1):
+        raise ValueError(f"bad step range t_first={t_first}, n_steps={n_steps} for T={steps}")
+    smem = bptt_delta_smem_bytes(hidden, dt)
+    if smem > DEFAULT_SMEM:
+        raise ValueError(f"H = {hidden} in {np.dtype(dt)} needs {smem} B of shared memory; "
+                         f"the kernel takes {DEFAULT_SMEM}")
+    kern = _kernel("bptt_delta.cu", "bptt_delta_rnn", dt)
+    args = (deriv, w_hh, frame, norm_raw, scale, zero0, _i32(batch), _i32(hidden),
+            _i32(t_first), _i32(n_steps))
+    kern((batch,), (NTHREADS,), args, shared_mem=smem)

@@ -21,7 +21,9 @@ independently by LU (slogdet), ln|det J_t|: with a full frame sum_i ln|R_ii| = l
 exactly, so the gap between the two measures the engine's round-off.
 
 Backend-generic (numpy, torch, cupy through the ArrayBackend primitives): the steps are the
-one chain loop's (:func:`bpttbench.jacobians.loop.frame_loop`, QR every step).
+one chain loop's (:func:`bpttbench.jacobians.loop.frame_loop`, QR every step), and the
+accumulated A and its logs stay on the backend's device; results come back in a few large
+transfers per cell (:data:`RESULT_BYTES` each), not per step.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ import numpy as np
 
 from bpttbench.jacobians.analytic import Saved
 from bpttbench.jacobians.backends import Array, ArrayBackend
-from bpttbench.jacobians.frame import full_frame
+from bpttbench.jacobians.frame import CHUNK_BYTES, chunk_steps, full_frame
 from bpttbench.jacobians.loop import frame_loop
 
 #: widest range (nats) below the largest value of a block that one float64 SVD reports:
 #: its relative error there is about D eps e^SPAN (1e-6 for D = 64); lower values are NaN
 SPAN = 18.0
+#: bytes of each kind of per-step result (ln|diag R|, ln|det J|, the reported lags' A and
+#: logs) held on the device before one read-back (planning.memory counts them)
+RESULT_BYTES = 64 * 2**20
 #: coupled values further apart than this (nats) are first separated by QR sweeps
 SWEEP_GAP = 8.0
 
@@ -172,6 +177,34 @@ def _triu_mask(bk: ArrayBackend, dim: int, ref) -> object:
     return bk.like(bk.asarray(np.triu(np.ones((dim, dim)))), ref)
 
 
+class _DeviceRows:
+    """Arrays produced step by step on the backend's device, read back to the host in one
+    transfer per ``budget`` bytes (and once at the end), never once per step."""
+
+    def __init__(self, bk: ArrayBackend, budget: int) -> None:
+        self.bk, self.budget = bk, budget
+        self.pending: list[Array] = []
+        self.held = 0
+        self.host: list[np.ndarray] = []
+
+    def add(self, a: Array) -> None:
+        self.pending.append(a)
+        self.held += int(a.nbytes)
+        if self.held >= self.budget:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:  # one array: read it back as it is (no stacked device copy)
+            one = len(self.pending) == 1
+            rows = self.pending[0][None] if one else self.bk.stack(self.pending, 0)
+            self.host.append(self.bk.to_numpy(rows))
+            self.pending, self.held = [], 0
+
+    def result(self) -> np.ndarray:
+        self.flush()
+        return np.concatenate(self.host).astype(np.float64, copy=False)
+
+
 def report_lags(steps: int, dense: int = 8, total: int = 20) -> np.ndarray:
     """The lags at which singular values are reported: every lag up to ``dense``, then
     about ``total - dense`` geometrically spaced ones up to T (always including T)."""
@@ -182,10 +215,18 @@ def report_lags(steps: int, dense: int = 8, total: int = 20) -> np.ndarray:
 
 
 def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = None,
-                     frame0: np.ndarray | None = None, chunk: int = 64) -> FullFrame:
+                     frame0: np.ndarray | None = None, chunk: int | None = None) -> FullFrame:
     """Adjoint chain of a full D x D frame (QR every step): ln|diag R| and the independent
     ln|det J| at every lag, singular values at ``lags`` (default: every lag; each lag's
-    SVD costs about as much as its QR). See the module docstring."""
+    SVD costs about as much as its QR). See the module docstring.
+
+    Every step runs on the backend's device in its array type: the QR, R = Q^T M, the
+    float64 update A_lag = R_lag A_{lag-1} with its column logs, ln|det J|. The per-step
+    logs and the A of the reported lags are read back in transfers of at most
+    :data:`RESULT_BYTES` each (once per cell when they fit), never once per step; the singular
+    values are then read off on the host. ``chunk``: time steps of gated Jacobians built at
+    once (default: as many as fit :data:`~bpttbench.jacobians.frame.CHUNK_BYTES`).
+    """
     steps, batch, dim = saved.steps, saved.batch, saved.dim
     lags = np.arange(1, steps + 1) if lags is None else np.asarray(lags, dtype=int)
     if lags.size == 0 or lags.min() < 1 or lags.max() > steps:
@@ -194,39 +235,42 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
     w = saved.w_hh
     if frame0 is None:
         frame0 = full_frame(dim, dim)
+    if chunk is None:
+        chunk = chunk_steps(batch, dim, bk.itemsize(w), CHUNK_BYTES)
     q = bk.zeros((batch, dim, dim), w) + bk.like(bk.asarray(frame0), w)
     mask = _triu_mask(bk, dim, w)
     rnn = saved.model.startswith("rnn_")
-    logdet_w = float(bk.to_numpy(bk.logabsdet(bk.f64(w)))) if rnn else 0.0
-    # A_0 = I, column-scaled: u unit columns, logc their float64 logs
-    st = {"u": np.broadcast_to(np.eye(dim), (batch, dim, dim)).copy(),
-          "logc": np.zeros((batch, dim)), "dets": None, "lo": 0}
-    kept_u, kept_c, logdiag, log_det = [], [], [], []
+    # ln|det W| once per cell; stays on the device (a [B]-broadcast float64 array)
+    logdet_w = bk.logabsdet(bk.f64(w)) if rnn else None
+    # A_0 = I, column-scaled: u unit columns, logc their float64 logs (on the device)
+    st = {"u": bk.zeros64((batch, dim, dim), w) + bk.f64(bk.eye(dim, w)),
+          "logc": bk.zeros64((batch, dim), w), "dets": None, "lo": 0}
+    budget = RESULT_BYTES
+    kept_u, kept_c = _DeviceRows(bk, budget), _DeviceRows(bk, budget)
+    logdiag, log_det = _DeviceRows(bk, budget), _DeviceRows(bk, budget)
 
     def on_chunk(lo: int, hi: int, jac: Array | None) -> None:
         if rnn:  # ln|det diag(phi') W| = sum ln|phi'| + ln|det W|
-            dets = bk.to_numpy(bk.sum(bk.log(bk.abs(bk.f64(saved.deriv[lo:hi]))), -1))
-            st["dets"] = dets + logdet_w
-        else:
-            st["dets"] = bk.to_numpy(bk.logabsdet(bk.f64(jac)))  # [n, B], one batched LU
+            st["dets"] = bk.sum(bk.log(bk.abs(bk.f64(saved.deriv[lo:hi]))), -1) + logdet_w
+        else:  # batched LUs in float64, a quarter of the chunk at a time (bounded copies)
+            step = max(1, (hi - lo) // 4)
+            st["dets"] = bk.cat([bk.logabsdet(bk.f64(jac[a:a + step]))
+                                 for a in range(0, hi - lo, step)], 0)
         st["lo"] = lo
 
     def on_qr(lag: int, i: int, m: Array) -> Array:
-        ld = st["dets"][i - st["lo"]]
         q, logd = bk.qr_logdiag(m)
         r = (bk.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
-        v = bk.to_numpy(bk.f64(r)) @ st["u"]  # R_lag A_{lag-1}, one step of growth
-        nrm = np.sqrt((v * v).sum(axis=-2))
-        st["u"] = v * np.where(nrm > 0, 1.0 / nrm, 0.0)[..., None, :]
-        st["logc"] = st["logc"] + np.log(nrm)
+        st["u"], lognrm = bk.unit_columns64(bk.f64(r) @ st["u"])  # R_lag A_{lag-1}
+        st["logc"] = st["logc"] + lognrm
         if lag in want:
-            kept_u.append(st["u"])
-            kept_c.append(st["logc"])
-        logdiag.append(bk.to_numpy(logd).astype(np.float64))
-        log_det.append(np.asarray(ld, dtype=np.float64))
+            kept_u.add(st["u"])
+            kept_c.add(st["logc"])
+        logdiag.add(logd)
+        log_det.add(st["dets"][i - st["lo"]])
         return q
 
     with bk.loop_context(batch * dim * dim), np.errstate(divide="ignore", invalid="ignore"):
         frame_loop(saved, bk, q, on_qr, qr_every=1, chunk=chunk, on_chunk=on_chunk)
-    log_sv = log_singular_values(np.stack(kept_u), np.stack(kept_c))
-    return FullFrame(np.unique(lags), log_sv, np.stack(logdiag), np.stack(log_det))
+    log_sv = log_singular_values(kept_u.result(), kept_c.result())
+    return FullFrame(np.unique(lags), log_sv, logdiag.result(), log_det.result())

@@ -16,7 +16,9 @@ With u = B x H x itemsize bytes per step:
    arrays (lists stacked at the end used to hold them twice). LSTM/GRU chains then build
    time chunks
    of [n, B, D, D] Jacobians (``CHAIN_CHUNK_BYTES`` each) with ``JAC_TEMPS`` such arrays
-   alive at once, next to the previous chunk and the stacked saved tensors.
+   alive at once, next to the previous chunk and the stacked saved tensors. The full-frame
+   pass (true singular values) adds its [B, D, D] frames and the results it holds on the
+   device between read-backs (:func:`full_frame_bytes`).
 
 Both phases hold the inputs x [T, B, I]. On a GPU the CUDA context, cuBLAS workspaces and
 the caching allocator's rounding come on top (``CUDA_OVERHEAD_BYTES``, ``ALLOCATOR_SLACK``).
@@ -36,6 +38,27 @@ from .shapes import gate_count, state_size
 REDUCE_CHUNK_BYTES = 64 * 2**20
 #: bytes of one time chunk of LSTM/GRU Jacobians (jacobians.chain.CHUNK_BYTES; a test checks)
 CHAIN_CHUNK_BYTES = 64 * 2**20
+
+
+#: bytes of each kind of full-frame result held on the device per read-back
+#: (jacobians.spectrum.RESULT_BYTES; a test checks)
+FULL_FRAME_RESULT_BYTES = 64 * 2**20
+#: most lags of a cell whose singular values are reported (jacobians.spectrum.report_lags)
+REPORT_LAGS = 20
+
+
+def full_frame_bytes(t: int, b: int, d: int, item: int) -> int:
+    """The full-frame pass's own memory (jacobians.spectrum): the frames F, M = J^T F and the
+    QR's Q, R in the working dtype, R A and A in float64 ([B, D, D] each), and its results
+    held on the device until read back (per-step ln|diag R| [B, D] and ln|det J| [B]; the
+    reported lags' A [B, D, D] and logs [B, D]), each at most FULL_FRAME_RESULT_BYTES plus
+    one step, with one stacked copy alive while it is read back (after the loop, when the
+    frames are gone)."""
+    budget = FULL_FRAME_RESULT_BYTES
+    lags = min(t, REPORT_LAGS)
+    held = [min(n * size, budget + size) for n, size in
+            ((t, b * d * 8), (t, b * 8), (lags, b * d * d * 8), (lags, b * d * 8))]
+    return sum(held) + max(4 * b * d * d * item + 3 * b * d * d * 8, max(held))
 
 
 def chain_chunk_steps(batch: int, dim: int, itemsize: int, budget: int = CHAIN_CHUNK_BYTES) -> int:
@@ -100,6 +123,16 @@ def estimate_cell(spec: CellSpec, device: str = "cpu") -> MemoryEstimate:
         second = min(t - first, first)
         jac_steps = max(JAC_TEMPS * first, first + JAC_TEMPS * second)
         chain = max(chain, saved + jac_steps * b * d * d * item)
+    # then the full-frame pass (the precomputed gate inputs are gone): with one chunk of
+    # Jacobians, its results grow only after the chunk is built
+    full = full_frame_bytes(t, b, d, item)
+    if spec.model.startswith("rnn_"):
+        chain = max(chain, saved + full)
+    elif first >= t:
+        chain = max(chain, saved + max(jac_steps, first) * b * d * d * item,
+                    saved + first * b * d * d * item + full)
+    else:
+        chain = max(chain, saved + jac_steps * b * d * d * item + full)
     inputs = t * b * spec.input_size * item
     return MemoryEstimate(int(bptt), int(chain), int(inputs), device)
 
