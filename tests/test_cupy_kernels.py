@@ -2,7 +2,7 @@
 
 Each kernel runs on several shapes in float32 and float64 through
 ``bpttbench.validation.kernels.validate_kernels`` (the same function a GPU run uses to write
-validation.csv); tolerances are in its ``TOLERANCES``. Skipped, with the
+validation.csv); tolerances are in its ``KERNEL_TOLERANCES``. Skipped, with the
 reason, where CuPy or a GPU is absent.
 """
 
