@@ -35,3 +35,15 @@ def snakemake_env() -> dict[str, str]:
     if shutil.which("snakemake", path=env["PATH"]) is None:
         pytest.skip("snakemake is not installed in this environment")
     return env
+
+
+@pytest.fixture
+def determinism(request):
+    """torch.use_deterministic_algorithms(param) for the test (indirect parametrization),
+    restored after."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)

@@ -184,14 +184,6 @@ def test_cell_reports_both_methods_in_one_table(seed):
     assert len(gf) == 2 * 41
 
 
-@pytest.fixture
-def determinism(request):
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(request.param)
-    yield request.param
-    torch.use_deterministic_algorithms(before)
-
-
 @pytest.mark.parametrize("determinism", [False, True], indirect=True)
 @pytest.mark.parametrize("model", MODELS)
 def test_cost_model_launches_are_counted(model, determinism, monkeypatch):

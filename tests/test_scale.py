@@ -241,15 +241,6 @@ def test_snakemake_dry_run_assigns_gpus(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ cost model and plan
-@pytest.fixture
-def determinism(request):
-    """torch.use_deterministic_algorithms(param) for the test, restored after."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(request.param)
-    yield request.param
-    torch.use_deterministic_algorithms(before)
-
-
 @pytest.mark.parametrize("determinism", [False, True], indirect=True)
 @pytest.mark.parametrize("model", ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"])
 def test_model_launch_counts_match_profiler(model, determinism):
