@@ -38,7 +38,8 @@ NVCC = _nvcc()
 
 def test_kernel_files_exist_and_document_themselves():
     names = {p.name for p in KERNEL_FILES}
-    assert {"rnn_chain.cu", "gate_jacobians.cu", "batched_qr.cu", "bptt_delta.cu"} <= names
+    assert {"rnn_chain.cu", "gate_jacobians.cu", "batched_qr.cu", "bptt_delta.cu",
+            "bptt_delta_gated.cu"} <= names
     for path in KERNEL_FILES:
         head = path.read_text().split("\n\n", 1)[0].lower()
         assert head.startswith("//"), f"{path.name} must open with a comment block"

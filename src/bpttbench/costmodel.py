@@ -70,10 +70,17 @@ DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 1
                                  "gru": 28}
 
 
-#: the CuPy path of delta_chain (vanilla RNNs on CUDA, bpttbench.gradient_flow.bptt_delta_cupy): one
+#: the CuPy path of delta_chain (on CUDA, bpttbench.gradient_flow.bptt_delta_cupy): one
 #: persistent launch per chunk of up to 4096 steps (counted through the kernel-emulation
-#: stand-in by tests/kernel_emulation/test_bptt_delta_kernel.py); the forward stays torch's
-CUPY_DELTAS = {"rnn": 0}
+#: stand-in by tests/kernel_emulation/test_bptt_delta_kernel.py and, for the LSTM and GRU,
+#: test_bptt_delta_gated_kernel.py); the forward stays torch's. The LSTM/GRU chunks are also
+#: bounded by 64 MiB of coefficients (min(4096, 64 MiB / (B (G + 2) H itemsize)) steps), which
+#: torch computes with a few launches per chunk: none per step, as the RNN's row set-up
+CUPY_DELTAS = {"rnn": 0, "lstm": 0, "gru": 0}
+#: largest H the LSTM/GRU delta kernels take (48 KB of shared memory, kernels/
+#: bptt_delta_gated.cu); beyond, delta_chain falls back to the torch path
+CUPY_DELTAS_MAX_H = {"lstm": {"float32": 896, "float64": 448},
+                     "gru": {"float32": 1344, "float64": 672}}
 #: of delta_chain's torch launches per step, those of the unrolled forward (the rest is the chain)
 FORWARD_LAUNCHES = {"rnn_tanh": 6, "rnn_relu": 6, "rnn_linear": 5, "lstm": 14, "gru": 16}
 FORWARD_LAUNCHES_DETERMINISTIC = {**FORWARD_LAUNCHES, "gru": 17}
@@ -189,9 +196,10 @@ def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str
     recomputed for all steps, the two-column adjoint step, its norm and rescale."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
     launches = (DELTAS_LAUNCHES_DETERMINISTIC if deterministic else DELTAS_LAUNCHES)[model]
-    if backend == "cupy" and model.startswith("rnn_"):  # the forward, then the kernel
+    kernel = model.startswith("rnn_") or hidden <= CUPY_DELTAS_MAX_H[model].get(dtype, 0)
+    if backend == "cupy" and kernel:  # the forward, then the kernel
         forward = FORWARD_LAUNCHES_DETERMINISTIC if deterministic else FORWARD_LAUNCHES
-        launches = forward[model] + CUPY_DELTAS["rnn"]
+        launches = forward[model] + CUPY_DELTAS["rnn" if model.startswith("rnn_") else model]
     forward = 2 * 2 * batch * (inputs + hidden) * g * hidden  # the forward, then recomputed
     weights = 3 * g * hidden * (hidden + inputs) * item
     # two columns times W_hh (RNN: [B, 2, H] x [H, H]; LSTM/GRU: [B, 2, gH] x [gH, H])

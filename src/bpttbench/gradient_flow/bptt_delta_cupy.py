@@ -1,4 +1,4 @@
-"""The vanilla RNN's two-column BPTT chain as one persistent CUDA kernel (CuPy).
+"""The two-column BPTT chain as one persistent CUDA kernel per chunk of steps (CuPy).
 
 ``bptt_deltas`` carries delta_T back as two columns, the working dtype unrescaled and a
 column rescaled every step. For the vanilla RNNs, J_t^T v = W_hh^T (phi'(a_t) * v) needs no
@@ -15,10 +15,20 @@ lays out the columns and rows and reads them back once. Tested on the CPU throug
 emulation stand-in (tests/kernel_emulation/test_bptt_delta_kernel.py). Limits: the two
 columns and their scaled copies (4 H values) plus 4 KB fit the 48 KB of shared memory without
 opt-in: H <= 2816 in float32, 1408 in float64; the caller falls back to torch beyond.
+
+LSTM and GRU (``bpttbench/kernels/bptt_delta_gated.cu``, :func:`gated_delta_rows`): the
+per-step coefficients of ``bptt_deltas.adjoint_coefficients`` are computed by torch for the
+steps of a launch (a few launches per chunk of steps, none per step); the kernel does the rest
+of ``gated_adjoint_step`` (coefficient products, W_hh^T, the LSTM's dL/dc carry), the norms
+and the rescale: 1 kernel launch per chunk, 0 per step, where the torch path costs 24 a step.
+Its rows add the rescaled column's h-part norm and, for the LSTM, autograd's ||dL/dc_t|| of
+both columns. Limits (48 KB of shared memory, W_hh read from global memory): LSTM H <= 896 in
+float32, 448 in float64; GRU H <= 1344 in float32, 672 in float64.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,17 +39,32 @@ from ..jacobians import cupy_kernels as ck
 SMEM_LIMIT = ck.DEFAULT_SMEM
 #: steps per launch (a launch runs them all without returning)
 STEPS_PER_LAUNCH = 4096
+#: bytes of the gated kernels' per-launch coefficient tensors (k, oc/z, f), computed by torch
+COEF_CHUNK_BYTES = 64 * 2**20
 
 
 def smem_bytes(hidden: int, dtype: Any) -> int:
     return ck.bptt_delta_smem_bytes(hidden, dtype)
 
 
-def usable(hidden: int, dtype: Any) -> bool:
-    """CuPy with a GPU is here, and the kernel takes this H and dtype."""
+def unusable_reason(model: str, hidden: int, dtype: Any) -> str:
+    """Why the model's kernel cannot run this H and dtype here ("" when it can): the dtype,
+    the shared-memory limit, or no CuPy with a GPU (the caller falls back to torch)."""
     if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        return False
-    return smem_bytes(hidden, dtype) <= SMEM_LIMIT and ck.cupy_available()[0]
+        return f"the kernels take float32 and float64, not {dtype}"
+    gated = model in ck.GATED_ROWS
+    need = (ck.bptt_delta_gated_smem_bytes(model, hidden, dtype) if gated
+            else smem_bytes(hidden, dtype))
+    if need > SMEM_LIMIT:
+        return (f"{model} H = {hidden} in {np.dtype(dtype)} needs {need} B of shared memory, "
+                f"the kernel takes {SMEM_LIMIT}")
+    ok, why = ck.cupy_available()
+    return "" if ok else why
+
+
+def usable(hidden: int, dtype: Any, model: str = "rnn_tanh") -> bool:
+    """CuPy with a GPU is here, and the model's kernel takes this H and dtype."""
+    return not unusable_reason(model, hidden, dtype)
 
 
 def from_torch(t: Any) -> Any:
@@ -80,3 +105,51 @@ def rnn_delta_rows(deriv: Any, w_hh: Any, delta_t: Any) -> tuple[np.ndarray, ...
             ck.bptt_delta_rnn(deriv, w, frame, *out, t_first=steps - 1 - lag0, n_steps=n)
             lag0 += n
         return tuple(cp.asnumpy(r) for r in rows)
+
+
+def gated_delta_rows(model: str, w_hh: Any, delta_t: Any, steps: int,
+                     coefficients: Callable[[int, int], dict[str, Any]]) -> np.ndarray:
+    """The LSTM's or GRU's per-lag rows, float64 [T+1, K, B] NumPy, read back once (row
+    order: bptt_delta_gated.cu's opening comment; lag 0 from delta_T here).
+
+    ``w_hh`` [G, H] and ``delta_t`` [B, H] are torch tensors of one float dtype on the GPU;
+    ``coefficients(lo, hi)`` gives ``adjoint_coefficients`` of indices [lo, hi) as torch
+    tensors (LSTM k, oc, f; GRU k, z). A launch over [lo, hi) also gets index lo - 1: the LSTM's
+    dL/dc row of step lo reads oc[lo - 1] (index 0 of a launch is taken as t = 0).
+    """
+    cp = ck.cp
+    batch, hidden = (int(n) for n in delta_t.shape)
+    lstm = model == "lstm"
+    dim, nrow = (2 * hidden if lstm else hidden), ck.GATED_ROWS[model]
+    dt = np.dtype(str(delta_t.dtype).removeprefix("torch."))
+    per_step = batch * (ck._GATES[model] + 2) * hidden * dt.itemsize
+    chunk = max(1, min(STEPS_PER_LAUNCH, COEF_CHUNK_BYTES // per_step))
+    with ck.torch_stream():  # every launch on torch's current stream
+        w = from_torch(w_hh)
+        d = from_torch(delta_t)
+        d64 = d.astype(np.float64)
+        n0 = cp.sqrt((d64 * d64).sum(axis=1))
+        frame = cp.zeros((batch, 2, dim), dtype=dt)
+        frame[:, 0, :hidden] = d
+        frame[:, 1, :hidden] = (d64 / n0[:, None]).astype(dt)
+        rows = cp.empty((steps + 1, nrow, batch), dtype=np.float64)
+        unit = frame[:, 1, :hidden].astype(np.float64)
+        rows[0, 0], rows[0, 1] = n0, n0
+        rows[0, 2] = cp.sqrt((unit * unit).sum(axis=1))
+        rows[0, 3] = (d[:, 0] == 0).astype(np.float64)
+        if lstm:  # dL/dc_T = o_T (1 - tanh^2 c_T) delta_T (the c part of the state is 0)
+            oc = from_torch(coefficients(steps - 1, steps)["oc"][0])
+            for col in (0, 1):
+                y = (oc * frame[:, col, :hidden]).astype(np.float64)
+                rows[0, 4 + col] = cp.sqrt((y * y).sum(axis=1))
+        hi = steps
+        while hi > 0:  # record indices [lo, hi), applied from hi - 1 down to lo
+            lo = max(0, hi - chunk)
+            first = max(0, lo - 1)
+            coef = coefficients(first, hi)
+            names = ("k", "oc", "f") if lstm else ("k", "z")
+            args = [from_torch(coef[n]) for n in names] + ([] if lstm else [None])
+            ck.bptt_delta_gated(model, *args, w, frame, rows[steps - hi + 1:steps - lo + 1],
+                                t_first=hi - 1 - first, n_steps=hi - lo)
+            hi = lo
+        return cp.asnumpy(rows)

@@ -25,6 +25,7 @@ reported ln||dL/dc_t|| is autograd's (same-step path c_t -> h_t added, docs/NUME
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -198,12 +199,10 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
 
     ``backend``: ``torch`` (the params' dtype and device), ``numpy`` (the chain in float64
     on the CPU, from the same forward trajectory: a reference for the chain arithmetic) or
-    ``cupy`` (vanilla RNNs: one persistent kernel per chunk of steps, ``bptt_delta_cupy``).
+    ``cupy`` (one persistent kernel per chunk of steps, ``bptt_delta_cupy``).
     """
     if backend not in ("torch", "numpy", "cupy"):
         raise ValueError(f"delta chain backend {backend!r}; allowed: torch, numpy, cupy")
-    if backend == "cupy" and not model.startswith("rnn_"):
-        raise ValueError(f"delta chain backend cupy runs the vanilla RNNs only, not {model}")
     with torch.no_grad():
         states = unroll(model, params, x, tuple(state0))
         h_T = states[-1][0]
@@ -214,6 +213,9 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
         first_bad = first_nonfinite_step(states)
         saved = saved_from_states(model, params, x, states)
         del states
+        if backend == "cupy" and not model.startswith("rnn_"):
+            return _run_cupy_gated(saved, delta_T, loss, first_bad,
+                                   str(h_T.dtype).removeprefix("torch."))
         if backend == "cupy":
             return _run_cupy(saved, delta_T, loss, first_bad, str(h_T.dtype).removeprefix("torch."))
         if backend == "numpy":
@@ -315,6 +317,26 @@ def _run_cupy(saved: Saved, delta_T: Tensor, loss: float, first_bad: int | None,
         log_h = np.log(norm_raw)
     flow = GradientFlow(log_h, None, first_bad, loss, zero0 > 0, 1.0, grad_dtype)
     return DeltaChain(flow, _dead_stays_dead(log_scale, log_scale), None)
+
+
+def _run_cupy_gated(saved: Saved, delta_T: Tensor, loss: float, first_bad: int | None,
+                    grad_dtype: str) -> DeltaChain:
+    """The LSTM/GRU chain by the persistent kernel, the coefficients from torch per launch."""
+    from . import bptt_delta_cupy as kc
+
+    if delta_T.is_cuda:  # CuPy's default stream does not wait for torch's queued work
+        torch.cuda.current_stream().synchronize()
+    ops = _Ops("torch")
+    rows = kc.gated_delta_rows(saved.model, saved.w_hh, delta_T, saved.steps,
+                               lambda lo, hi: adjoint_coefficients(saved, ops, lo, hi))
+    log_scale = _log_scale(rows[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_h, log_true = np.log(rows[:, 0]), log_scale + np.log(rows[:, 2])
+        log_c = np.log(rows[:, 4]) if saved.model == "lstm" else None
+        log_c_true = log_scale + np.log(rows[:, 5]) if saved.model == "lstm" else None
+    flow = GradientFlow(log_h, log_c, first_bad, loss, rows[:, 3] > 0, 1.0, grad_dtype)
+    return DeltaChain(flow, _dead_stays_dead(log_true, log_scale),
+                      None if log_c_true is None else _dead_stays_dead(log_c_true, log_scale))
 
 
 def adjoint_coefficients(saved: Saved, ops: _Ops, lo: int, hi: int) -> dict[str, Any]:
@@ -455,11 +477,14 @@ def measure_cell(spec: Any, params: Params, x: Tensor, state0: State, w_out: Ten
         flow = measure_gradient_flow(spec.model, params, x, state0, w_out, target)
         return flow, method_summary(method, None, None)
     backend = "numpy" if spec.jacobian_backend == "numpy" else "torch"
-    if (spec.model.startswith("rnn_") and torch.device(device).type == "cuda"
-            and spec.jacobian_backend in ("auto", "cupy")):
-        from .bptt_delta_cupy import usable
+    if torch.device(device).type == "cuda" and spec.jacobian_backend in ("auto", "cupy"):
+        from .bptt_delta_cupy import unusable_reason
 
-        backend = "cupy" if usable(spec.hidden, np.dtype(spec.dtype)) else "torch"
+        why = unusable_reason(spec.model, spec.hidden, np.dtype(spec.dtype))
+        backend = "torch" if why else "cupy"
+        if why:
+            warnings.warn(f"{spec.cell_id}: BPTT deltas by torch, not the kernel: {why}",
+                          RuntimeWarning, stacklevel=2)
     chain = delta_chain(spec.model, params, x, state0, w_out, target, backend=backend)
     ref = None
     if is_reference_cell(spec.cell_id, spec.autograd_reference_every):

@@ -12,7 +12,9 @@ constants and the one dtype instantiation, ``FOR_FLOAT_TYPES``, that every file 
 - ``batched_qr.cu``: batched thin QR (modified Gram-Schmidt, twice) accumulating log|diag R|
   in float64;
 - ``bptt_delta.cu``: the vanilla RNN's two-column BPTT chain (working dtype and rescaled) as
-  one persistent kernel per chunk of steps (used by ``bpttbench.gradient_flow.bptt_delta_cupy``).
+  one persistent kernel per chunk of steps (used by ``bpttbench.gradient_flow.bptt_delta_cupy``);
+- ``bptt_delta_gated.cu``: the same chain for the LSTM and GRU (coefficient products, W_hh^T,
+  LSTM's dL/dc carry, norms and rescale), one persistent kernel per chunk of steps.
 
 The wrappers here only check shapes and dtypes and launch (every launch of the engine goes
 through them; the kernel-emulation tests put a stand-in ``cupy`` in :data:`cp`). Data from
@@ -51,6 +53,7 @@ KERNEL_ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "gate_jacobians.cu": ("lstm_jacobians", "gru_jacobians"),
     "batched_qr.cu": ("mgs_qr_logdiag",),
     "bptt_delta.cu": ("bptt_delta_rnn",),
+    "bptt_delta_gated.cu": ("bptt_delta_lstm", "bptt_delta_gru"),
 }
 _DEFINE = re.compile(r"^#define ([A-Z_]+) (\d+)$", re.M)
 
@@ -314,4 +317,47 @@ def bptt_delta_rnn(deriv, w_hh, frame, norm_raw, scale, zero0, *, t_first: int,
     kern = _kernel("bptt_delta.cu", "bptt_delta_rnn", dt)
     args = (deriv, w_hh, frame, norm_raw, scale, zero0, _i32(batch), _i32(hidden),
             _i32(t_first), _i32(n_steps))
+    kern((batch,), (NTHREADS,), args, shared_mem=smem)
+
+
+#: rows per step of the gated kernels (bptt_delta_gated.cu's opening comment)
+GATED_ROWS = {"lstm": 6, "gru": 4}
+_GATES = {"lstm": 4, "gru": 3}
+
+
+def bptt_delta_gated_smem_bytes(model: str, hidden: int, dtype: Any) -> int:
+    """Dynamic shared memory of bptt_delta_lstm/gru: 3 x NTHREADS partial sums, the two
+    columns (2 D) and their coefficient products (2 G)."""
+    dim = 2 * hidden if model == "lstm" else hidden
+    return 3 * NTHREADS * 8 + (2 * dim + 2 * _GATES[model] * hidden) * cupy_dtype(dtype).itemsize
+
+
+def bptt_delta_gated(model: str, k, a, f, w_hh, frame, rows, *, t_first: int,
+                     n_steps: int) -> None:
+    """n_steps steps of the LSTM's (``a`` = oc, ``f`` the forget gate) or GRU's (``a`` = z,
+    ``f`` None) two-column BPTT chain on frame [B, 2, D] in one launch: step s reads index
+    t_first - s of k [T, B, G], a, f [T, B, H]; rows [n_steps, K, B] float64 out."""
+    if model not in _GATES:
+        raise ValueError(f"gated BPTT delta kernel: model {model!r}; allowed: lstm, gru")
+    steps, batch, hidden = a.shape
+    dt = a.dtype
+    dim = 2 * hidden if model == "lstm" else hidden
+    _check(k, (steps, batch, _GATES[model] * hidden), dt, "k")
+    _check(a, (steps, batch, hidden), dt, "oc" if model == "lstm" else "z")
+    if model == "lstm":
+        _check(f, (steps, batch, hidden), dt, "f")
+    elif f is not None:
+        raise ValueError("gru: f must be None (the GRU step has no forget-gate carry)")
+    _check(w_hh, (_GATES[model] * hidden, hidden), dt, "w_hh")
+    _check(frame, (batch, 2, dim), dt, "frame")
+    _check(rows, (n_steps, GATED_ROWS[model], batch), F64, "rows")
+    if not (0 <= t_first < steps and 1 <= n_steps <= t_first + 1):
+        raise ValueError(f"bad step range t_first={t_first}, n_steps={n_steps} for T={steps}")
+    smem = bptt_delta_gated_smem_bytes(model, hidden, dt)
+    if smem > DEFAULT_SMEM:
+        raise ValueError(f"{model} H = {hidden} in {np.dtype(dt)} needs {smem} B of shared "
+                         f"memory; the kernel takes {DEFAULT_SMEM}")
+    kern = _kernel("bptt_delta_gated.cu", f"bptt_delta_{model}", dt)
+    coef = (k, a, f) if model == "lstm" else (k, a)
+    args = (*coef, w_hh, frame, rows, _i32(batch), _i32(hidden), _i32(t_first), _i32(n_steps))
     kern((batch,), (NTHREADS,), args, shared_mem=smem)
