@@ -275,6 +275,32 @@ def test_model_launch_counts_match_profiler(model, determinism):
     assert per_step(count_launches, chain(1000), 20, 60) - n_saved == table["chain_rescale"]
 
 
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_cupy_gated_delta_launches_are_the_forward_only(model):
+    """The LSTM/GRU delta kernel (kernels/bptt_delta_gated.cu) runs the chain with 0 launches
+    a step (tests/kernel_emulation/test_bptt_delta_gated_kernel.py counts them): on the cupy
+    backend a step costs the unrolled forward's launches, up to the kernel's H limit; beyond
+    it (and on torch) the torch chain's."""
+    from bpttbench.costmodel import (
+        CUPY_DELTAS,
+        CUPY_DELTAS_MAX_H,
+        DELTAS_LAUNCHES,
+        DELTAS_LAUNCHES_DETERMINISTIC,
+        FORWARD_LAUNCHES,
+        FORWARD_LAUNCHES_DETERMINISTIC,
+        bptt_chain_step,
+    )
+
+    for dtype, h_max in CUPY_DELTAS_MAX_H[model].items():
+        for det, fwd, torch_path in ((False, FORWARD_LAUNCHES, DELTAS_LAUNCHES),
+                                     (True, FORWARD_LAUNCHES_DETERMINISTIC,
+                                      DELTAS_LAUNCHES_DETERMINISTIC)):
+            n = [bptt_chain_step(model, hidden, 4, 4, dtype, det, backend).launches
+                 for hidden, backend in ((h_max, "cupy"), (h_max + 1, "cupy"), (8, "torch"))]
+            assert n[0] == fwd[model] + CUPY_DELTAS[model] == fwd[model]
+            assert n[1] == n[2] == torch_path[model]
+
+
 def test_plan_json(capsys):
     import json
 

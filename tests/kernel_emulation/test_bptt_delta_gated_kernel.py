@@ -122,9 +122,14 @@ def test_bitwise_identical_in_any_thread_order(monkeypatch, model):
 
 
 def test_limits_and_fallback_reason():
-    """The shared-memory limits of the file's opening comment, and the fallback's reason."""
-    for model, dt, h_max in (("lstm", np.float32, 896), ("lstm", np.float64, 448),
-                             ("gru", np.float32, 1344), ("gru", np.float64, 672)):
+    """The shared-memory limits (the file's opening comment, costmodel.CUPY_DELTAS_MAX_H),
+    and the fallback's reason."""
+    from bpttbench.costmodel import CUPY_DELTAS_MAX_H
+
+    limits = (("lstm", np.float32, 896), ("lstm", np.float64, 448),
+              ("gru", np.float32, 1344), ("gru", np.float64, 672))
+    for model, dt, h_max in limits:
+        assert CUPY_DELTAS_MAX_H[model][np.dtype(dt).name] == h_max
         assert ck.bptt_delta_gated_smem_bytes(model, h_max, dt) <= kc.SMEM_LIMIT
         assert ck.bptt_delta_gated_smem_bytes(model, h_max + 1, dt) > kc.SMEM_LIMIT
     why = kc.unusable_reason("lstm", 897, np.float32)
