@@ -74,7 +74,7 @@ DELTAS_LAUNCHES_DETERMINISTIC = {"rnn_tanh": 15, "rnn_relu": 15, "rnn_linear": 1
 #: persistent launch per chunk of up to 4096 steps (counted through the kernel-emulation
 #: stand-in by tests/kernel_emulation/test_bptt_delta_kernel.py and, for the LSTM and GRU,
 #: test_bptt_delta_gated_kernel.py); the forward stays torch's. The LSTM/GRU chunks are also
-#: bounded by 64 MiB of coefficients (min(4096, 64 MiB / (B (G + 2) H itemsize)) steps), which
+#: bounded by 64 MiB of coefficients (min(4096, 64 MiB / (10 B H itemsize)) steps), which
 #: torch computes with a few launches per chunk: none per step, as the RNN's row set-up
 CUPY_DELTAS = {"rnn": 0, "lstm": 0, "gru": 0}
 #: largest H the LSTM/GRU delta kernels take (48 KB of shared memory, kernels/

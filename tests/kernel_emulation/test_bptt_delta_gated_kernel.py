@@ -136,3 +136,27 @@ def test_limits_and_fallback_reason():
     assert "shared memory" in why and "897" in why
     assert "float16" in kc.unusable_reason("gru", 8, np.float16)
     assert "bptt_delta_gated.cu" in ck.KERNEL_ENTRY_POINTS
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_measure_cell_runs_the_kernel_or_says_why_not(emu, model, monkeypatch):
+    """On CUDA (the emulated CuPy stands for one) a jacobian_chain cell runs the kernel; past
+    the shared-memory limit it falls back to the torch path with a warning naming the limit,
+    and both give the same norms (float64, 1e-12)."""
+    import dataclasses
+
+    from bpttbench.gradient_flow.bptt_deltas import measure_cell
+
+    spec = CellSpec(model, "gaussian", 8, 12, 1.0, 11, 4, 1.0, 0.0, 2, 4, 1, "cpu", "float64",
+                    False, True, "auto", bptt_method="jacobian_chain",
+                    autograd_reference_every=0)
+    _, params, x, state0, w_out, target = _args(model, "float64", 8, 2, 12, 11)
+    before = len(emu.launches)
+    flow_k, _ = measure_cell(spec, params, x, state0, w_out, target, "cuda")
+    assert len(emu.launches) - before == 1
+    monkeypatch.setattr(kc, "SMEM_LIMIT", 1024)
+    with pytest.warns(RuntimeWarning, match="shared memory"):
+        flow_t, _ = measure_cell(dataclasses.replace(spec), params, x, state0, w_out, target,
+                                 "cuda")
+    assert len(emu.launches) - before == 1  # no kernel: the torch path
+    assert norm_rel_err(flow_k.log_norm_h, flow_t.log_norm_h) < 1e-12

@@ -39,7 +39,9 @@ from ..jacobians import cupy_kernels as ck
 SMEM_LIMIT = ck.DEFAULT_SMEM
 #: steps per launch (a launch runs them all without returning)
 STEPS_PER_LAUNCH = 4096
-#: bytes of the gated kernels' per-launch coefficient tensors (k, oc/z, f), computed by torch
+#: bytes of the gated kernels' per-launch coefficients (k, oc/z, f and their torch temporaries,
+#: counted 10 B H items a step as bptt_deltas counts them): the Lyapunov chain's Jacobian chunk
+#: (planning.memory.CHAIN_CHUNK_BYTES), so the cell's memory estimate still bounds the peak
 COEF_CHUNK_BYTES = 64 * 2**20
 
 
@@ -122,7 +124,7 @@ def gated_delta_rows(model: str, w_hh: Any, delta_t: Any, steps: int,
     lstm = model == "lstm"
     dim, nrow = (2 * hidden if lstm else hidden), ck.GATED_ROWS[model]
     dt = np.dtype(str(delta_t.dtype).removeprefix("torch."))
-    per_step = batch * (ck._GATES[model] + 2) * hidden * dt.itemsize
+    per_step = batch * 10 * hidden * dt.itemsize
     chunk = max(1, min(STEPS_PER_LAUNCH, COEF_CHUNK_BYTES // per_step))
     with ck.torch_stream():  # every launch on torch's current stream
         w = from_torch(w_hh)
