@@ -20,10 +20,13 @@ LSTM and GRU (``bpttbench/kernels/bptt_delta_gated.cu``, :func:`gated_delta_rows
 per-step coefficients of ``bptt_deltas.adjoint_coefficients`` are computed by torch for the
 steps of a launch (a few launches per chunk of steps, none per step); the kernel does the rest
 of ``gated_adjoint_step`` (coefficient products, W_hh^T, the LSTM's dL/dc carry), the norms
-and the rescale: 1 kernel launch per chunk, 0 per step, where the torch path costs 24 a step.
+and the rescale: 1 kernel launch per chunk, 0 per step, where the torch path's chain costs 10
+(LSTM) and 8 (GRU) launches a step.
 Its rows add the rescaled column's h-part norm and, for the LSTM, autograd's ||dL/dc_t|| of
 both columns. Limits (48 KB of shared memory, W_hh read from global memory): LSTM H <= 896 in
-float32, 448 in float64; GRU H <= 1344 in float32, 672 in float64.
+float32, 448 in float64; GRU H <= 1344 in float32, 672 in float64 (beyond, measure_cell runs
+the torch path and warns with :func:`unusable_reason`). Tested on the CPU through the kernel
+emulation stand-in (tests/kernel_emulation/test_bptt_delta_gated_kernel.py).
 """
 
 from __future__ import annotations

@@ -483,8 +483,8 @@ def measure_cell(spec: Any, params: Params, x: Tensor, state0: State, w_out: Ten
         why = unusable_reason(spec.model, spec.hidden, np.dtype(spec.dtype))
         backend = "torch" if why else "cupy"
         if why:
-            warnings.warn(f"{spec.cell_id}: BPTT deltas by torch, not the kernel: {why}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"BPTT deltas by the torch path, not the CuPy kernel: {why}",
+                          RuntimeWarning, stacklevel=2)  # once per reason, not per cell
     chain = delta_chain(spec.model, params, x, state0, w_out, target, backend=backend)
     ref = None
     if is_reference_cell(spec.cell_id, spec.autograd_reference_every):
