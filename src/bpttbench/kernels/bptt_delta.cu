@@ -26,6 +26,7 @@
 //   NTHREADS (the tree reduction is written for it); n_steps <= t_first + 1.
 
 #include "launch.cuh"
+#include "adjoint_product.cuh"
 
 template <typename T>
 __device__ void delta_rnn_impl(const T* __restrict__ deriv, const T* __restrict__ w_hh,
@@ -49,12 +50,8 @@ __device__ void delta_rnn_impl(const T* __restrict__ deriv, const T* __restrict_
         __syncthreads();
         double p0 = 0.0, p1 = 0.0;
         for (int r = tid; r < H; r += NTHREADS) {  // (W^T vd)_r = sum_j W[j][r] vd_j
-            T m0 = T(0), m1 = T(0);
-            for (int j = 0; j < H; ++j) {
-                const T w = w_hh[(size_t)j * H + r];
-                m0 += w * vd[j];
-                m1 += w * vd[H + j];
-            }
+            T m0, m1;
+            wt_two_columns(w_hh, vd, H, H, r, m0, m1);
             v[r] = m0;
             v[H + r] = m1;
             p0 += (double)m0 * (double)m0;

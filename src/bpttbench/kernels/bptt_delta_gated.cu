@@ -33,6 +33,7 @@
 //   blockDim.x must be NTHREADS (the tree reduction is written for it); n_steps <= t_first + 1.
 
 #include "launch.cuh"
+#include "adjoint_product.cuh"
 
 // Sum of the NR arrays red[q * NTHREADS + tid] over the block, left in red[q * NTHREADS].
 template <int NR>
@@ -85,12 +86,8 @@ __device__ void delta_gated_impl(const T* __restrict__ k, const T* __restrict__ 
         __syncthreads();
         double p0 = 0.0, p1 = 0.0;
         for (int r = tid; r < H; r += NTHREADS) {  // (W^T g)_r = sum_j W[j][r] g_j
-            T m0 = T(0), m1 = T(0);
-            for (int j = 0; j < G; ++j) {
-                const T w = w_hh[(size_t)j * H + r];
-                m0 += w * g[j];
-                m1 += w * g[G + j];
-            }
+            T m0, m1;
+            wt_two_columns(w_hh, g, G, H, r, m0, m1);
             if (!LSTM) {  // + z * v, after the product (torch's addcmul_)
                 m0 = m0 + ai[r] * v[r];
                 m1 = m1 + ai[r] * v[D + r];
