@@ -355,15 +355,20 @@ step_validate() {
     local rc
     run_timed bpttbench validation kernels --out "$OUT/validation.csv"
     rc=$?
-    if [ -s "$OUT/validation.csv" ]; then
-        local line vrc
-        line=$("$PY" -m bpttbench.gpucheck validation "$OUT/validation.csv" 2>&1); vrc=$?
-        [ "$rc" != 0 ] || rc=$vrc
+    judge_output "$rc" validation "$OUT/validation.csv" validation.csv
+}
+
+# judge_output RC KIND FILE WHAT: the step's verdict from `gpucheck KIND FILE` when the step
+# wrote FILE, else from its exit status and the last line of its log.
+judge_output() {
+    local rc=$1 line jrc last
+    if [ -s "$3" ]; then
+        line=$("$PY" -m bpttbench.gpucheck "$2" "$3" 2>&1); jrc=$?
+        [ "$rc" != 0 ] || rc=$jrc
         verdict "$rc" "$line"
     else
-        local last
         last=$(tail -n 1 "$STEP_LOG" | oneline)
-        verdict "$rc" "no validation.csv (exit $rc${last:+; $last})"
+        verdict "$rc" "no $4 (exit $rc${last:+; $last})"
     fi
 }
 
@@ -392,19 +397,10 @@ step_memcheck() { sanitize memcheck 'ERROR SUMMARY'; }
 step_racecheck() { sanitize racecheck 'RACECHECK SUMMARY|ERROR SUMMARY'; }
 
 step_cell() {
-    local rc line
+    local rc
     run_timed bpttbench gradient-flow cell "$CELL_ID" --config "$CONFIG" --out "$LOGS/cell.json" --peak-memory
     rc=$?
-    if [ -s "$LOGS/cell.json" ]; then
-        line=$("$PY" -m bpttbench.gpucheck cell "$LOGS/cell.json" 2>&1)
-        local crc=$?
-        [ "$rc" != 0 ] || rc=$crc
-        verdict "$rc" "$line"
-    else
-        local last
-        last=$(tail -n 1 "$STEP_LOG" | oneline)
-        verdict "$rc" "no cell record (exit $rc${last:+; $last})"
-    fi
+    judge_output "$rc" cell "$LOGS/cell.json" "cell record"
 }
 
 # Pack the result set (never its per-cell intermediates, cells/). A table too large for the

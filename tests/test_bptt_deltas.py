@@ -27,7 +27,7 @@ from bpttbench.gradient_flow.bptt_deltas import (
     resolve_method,
     saved_from_states,
 )
-from bpttbench.gradient_flow.cells import build_cell, make_inputs
+from bpttbench.gradient_flow.cells import build_cell, cell_problem, make_inputs
 from bpttbench.gradient_flow.gradients import measure_gradient_flow, readout_problem
 from bpttbench.jacobians import Saved, TorchBackend, forward_saved, step_jacobians
 from bpttbench.models import MODELS, unroll
@@ -36,11 +36,8 @@ TOL = {"float64": 1e-12, "float32": 2e-4}
 
 
 def _setup(model, dtype, seed, *, scale=1.0, seq_len=60, hidden=16, batch=5, init="orthogonal"):
-    spec = CellSpec(model, init, hidden, seq_len, scale, seed, 4, 1.0, 0.0, batch, 4, 1, "cpu",
-                    dtype, False, True, "torch")
-    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
-    w_out, target = readout_problem(hidden, batch, seed=seed)
-    return cell, x, w_out, target
+    return cell_problem(CellSpec(model, init, hidden, seq_len, scale, seed, 4, 1.0, 0.0, batch,
+                                 4, 1, "cpu", dtype, False, True, "torch"), "cpu")
 
 
 @pytest.fixture

@@ -20,18 +20,16 @@ import torch
 from bpttbench.config import CellSpec
 from bpttbench.gradient_flow import bptt_delta_cupy as kc
 from bpttbench.gradient_flow.bptt_deltas import delta_chain, log_abs_err, norm_rel_err
-from bpttbench.gradient_flow.cells import build_cell, make_inputs
-from bpttbench.gradient_flow.gradients import readout_problem
+from bpttbench.gradient_flow.cells import cell_problem
 from bpttbench.jacobians import cupy_kernels as ck
 
 pytestmark = pytest.mark.kernel_emulation
 
 
 def _args(model, dtype, hidden, batch, steps, seed, scale=1.0):
-    spec = CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1,
-                    "cpu", dtype, False, True, "torch")
-    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
-    w_out, target = readout_problem(hidden, batch, seed=seed)
+    cell, x, w_out, target = cell_problem(
+        CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1, "cpu",
+                 dtype, False, True, "torch"), "cpu")
     return model, cell.params(), x, cell.initial_state(batch), w_out, target
 
 

@@ -19,32 +19,23 @@ import torch
 from bpttbench.config import CellSpec
 from bpttbench.gradient_flow import bptt_delta_cupy as kc
 from bpttbench.gradient_flow.bptt_deltas import delta_chain, log_abs_err, norm_rel_err
-from bpttbench.gradient_flow.cells import build_cell, make_inputs
-from bpttbench.gradient_flow.gradients import readout_problem
+from bpttbench.gradient_flow.cells import cell_problem
 from bpttbench.jacobians import cupy_kernels as ck
 
 pytestmark = pytest.mark.kernel_emulation
 
 
-@pytest.fixture
-def kemu(emu):
-    """The emulator behind cupy_kernels (conftest's ``emu``): the kernel loads through the
-    engine's one loader, kernels/bptt_delta.cu with launch.cuh inlined."""
-    return emu
-
-
 def _args(model, dtype, hidden, batch, steps, seed, scale=1.0):
-    spec = CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1,
-                    "cpu", dtype, False, True, "torch")
-    cell, x = build_cell(spec, "cpu"), make_inputs(spec, "cpu")
-    w_out, target = readout_problem(hidden, batch, seed=seed)
+    cell, x, w_out, target = cell_problem(
+        CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1, "cpu",
+                 dtype, False, True, "torch"), "cpu")
     return model, cell.params(), x, cell.initial_state(batch), w_out, target
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
 @pytest.mark.parametrize("model,hidden,batch", [("rnn_tanh", 8, 3), ("rnn_relu", 33, 1),
                                                 ("rnn_linear", 300, 2)])
-def test_kernel_equals_torch_path(kemu, model, hidden, batch, dtype, tol, monkeypatch):
+def test_kernel_equals_torch_path(emu, model, hidden, batch, dtype, tol, monkeypatch):
     seed = int(np.random.SeedSequence().entropy % 10_000)
     print(f"seed={seed}")
     monkeypatch.setattr(kc, "STEPS_PER_LAUNCH", 7)  # several launches, lag offsets > 0
@@ -60,7 +51,7 @@ def test_kernel_equals_torch_path(kemu, model, hidden, batch, dtype, tol, monkey
     assert got.flow.loss == ref.flow.loss and got.flow.first_nonfinite_step is None
 
 
-def test_kernel_overflows_like_bptt(kemu):
+def test_kernel_overflows_like_bptt(emu):
     """float32 exploding linear RNN: inf at the same lag as the torch path, log scale finite."""
     args = _args("rnn_linear", "float32", 16, 2, 100, 3, scale=2.0)
     with torch.no_grad():  # W = 2 Q: the orthogonal init, scaled
@@ -75,18 +66,18 @@ def test_kernel_overflows_like_bptt(kemu):
     assert log_abs_err(got.log_norm_h_true, ref.log_norm_h_true) < 1e-5
 
 
-def test_one_launch_per_chunk_none_per_step(kemu):
+def test_one_launch_per_chunk_none_per_step(emu):
     """Launches do not grow with T within a chunk: 0 per step (costmodel.CUPY_DELTAS)."""
     from bpttbench.costmodel import CUPY_DELTAS
 
     def launches(steps):
-        before = len(kemu.launches)
+        before = len(emu.launches)
         delta_chain(*_args("rnn_tanh", "float32", 8, 2, steps, 0), backend="cupy")
-        return len(kemu.launches) - before
+        return len(emu.launches) - before
 
     assert launches(8) == launches(24) == 1
-    assert {launch.kernel for launch in kemu.launches} == {"bptt_delta_rnn_f32"}
-    assert "#define NTHREADS" in kemu.sources["bptt_delta_rnn_f32"]  # launch.cuh, inlined
+    assert {launch.kernel for launch in emu.launches} == {"bptt_delta_rnn_f32"}
+    assert "#define NTHREADS" in emu.sources["bptt_delta_rnn_f32"]  # launch.cuh, inlined
     assert CUPY_DELTAS["rnn"] == (launches(24) - launches(8)) / 16 == 0
 
 

@@ -66,6 +66,14 @@ def build_cell(spec: CellSpec, device: str) -> RecurrentCell:
                            bias_scale=spec.bias_scale, seed=spec.seed)
 
 
+def cell_problem(spec: CellSpec, device: str
+                 ) -> tuple[RecurrentCell, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cell, inputs, readout weights, target) of a cell: everything its BPTT runs on."""
+    cell, x = build_cell(spec, device), make_inputs(spec, device)
+    w_out, target = readout_problem(spec.hidden, spec.batch, seed=spec.seed)
+    return cell, x, w_out, target
+
+
 def _columns(values: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     return {k: np.asarray(v).tolist() for k, v in values.items()}
 
@@ -133,9 +141,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         record["precision"] = {"dtype": spec.dtype, "autocast": spec.precision,
                                "loss_scale": spec.loss_scale,
                                **apply_precision(spec.allow_tf32, spec.deterministic)}
-        cell = build_cell(spec, device)
-        x = make_inputs(spec, device)
-        w_out, target = readout_problem(spec.hidden, spec.batch, seed=spec.seed)
+        cell, x, w_out, target = cell_problem(spec, device)
         norm, radius = spectral_stats(spec.model, cell.weight_hh_l0)
         summary.update(spectral_norm_whh=norm, spectral_radius_whh=radius)
 
