@@ -57,7 +57,10 @@ def test_chain_equals_autograd(model, backend, dtype, seed):
     args = (model, cell.params(), x, cell.initial_state(x.shape[1]), w_out, target)
     ref = measure_gradient_flow(*args)
     got = delta_chain(*args, backend=backend)
-    assert np.isfinite(ref.log_norm_h).all()
+    # no overflow or NaN; rnn_relu may have an exactly zero gradient (every unit dead), which
+    # norm_rel_err counts as agreement only where both are 0
+    finite = np.isfinite(ref.log_norm_h) | (model == "rnn_relu") & np.isneginf(ref.log_norm_h)
+    assert finite.all()
     tol = TOL[dtype] if backend == "torch" else TOL["float32" if dtype == "float32" else "float64"]
     err = norm_rel_err(got.flow.log_norm_h, ref.log_norm_h)
     err_log = log_abs_err(got.log_norm_h_true, ref.log_norm_h)
