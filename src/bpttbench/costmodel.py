@@ -248,10 +248,13 @@ def full_frame_step(model: str, hidden: int, batch: int, dtype: str) -> StepCost
 
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
                dtype: str, backend: str = "torch", deterministic: bool = False,
-               full_frame: bool = True) -> StepCost:
+               full_frame: bool = True, forward_shared: bool = False) -> StepCost:
     """One step of the Jacobian chain: forward_saved plus the adjoint step (QR or rescale),
     and with ``full_frame`` (the gradient-flow cells: true singular values) one step of the
-    full-frame pass (:func:`full_frame_step`; its launches are in the counted tables)."""
+    full-frame pass (:func:`full_frame_step`; its launches are in the counted tables).
+    ``forward_shared``: the chain reads the BPTT-delta chain's forward record (a cell with
+    bptt_method jacobian_chain, gradient_flow.cells.shares_forward), whose cost
+    :func:`bptt_chain_step` counts: no forward_saved (tests/test_shared_forward.py)."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
     counts = launches_of(model, deterministic)
     saved_launches = counts["saved"]
@@ -271,6 +274,8 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
         launches = cupy_chain_launches(model, hidden, qr_every, dtype)
     else:
         launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
+    if forward_shared:
+        saved = ZERO
     step = saved + StepCost(mult + qr_flops, frame_bytes, launches)
     return step + full_frame_step(model, hidden, batch, dtype) if full_frame else step
 

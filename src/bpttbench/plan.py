@@ -14,7 +14,10 @@ post-processing steps), the per-step costs of ``costmodel`` and a machine of ``m
 
 Jobs the model does not cover are listed with ``est_seconds: null`` and left out of the
 total (the output says which): the claims stage (its experiments are many different kinds).
-Bench jobs are bounded by the config (``bench.max_op_s`` per op job).
+Bench jobs are bounded by the config (``bench.max_op_s`` per op job). Long-range runs that
+train the fused module (cuDNN on CUDA, ``long_range.fused``) are costed as the unrolled cell,
+an upper bound, and their jobs say so in ``note``: the fused module's launches can only be
+counted on a GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from . import costmodel as cm
 from .config import CellSpec, blocks_by_id
 from .gpus import Gpu, Reservation, choose_gpu, global_resources, job_request_mb
 from .gradient_flow.bptt_deltas import resolve_method
+from .gradient_flow.cells import shares_forward
 from .machines import Machine, get_machine
 from .memory import block_peak_bytes, estimate_cell, long_range_peak_bytes
 
@@ -53,14 +57,16 @@ def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
     k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
     det = spec.deterministic
     bptt = cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype, det)
-    if resolve_method(spec.bptt_method, machine.kind) == "jacobian_chain":
+    chain_method = resolve_method(spec.bptt_method, machine.kind) == "jacobian_chain"
+    if chain_method:
         every = spec.autograd_reference_every  # autograd on 1 in N cells (on average)
         bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
                                    spec.dtype, det, backend)
                 + bptt * (1.0 / every if every else 0.0))
     per_step = (bptt
                 + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
-                                spec.qr_every, spec.dtype, backend, det))
+                                spec.qr_every, spec.dtype, backend, det,
+                                forward_shared=chain_method and shares_forward(spec)))
     wall, dev = step_seconds(per_step * spec.seq_len, machine, spec.dtype)
     # per cell: weights, W_hh spectra (SVD + eigenvalues, ~30 H^3 per gate block), set-up
     g = cm.gate_count(spec.model)
@@ -88,6 +94,7 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
 
 
 def long_range_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, Any]]:
+    from .long_range.fused import resolve_fused
     from .long_range.sweep import long_range_blocks
     from .long_range.tasks import get_task
     from .long_range.train import FLOW_BATCH
@@ -95,7 +102,9 @@ def long_range_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, 
     jobs = []
     for block, runs in long_range_blocks(cfg).items():
         wall = dev = 0.0
+        fused = 0
         for r in runs:
+            fused += resolve_fused(r.fused, r.model, machine.kind)
             task = get_task(r.task)
             steps = task.seq_steps(r.seq_len)
             inp, out = task.input_size, task.output_size
@@ -116,6 +125,9 @@ def long_range_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[str, 
             "est_seconds": machine.startup_s + wall, "device_seconds": dev,
             "peak_memory_gib": peak / 2**30, "modelled": True,
         })
+        if fused:  # the fused module's own launches are not counted (no GPU here to count)
+            jobs[-1]["note"] = (f"upper bound: {fused} of {len(runs)} runs train the fused "
+                                "module (cuDNN), costed as the unrolled cell's launches")
     return jobs
 
 

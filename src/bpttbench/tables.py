@@ -90,6 +90,7 @@ def tables_from_records(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame
         row = {**_cell_values(rec), **rec["summary"]}
         row.update(
             jacobian_backend=rec.get("jacobian_backend"),
+            chain_forward=rec.get("chain_forward"),
             device=rec.get("device"),
             wall_s=rec.get("wall_s"),
             started_at=rec.get("started_at"),

@@ -80,6 +80,9 @@ SUMMARY_DOCS = {
     "empty where growth_rate_float64 is",
     "loss": "loss L at step T summed over the batch",
     "jacobian_backend": "engine that computed the Jacobian chain: numpy, torch or cupy",
+    "chain_forward": "forward record the Jacobian chain read: shared (the BPTT-delta chain's, "
+    "rebuilt from autograd's own trajectory: one forward pass per cell) or own "
+    "(jacobians.forward_saved); empty where the chain did not run",
     "device": "cpu or cuda",
     "wall_s": "wall time of the cell in seconds (BPTT + Jacobian chain)",
     "started_at": "UTC time the cell started (ISO 8601)",
@@ -147,6 +150,7 @@ TABLES = (
             "device_index": "int?", "memory_estimate_gib": "float?",
             "bptt_method": "str?", "grad_norm_rel_err_vs_autograd": "float?",
             "log_grad_norm_max_abs_err": "float?", "growth_rate_log_scale": "float?",
+            "chain_forward": "str?",
         },
         {"wall_s": "timing", "started_at": "timing", "finished_at": "timing"},
         compare="cells"),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..jacobians import NumpyBackend, Saved, TorchBackend
 from ..models import Params, State, unroll
+from .forward_record import CHUNK_BYTES, PARTS, saved_from_states
 from .gradients import (
     GradientFlow,
     first_nonfinite_step,
@@ -45,12 +46,6 @@ from .gradients import (
 )
 
 METHODS = ("auto", "autograd", "jacobian_chain")
-#: bytes of per-step temporaries (forward-record and adjoint-coefficient chunks, the frame
-#: rows of a chunk of lags) held at once
-CHUNK_BYTES = 16 * 2**20
-#: and at most 1/PARTS of the steps: temporaries stay a fraction of the per-step arrays
-#: (memory.estimate_cell bounds the cell; a few launches per chunk, none per step)
-PARTS = 8
 
 
 @dataclass
@@ -60,6 +55,17 @@ class DeltaChain:
     flow: GradientFlow  # working dtype, no rescaling (what autograd would report)
     log_norm_h_true: np.ndarray  # [T+1, B] float64: the rescaled (log-scale) column
     log_norm_c_true: np.ndarray | None  # LSTM: ln||dL/dc_t|| (autograd's) in log scale
+    saved: Saved | None = None  # the forward record, when asked to keep it (keep_saved)
+
+
+@dataclass
+class CellFlow:
+    """What :func:`measure_cell` measured: the flow the tables report, the BPTT method's
+    summary columns, and (``keep_saved``) the chain's forward record for the Lyapunov chain."""
+
+    flow: GradientFlow
+    summary: dict[str, Any]
+    saved: Saved | None = None
 
 
 def resolve_method(method: str, device: str) -> str:
@@ -77,75 +83,6 @@ def is_reference_cell(cell_id: str, every: int) -> bool:
     if every < 0:
         raise ValueError(f"gradient_flow.autograd_reference_every must be >= 0, got {every}")
     return every > 0 and zlib.crc32(cell_id.encode()) % every == 0
-
-
-# ------------------------------------------------------------------------ the forward record
-def _sech2(a: Tensor) -> Tensor:
-    e = torch.exp(-2.0 * a.abs())
-    return 4.0 * e / ((1.0 + e) * (1.0 + e))
-
-
-def _dsigmoid(a: Tensor) -> Tensor:
-    return torch.sigmoid(a) * torch.sigmoid(-a)
-
-
-def saved_from_states(model: str, params: Params, x: Tensor, states: list[State]) -> Saved:
-    """The Jacobian engine's forward record (:class:`~bpttbench.jacobians.Saved`) rebuilt
-    from the unrolled states s_0..s_T, for chunks of steps at once.
-
-    Pre-activations are recomputed from h_{t-1} and x_t (the states themselves are
-    autograd's); the derivative factors follow ``forward_saved`` (from pre-activations:
-    accurate when units saturate). Temporaries are bounded by ``CHUNK_BYTES``.
-    """
-    w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
-    b_ih, b_hh = params["bias_ih_l0"], params["bias_hh_l0"]
-    steps, batch = int(x.shape[0]), int(x.shape[1])
-    hidden, width = int(w_hh.shape[1]), int(w_hh.shape[0])
-    h0 = states[0][0]
-    kw = {"dtype": h0.dtype, "device": h0.device}
-    rnn, lstm = model.startswith("rnn_"), model == "lstm"
-    if rnn:
-        out = {"deriv": torch.empty(steps, batch, hidden, **kw)}
-    else:
-        out = {f: torch.empty(steps, batch, width, **kw) for f in ("gates", "dgates")}
-        out.update({f: torch.empty(steps, batch, hidden, **kw) for f in ("prev", "aux", "aux2")})
-    n = min(CHUNK_BYTES // (10 * batch * width * h0.element_size()), -(-steps // PARTS))
-    n = max(1, n)
-    for lo in range(0, steps, n):
-        hi = min(steps, lo + n)
-        h_prev = torch.stack([states[t][0] for t in range(lo, hi)])
-        gi = x[lo:hi] @ w_ih.T + b_ih
-        gh = h_prev @ w_hh.T + b_hh
-        if rnn:
-            a = gi + gh
-            if model == "rnn_tanh":
-                out["deriv"][lo:hi] = _sech2(a)
-            elif model == "rnn_relu":  # from h_t, as autograd's relu backward: the same 0/1
-                out["deriv"][lo:hi] = torch.stack([states[t + 1][0] for t in range(lo, hi)]) > 0
-            else:
-                out["deriv"][lo:hi] = 1.0
-        elif lstm:
-            a_i, a_f, a_g, a_o = (gi + gh).chunk(4, dim=-1)
-            out["gates"][lo:hi] = torch.cat([torch.sigmoid(a_i), torch.sigmoid(a_f),
-                                             torch.tanh(a_g), torch.sigmoid(a_o)], dim=-1)
-            out["dgates"][lo:hi] = torch.cat([_dsigmoid(a_i), _dsigmoid(a_f), _sech2(a_g),
-                                              _dsigmoid(a_o)], dim=-1)
-            out["prev"][lo:hi] = torch.stack([states[t][1] for t in range(lo, hi)])
-            c = torch.stack([states[t + 1][1] for t in range(lo, hi)])
-            out["aux"][lo:hi] = torch.tanh(c)
-            out["aux2"][lo:hi] = _sech2(c)
-        else:  # gru
-            i_r, i_z, i_n = gi.chunk(3, dim=-1)
-            h_r, h_z, h_n = gh.chunk(3, dim=-1)
-            a_r, a_z = i_r + h_r, i_z + h_z
-            r = torch.sigmoid(a_r)
-            a_n = i_n + r * h_n
-            out["gates"][lo:hi] = torch.cat([r, torch.sigmoid(a_z), torch.tanh(a_n)], dim=-1)
-            out["dgates"][lo:hi] = torch.cat([_dsigmoid(a_r), _dsigmoid(a_z), _sech2(a_n)], -1)
-            out["prev"][lo:hi] = h_prev
-            out["aux"][lo:hi] = h_n
-            out["aux2"][lo:hi] = torch.sigmoid(-a_z)  # 1 - z without cancellation
-    return Saved(model, hidden, steps, batch, w_hh, final_state=tuple(states[-1]), **out)
 
 
 # ------------------------------------------------------------------ array ops of two libraries
@@ -193,13 +130,17 @@ def _rows_per_chunk(row_bytes: int) -> int:
 
 
 def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Tensor,
-                target: Tensor, *, backend: str = "torch") -> DeltaChain:
+                target: Tensor, *, backend: str = "torch", keep_saved: bool = False
+                ) -> DeltaChain:
     """ln||dL/dh_{T-k}|| for k = 0..T by the one-column Jacobian chain (two columns: the
     working dtype unrescaled, and log scale); see the module doc.
 
     ``backend``: ``torch`` (the params' dtype and device), ``numpy`` (the chain in float64
     on the CPU, from the same forward trajectory: a reference for the chain arithmetic) or
     ``cupy`` (one persistent kernel per chunk of steps, ``bptt_delta_cupy``).
+    ``keep_saved``: return the forward record (torch, the params' dtype and device) in the
+    result, for ``analyse_chain(saved=...)``: the Lyapunov chain then reads the same trajectory
+    and runs no forward of its own.
     """
     if backend not in ("torch", "numpy", "cupy"):
         raise ValueError(f"delta chain backend {backend!r}; allowed: torch, numpy, cupy")
@@ -211,13 +152,15 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
         loss = float(0.5 * (resid ** 2).sum())
         delta_T = resid @ w_o  # dL/dh_T, as autograd computes it
         first_bad = first_nonfinite_step(states)
-        saved = saved_from_states(model, params, x, states)
+        # this module's chunk bounds (read here: tests set them on bptt_deltas)
+        saved = saved_from_states(model, params, x, states, chunk_bytes=CHUNK_BYTES,
+                                  parts=PARTS)
         del states
-        if backend == "cupy" and not model.startswith("rnn_"):
-            return _run_cupy_gated(saved, delta_T, loss, first_bad,
-                                   str(h_T.dtype).removeprefix("torch."))
+        kept = saved if keep_saved else None
+        grad_dtype = str(h_T.dtype).removeprefix("torch.")
         if backend == "cupy":
-            return _run_cupy(saved, delta_T, loss, first_bad, str(h_T.dtype).removeprefix("torch."))
+            run = _run_cupy if model.startswith("rnn_") else _run_cupy_gated
+            return replace(run(saved, delta_T, loss, first_bad, grad_dtype), saved=kept)
         if backend == "numpy":
             bk: Any = NumpyBackend()
             fields = ("w_hh", "deriv", "gates", "dgates", "prev", "aux", "aux2")
@@ -227,8 +170,8 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
             delta_T = delta_T.cpu().numpy().astype(np.float64)
         else:
             bk = TorchBackend(h_T.device, h_T.dtype)
-        return _run(saved, bk, _Ops(backend), delta_T, loss, first_bad,
-                    str(h_T.dtype).removeprefix("torch."))
+        return replace(_run(saved, bk, _Ops(backend), delta_T, loss, first_bad, grad_dtype),
+                       saved=kept)
 
 
 def _run(saved: Saved, bk: Any, ops: _Ops, delta_T: Any, loss: float, first_bad: int | None,
@@ -468,14 +411,16 @@ def method_summary(method: str, chain: DeltaChain | None, reference: GradientFlo
 
 
 def measure_cell(spec: Any, params: Params, x: Tensor, state0: State, w_out: Tensor,
-                 target: Tensor, device: str) -> tuple[GradientFlow, dict[str, Any]]:
+                 target: Tensor, device: str, *, keep_saved: bool = False) -> CellFlow:
     """A gradient-flow cell's BPTT by its ``bptt_method`` (a CellSpec): the flow the tables
     report and the method's summary columns. With the chain, autograd also runs on the
-    sampled reference cells (``autograd_reference_every``) and is compared in the summary."""
+    sampled reference cells (``autograd_reference_every``) and is compared in the summary.
+    ``keep_saved``: with the chain, also return its forward record (for the Lyapunov chain);
+    autograd keeps none."""
     method = resolve_method(spec.bptt_method, device)
     if method == "autograd":
         flow = measure_gradient_flow(spec.model, params, x, state0, w_out, target)
-        return flow, method_summary(method, None, None)
+        return CellFlow(flow, method_summary(method, None, None))
     backend = "numpy" if spec.jacobian_backend == "numpy" else "torch"
     if torch.device(device).type == "cuda" and spec.jacobian_backend in ("auto", "cupy"):
         from .bptt_delta_cupy import unusable_reason
@@ -485,8 +430,9 @@ def measure_cell(spec: Any, params: Params, x: Tensor, state0: State, w_out: Ten
         if why:
             warnings.warn(f"BPTT deltas by the torch path, not the CuPy kernel: {why}",
                           RuntimeWarning, stacklevel=2)  # once per reason, not per cell
-    chain = delta_chain(spec.model, params, x, state0, w_out, target, backend=backend)
-    ref = None
+    ref = None  # first: autograd's graph is freed before the kept forward record is made
     if is_reference_cell(spec.cell_id, spec.autograd_reference_every):
         ref = measure_gradient_flow(spec.model, params, x, state0, w_out, target)
-    return chain.flow, method_summary(method, chain, ref)
+    chain = delta_chain(spec.model, params, x, state0, w_out, target, backend=backend,
+                        keep_saved=keep_saved)
+    return CellFlow(chain.flow, method_summary(method, chain, ref), chain.saved)

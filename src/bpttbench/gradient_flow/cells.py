@@ -22,6 +22,7 @@ from ..config import CellSpec
 from ..gpus import assigned_gpu_index
 from ..hardware import apply_precision, resolve_device
 from ..io import run_checkpointed
+from ..jacobians import Saved
 from ..memory import estimate_cell, release, too_large_reason
 from ..models import RecurrentCell, init_parameters, spectral_stats, state_size
 from ..precision import (
@@ -84,8 +85,10 @@ def warmups(spec: CellSpec) -> tuple[int, int]:
     return min(spec.warmup_forward, cap), min(spec.warmup_align, cap)
 
 
-def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor) -> dict[str, Any]:
-    """Lyapunov spectrum (after the warm-ups) and true chain singular values."""
+def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor, saved: Saved | None = None
+           ) -> dict[str, Any]:
+    """Lyapunov spectrum (after the warm-ups) and true chain singular values; ``saved``: the
+    BPTT-delta chain's forward record of the same trajectory (no second forward pass)."""
     from ..jacobians import analyse_chain, report_lags
 
     k = min(spec.lyapunov_k, state_size(spec.model, spec.hidden))
@@ -94,7 +97,7 @@ def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor) -> dict[str, An
         res = analyse_chain(spec.model, cell.params(), x, cell.initial_state(spec.batch), k=k,
                             qr_every=spec.qr_every, backend=spec.jacobian_backend,
                             warmup_forward=wf, warmup_align=wa,
-                            sv_lags=report_lags(spec.seq_len))
+                            sv_lags=report_lags(spec.seq_len), saved=saved)
     lags = res.sv_lags
     return {
         "backend": res.backend,
@@ -124,6 +127,14 @@ def _chain(spec: CellSpec, cell: RecurrentCell, x: torch.Tensor) -> dict[str, An
     }
 
 
+def shares_forward(spec: CellSpec) -> bool:
+    """Does the Lyapunov chain read the BPTT-delta chain's forward record (one forward pass
+    per cell)? When both run in the cell's dtype on a backend that takes a torch record:
+    not for half-precision cells (their chain runs on a float32 copy) nor the numpy backend
+    (its forward is float64); autograd cells make no record."""
+    return spec.dtype not in LOW_DTYPES and spec.jacobian_backend != "numpy"
+
+
 def run_cell(spec: CellSpec) -> dict[str, Any]:
     """Measure one cell. Never raises for a numerical blow-up: status says what happened."""
     started, t0 = now_iso(), time.perf_counter()
@@ -146,10 +157,12 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         summary.update(spectral_norm_whh=norm, spectral_radius_whh=radius)
 
         prec = cell_precision(spec)
+        saved = None  # the BPTT-delta chain's forward record, shared with the Lyapunov chain
         if prec.is_default:  # autograd, or the one-column Jacobian chain (bptt_deltas)
-            flow, method = measure_cell(spec, cell.params(), x, cell.initial_state(spec.batch),
-                                        w_out, target, device)
-            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0), **method)
+            measured = measure_cell(spec, cell.params(), x, cell.initial_state(spec.batch),
+                                    w_out, target, device, keep_saved=shares_forward(spec))
+            flow, saved = measured.flow, measured.saved
+            summary.update(precision_summary(spec, prec, flow, None, 1.0, 0), **measured.summary)
         else:  # the precision study: autocast and/or loss scaling, float64 reference
             sf = scaled_flow(spec.model, cell.params(), x, cell.initial_state(spec.batch), w_out,
                              target, prec)
@@ -184,7 +197,9 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
             if spec.dtype in LOW_DTYPES:  # no half-precision chain: float32, same weights
                 chain = _chain(spec, *float32_copy(spec, cell, x, device))
             else:
-                chain = _chain(spec, cell, x)
+                chain = _chain(spec, cell, x, saved)
+            record["chain_forward"] = "own" if saved is None else "shared"
+            saved = None
             record["lyapunov"], record["chain_spectrum"] = chain["lyapunov"], chain["chain_spectrum"]
             record["jacobian_backend"] = chain["backend"]
             summary.update(chain["summary"])

@@ -161,6 +161,27 @@ def slice_saved(saved: Saved, lo: int, hi: int) -> Saved:
     return replace(saved, steps=hi - lo, **arrays)
 
 
+def check_shared_record(saved: Saved, backend: str, model: str,
+                        params: Mapping[str, torch.Tensor], x: torch.Tensor) -> Saved:
+    """``saved`` if it is a forward record of this model, shape, dtype and device that the
+    chain ``backend`` can adopt; else a ValueError naming the mismatch."""
+    if backend not in ("torch", "cupy"):
+        raise ValueError(f"a shared forward record needs the torch or cupy backend, not "
+                         f"{backend!r} (numpy runs its own float64 forward)")
+    w = params["weight_hh_l0"]
+    want = (model, int(w.shape[1]), int(x.shape[0]), int(x.shape[1]))
+    have = (saved.model, saved.hidden, saved.steps, saved.batch)
+    if have != want:
+        raise ValueError(f"shared forward record is (model, H, T, B) = {have}; the chain "
+                         f"needs {want}")
+    rec = saved.w_hh
+    if not isinstance(rec, torch.Tensor) or (rec.dtype, rec.device) != (w.dtype, w.device):
+        raise ValueError("shared forward record must hold torch tensors of the params' dtype "
+                         f"and device ({w.dtype}, {w.device}), got {type(rec).__name__} "
+                         f"{getattr(rec, 'dtype', '?')} on {getattr(rec, 'device', '?')}")
+    return saved
+
+
 def check_warmups(steps: int, warmup_forward: int, warmup_align: int) -> None:
     for name, v in (("warmup_forward", warmup_forward), ("warmup_align", warmup_align)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
@@ -197,6 +218,7 @@ def analyse_chain(
     warmup_align: int = 0,
     singular_values: bool = True,
     sv_lags: np.ndarray | None = None,
+    saved: Saved | None = None,
 ) -> ChainResult:
     """Lyapunov exponents, frame stretching and true singular values of the adjoint chain.
 
@@ -207,6 +229,11 @@ def analyse_chain(
     products at ``sv_lags`` (default: every lag), the sum of all exponents and mean
     ln|det J|. It costs several times the k-frame chain; claims that need only the
     exponents switch it off.
+
+    ``saved``: a forward record of this very (params, x, state0) already made on the params'
+    device and dtype (a gradient-flow cell's BPTT-delta chain makes one from autograd's own
+    trajectory, ``bptt_deltas.saved_from_states``): the chain then runs no forward pass of its
+    own. Only for the torch and cupy backends (numpy's forward is float64 on the CPU).
     """
     check_model(model)
     hidden = int(params["weight_hh_l0"].shape[1])
@@ -220,7 +247,10 @@ def analyse_chain(
         check_warmups(int(x.shape[0]), warmup_forward, warmup_align)
     name = resolve_backend(backend, params)
     forward_bk, bk, adopt = chain_backends(name, params)
-    saved = adopt(forward_saved(model, params, x, state0, forward_bk))
+    if saved is None:
+        saved = adopt(forward_saved(model, params, x, state0, forward_bk))
+    else:
+        saved = adopt(check_shared_record(saved, name, model, params, x))
     totals, rows = run_chain(saved, bk, k, int(qr_every))
     steps = saved.steps
     ff = None
