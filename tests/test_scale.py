@@ -315,6 +315,30 @@ def test_plan_json(capsys):
     assert main(["plan", "estimate", "--config", "config/config.yaml", "--machine", "nope"]) == 2
 
 
+def test_plan_launches_per_step_are_the_cells_step_costs():
+    """A gradient-flow job's launches_per_step is the step-weighted mean of its cells'
+    cost-model launches; on CUDA a jacobian_chain cell shares its forward record (no
+    forward_saved launches), on the CPU an autograd cell runs the chain's own forward."""
+    from bpttbench import costmodel as cm
+    from bpttbench.config import blocks_by_id, load
+    from bpttbench.machines import MACHINES
+    from bpttbench.plan import cell_step, gradient_flow_jobs
+
+    cfg = load("config/gpu.yaml")
+    h100 = MACHINES["h100"]
+    jobs = {j["job"]: j for j in gradient_flow_jobs(cfg, h100)}
+    for block, cells in blocks_by_id(cfg).items():
+        want = (sum(cell_step(c, h100).launches * c.seq_len for c in cells)
+                / sum(c.seq_len for c in cells))
+        assert jobs[f"gradient_flow_block[{block}]"]["launches_per_step"] == pytest.approx(want)
+    spec = next(iter(blocks_by_id(cfg).values()))[0]
+    k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
+    args = (spec.model, spec.hidden, spec.batch, spec.input_size, k, spec.qr_every, spec.dtype)
+    own = cm.chain_step(*args, "torch", spec.deterministic).launches
+    shared = cm.chain_step(*args, "torch", spec.deterministic, forward_shared=True).launches
+    assert own - shared == cm.launches_of(spec.model, spec.deterministic)["saved"] > 0
+
+
 def test_gpu_yaml_fits_one_hour_on_one_h100():
     """config/gpu.yaml is sized to at most one hour on one H100 by the cost model, with
     T = 10^4 and hidden 256 kept."""

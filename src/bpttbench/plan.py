@@ -50,8 +50,9 @@ def step_seconds(cost: cm.StepCost, machine: Machine, dtype: str) -> tuple[float
     return (max(host, device) if machine.kind == "cuda" else host + device), device
 
 
-def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
-    """(wall, device-busy) seconds of one gradient-flow cell."""
+def cell_step(spec: CellSpec, machine: Machine) -> cm.StepCost:
+    """One time step of a gradient-flow cell on ``machine``: its BPTT (autograd, or the
+    Jacobian chain plus autograd on the sampled reference cells) and its Lyapunov chain."""
     backend = "cupy" if machine.kind == "cuda" and spec.jacobian_backend in ("auto", "cupy") \
         else "torch"
     k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
@@ -63,11 +64,15 @@ def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
         bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
                                    spec.dtype, det, backend)
                 + bptt * (1.0 / every if every else 0.0))
-    per_step = (bptt
-                + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
-                                spec.qr_every, spec.dtype, backend, det,
-                                forward_shared=chain_method and shares_forward(spec)))
-    wall, dev = step_seconds(per_step * spec.seq_len, machine, spec.dtype)
+    return (bptt
+            + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,
+                            spec.qr_every, spec.dtype, backend, det,
+                            forward_shared=chain_method and shares_forward(spec)))
+
+
+def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
+    """(wall, device-busy) seconds of one gradient-flow cell."""
+    wall, dev = step_seconds(cell_step(spec, machine) * spec.seq_len, machine, spec.dtype)
     # per cell: weights, W_hh spectra (SVD + eigenvalues, ~30 H^3 per gate block), set-up
     g = cm.gate_count(spec.model)
     fixed = cm.StepCost(30.0 * g * spec.hidden**3, 0.0, 200.0)
@@ -82,6 +87,8 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
         # cells that cannot fit in the machine's memory are recorded too_large, not run
         fits = [c for c in cells if estimate_cell(c, device).peak_bytes <= machine.memory_bytes]
         times = [cell_seconds(c, machine) for c in fits]
+        steps = sum(c.seq_len for c in fits)
+        launches = sum(cell_step(c, machine).launches * c.seq_len for c in fits)
         peak = block_peak_bytes(fits or cells, device)
         jobs.append({
             "job": f"gradient_flow_block[{block}]", "rule": "gradient_flow_block",
@@ -89,6 +96,8 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
             "est_seconds": machine.startup_s + sum(t for t, _ in times),
             "device_seconds": sum(d for _, d in times),
             "peak_memory_gib": peak / 2**30, "modelled": True,
+            # kernel launches per time step, averaged over the block's steps (by the model)
+            "launches_per_step": launches / steps if steps else None,
         })
     return jobs
 
@@ -232,11 +241,13 @@ def plan(cfg: Mapping[str, Any], machine: Machine, n_gpus: int = 1) -> dict[str,
 def _format(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"machine {m['name']} ({m['kind']}; {m['source']})",
-             f"{'job':58s} {'est':>10s} {'peak GiB':>9s}"]
+             f"{'job':58s} {'est':>10s} {'peak GiB':>9s} {'launches/step':>14s}"]
     for j in result["jobs"]:
         est = "n/a" if j["est_seconds"] is None else f"{j['est_seconds']:.1f}s"
         peak = "" if j["peak_memory_gib"] is None else f"{j['peak_memory_gib']:.2f}"
-        lines.append(f"{j['job']:58s} {est:>10s} {peak:>9s}")
+        per_step = j.get("launches_per_step")
+        launches = "" if per_step is None else f"{per_step:.1f}"
+        lines.append(f"{j['job']:58s} {est:>10s} {peak:>9s} {launches:>14s}")
     lines.append(f"total on {result['gpus']} {'GPU' if m['kind'] == 'cuda' else 'lane'}(s): "
                  f"{result['total_hours']:.3f} h "
                  f"(serial {result['serial_hours']:.3f} h)")
