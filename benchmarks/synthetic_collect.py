@@ -23,11 +23,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bpttbench import contract
 from bpttbench.config import blocks_by_id, load
 from bpttbench.gradient_flow.blocks import reported_lags
 from bpttbench.gradient_flow.gradients import QUANTILES
 from bpttbench.models import state_size
 from bpttbench.tables import CELL_KEYS
+
+SUMMARY = contract.table("summary")
+
+
+def _filler(table: contract.Table, rng: np.random.Generator) -> dict[str, object]:
+    """A value of its kind for every column the contract requires of ``table`` (collect
+    validates the tables it writes against the contract)."""
+    fill = {"float": lambda: float(rng.standard_normal()), "int": lambda: 1,
+            "str": lambda: "synthetic", "bool": lambda: False, "any": lambda: None}
+    return {c.name: fill[c.kind]() for c in table.columns if not c.optional}
 
 
 def _block_tables(cells, lags_mode: str, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
@@ -52,8 +63,8 @@ def _block_tables(cells, lags_mode: str, rng: np.random.Generator) -> dict[str, 
         cs.append(pd.DataFrame({**key, "lag": np.repeat(chain_lags, k),
                                 "index": np.tile(np.arange(1, k + 1), chain_lags.size),
                                 "log_sv": rng.standard_normal(chain_lags.size * k)}))
-        su.append({**key, "growth_rate": float(rng.standard_normal()), "status": "ok",
-                   "lyapunov_max": float(rng.standard_normal()), "wall_s": 1.0})
+        su.append({**_filler(SUMMARY, rng), **key, "growth_rate": float(rng.standard_normal()),
+                   "status": "ok", "lyapunov_max": float(rng.standard_normal()), "wall_s": 1.0})
     return {"gradient_flow": pd.concat(gf, ignore_index=True),
             "lyapunov": pd.concat(ly, ignore_index=True),
             "chain_spectrum": pd.concat(cs, ignore_index=True), "summary": pd.DataFrame(su)}
