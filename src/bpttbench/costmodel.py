@@ -24,32 +24,32 @@ ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 #: torch launches per step (and per call: the fixed part), counted by the profiler on the CPU.
 #: bptt: measure_gradient_flow (unrolled forward with autograd, backward, norm reduction);
-#: saved: jacobians.forward_saved; chain_qr / chain_rescale: the torch run_chain step with /
-#: without a QR (analyse_chain less forward_saved; since the true singular values these include
-#: the full-frame pass, which QRs a D x D frame every step and updates the float64 triangular
-#: factor A = R A with its column logs on the device, 13 launches of the step: the rescale step
-#: costs more launches than the QR step because the full-frame pass then runs beside the
-#: k-frame rescale);
+#: saved: jacobians.forward_saved; chain_qr / chain_rescale: a step of analyse_chain less
+#: forward_saved, with qr_every = 1 / without a QR. Both include the full-frame pass (true
+#: singular values), which QRs a D x D frame every step and updates the float64 triangular
+#: factor A = R A with its column logs on the device. With qr_every = 1 the pass is all of
+#: it: its first k columns are the k-frame chain (chain.k_frame_from_full), which then does
+#: not run; without a QR the k-frame rescale runs beside it;
 #: train: one update of the long-range
 #: model per time step, train_update its fixed part (loss, norms, clipping, Adam);
 #: eval: no-grad forward per time step.
 TORCH_LAUNCHES: dict[str, dict[str, float]] = {
-    "rnn_tanh": {"bptt": 8, "saved": 17, "chain_qr": 57, "chain_rescale": 73, "train": 17,
+    "rnn_tanh": {"bptt": 8, "saved": 17, "chain_qr": 33, "chain_rescale": 73, "train": 17,
                  "train_update": 94, "eval": 6},
-    "rnn_relu": {"bptt": 8, "saved": 10, "chain_qr": 57, "chain_rescale": 73, "train": 17,
+    "rnn_relu": {"bptt": 8, "saved": 10, "chain_qr": 33, "chain_rescale": 73, "train": 17,
                  "train_update": 94, "eval": 6},
-    "rnn_linear": {"bptt": 6, "saved": 7, "chain_qr": 57, "chain_rescale": 73, "train": 15,
+    "rnn_linear": {"bptt": 6, "saved": 7, "chain_qr": 33, "chain_rescale": 73, "train": 15,
                    "train_update": 94, "eval": 5},
-    "lstm": {"bptt": 28, "saved": 55, "chain_qr": 55, "chain_rescale": 70, "train": 37,
+    "lstm": {"bptt": 28, "saved": 55, "chain_qr": 32, "chain_rescale": 70, "train": 37,
              "train_update": 93, "eval": 14},
-    "gru": {"bptt": 30, "saved": 43, "chain_qr": 55, "chain_rescale": 70, "train": 40,
+    "gru": {"bptt": 30, "saved": 43, "chain_qr": 32, "chain_rescale": 70, "train": 40,
             "train_update": 92, "eval": 16},
 }
 #: launches that torch.use_deterministic_algorithms(True) (config ``deterministic: true``, the
 #: default) adds per step to TORCH_LAUNCHES: torch then fills every uninitialised allocation
 #: (one more launch each). The chain and optimizer phases allocate alike for every model;
 #: per-model entries add to (or, for ``train_update``, replace) the shared ones.
-_DETERMINISTIC_FILLS_SHARED = {"chain_qr": 27, "chain_rescale": 26, "train_update": 36}
+_DETERMINISTIC_FILLS_SHARED = {"chain_qr": 14, "chain_rescale": 26, "train_update": 36}
 DETERMINISTIC_FILLS: dict[str, dict[str, float]] = {
     "rnn_tanh": {"saved": 6},
     "rnn_relu": {"saved": 3},
@@ -126,35 +126,40 @@ CUPY_CUSTOM_KERNELS = {part: n[0] for part, n in CUPY_STEP_LAUNCHES.items()}
 CUPY_PERSISTENT_MAX_H = 128
 
 
-def cupy_chain_parts(model: str, hidden: int, qr_every: int, warmups: bool = True
-                     ) -> dict[str, float]:
+def cupy_chain_parts(model: str, hidden: int, qr_every: int, warmups: bool = True,
+                     full_frame: bool = True) -> dict[str, float]:
     """Steps of each part of CUPY_STEP_LAUNCHES per time step of analyse_chain on CUDA.
 
-    The full-frame pass runs once per step. With qr_every > 1 and warm-ups (the pipeline's
-    cells have them), the exponents' window comes from a second k-frame run over the window
-    (about T more steps: analyse_chain's _window_exponents), so the k-frame part counts twice.
+    The full-frame pass runs once per step (with ``full_frame``). With qr_every = 1 the
+    k-frame chain is read off it (chain.k_frame_from_full) and does not run. With
+    qr_every > 1 and warm-ups (the pipeline's cells have them), the exponents' window comes
+    from a second k-frame run over the window (about T more steps: analyse_chain's
+    _window_exponents), so the k-frame part counts twice.
     """
     qr_share = 1.0 / qr_every
-    runs = 2.0 if qr_every > 1 and warmups else 1.0
+    if full_frame and qr_every == 1:
+        runs = 0.0
+    else:
+        runs = 2.0 if qr_every > 1 and warmups else 1.0
     if model.startswith("rnn_"):
         kind = "persistent" if hidden <= CUPY_PERSISTENT_MAX_H else "tiled"
-        parts = {"full_frame_rnn": 1.0}
+        parts = {"full_frame_rnn": 1.0} if full_frame else {}
     else:
-        kind, parts = "gated", {"full_frame_gated": 1.0}
-    if kind == "persistent":
+        kind, parts = "gated", {"full_frame_gated": 1.0} if full_frame else {}
+    if runs and kind == "persistent":
         parts["persistent"] = runs
-    else:
+    elif runs:
         parts[f"{kind}_qr"] = runs * qr_share
         parts[f"{kind}_rescale"] = runs * (1 - qr_share)
     return parts
 
 
 def cupy_chain_launches(model: str, hidden: int, qr_every: int, dtype: str,
-                        warmups: bool = True) -> float:
+                        warmups: bool = True, full_frame: bool = True) -> float:
     """CuPy launches per step of analyse_chain (k-frame chain + full-frame pass) on CUDA;
     float32 adds the full-frame pass's float64 cast of R."""
-    parts = cupy_chain_parts(model, hidden, qr_every, warmups)
-    cast = 1 if ITEMSIZE[dtype] < 8 else 0
+    parts = cupy_chain_parts(model, hidden, qr_every, warmups, full_frame)
+    cast = 1 if ITEMSIZE[dtype] < 8 and full_frame else 0
     return sum(n * sum(CUPY_STEP_LAUNCHES[p]) for p, n in parts.items()) + cast
 
 
@@ -263,6 +268,7 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
                      + _elementwise_bytes(saved_launches, batch, g * hidden, item) / g,
                      saved_launches)
     qr_share = 1.0 / qr_every
+    k_frame = 0.0 if full_frame and qr_every == 1 else 1.0  # else read off the full frame
     if model.startswith("rnn_"):
         mult = 2 * batch * hidden * hidden * k
         frame_bytes = batch * d * k * item * 3 + hidden * hidden * item
@@ -271,12 +277,12 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
         frame_bytes = 4 * batch * d * d * item + batch * d * k * item * 3
     qr_flops = 4 * batch * d * k * k * qr_share + 3 * batch * d * k * (1 - qr_share)
     if backend == "cupy":
-        launches = cupy_chain_launches(model, hidden, qr_every, dtype)
+        launches = cupy_chain_launches(model, hidden, qr_every, dtype, full_frame=full_frame)
     else:
         launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
     if forward_shared:
         saved = ZERO
-    step = saved + StepCost(mult + qr_flops, frame_bytes, launches)
+    step = saved + StepCost((mult + qr_flops) * k_frame, frame_bytes * k_frame, launches)
     return step + full_frame_step(model, hidden, batch, dtype) if full_frame else step
 
 

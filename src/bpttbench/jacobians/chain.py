@@ -154,6 +154,17 @@ def run_chain(
             bk.to_numpy(bk.stack(acc.rows, 0)).astype(np.float64))
 
 
+def k_frame_from_full(logdiag: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`run_chain`'s (totals [B, k], rows [T, k]) with a QR every step, read off the
+    full-frame pass's ln|diag R| [T, B, D] instead of a second chain: the full frame starts
+    with the k-frame as its first k columns (``frame.full_frame``), and a QR's first k columns
+    and R entries depend on the first k columns alone (Gram-Schmidt), so its first k logs at
+    every lag are the k-frame chain's (equal to rounding; tests/test_jacobians.py)."""
+    with np.errstate(invalid="ignore"):  # -inf (a dead relu direction) + -inf stays -inf
+        cum = np.cumsum(logdiag[:, :, :k], axis=0)
+        return cum[-1].copy(), cum.mean(axis=1)
+
+
 def slice_saved(saved: Saved, lo: int, hi: int) -> Saved:
     """The forward record of steps [lo, hi) only (a chain of hi - lo steps ending at hi)."""
     arrays = {f: getattr(saved, f)[lo:hi] for f in ("deriv", "gates", "dgates", "prev", "aux",
@@ -251,13 +262,16 @@ def analyse_chain(
         saved = adopt(forward_saved(model, params, x, state0, forward_bk))
     else:
         saved = adopt(check_shared_record(saved, name, model, params, x))
-    totals, rows = run_chain(saved, bk, k, int(qr_every))
     steps = saved.steps
     ff = None
     if singular_values:
         itemsize = bk.itemsize(saved.w_hh)
         ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k),
                               chunk=_chunk_steps(saved.batch, saved.dim, itemsize))
+    if ff is not None and qr_every == 1:
+        totals, rows = k_frame_from_full(ff.logdiag, k)
+    else:
+        totals, rows = run_chain(saved, bk, k, int(qr_every))
     if ff is not None and qr_every == 1:
         # the full frame's first k columns are the k-frame (same start, QR every step)
         window = ff.logdiag[wa:steps - wf, :, :k].sum(axis=0) / (steps - wf - wa)
