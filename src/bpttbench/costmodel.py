@@ -260,8 +260,7 @@ def full_frame_step(model: str, hidden: int, batch: int, dtype: str) -> StepCost
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
                dtype: str, backend: str = "torch", deterministic: bool = False,
                full_frame: bool = True) -> StepCost:
-    """One step of the Jacobian chain: forward_saved (on cupy up to CUPY_FORWARD_MAX_H: the
-    forward record kernel, 0 launches a step) plus the adjoint step (QR or rescale),
+    """One step of the Jacobian chain: forward_saved plus the adjoint step (QR or rescale),
     and with ``full_frame`` (the gradient-flow cells: true singular values) one step of the
     full-frame pass (:func:`full_frame_step`; its launches are in the counted tables)."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
@@ -269,7 +268,9 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
     saved_launches = counts["saved"]
     saved_bytes = _elementwise_bytes(saved_launches, batch, g * hidden, item) / g
     if backend == "cupy" and hidden <= CUPY_FORWARD_MAX_H[model].get(dtype, 0):
-        saved_launches = CUPY_FORWARD_RECORD  # the forward kernel: gi read, the record written
+        # forward_saved on cupy is the forward record kernel, 0 launches a step (counted by
+        # tests/kernel_emulation/test_forward_record_kernel.py): gi read, the record written
+        saved_launches = CUPY_FORWARD_RECORD
         saved_bytes = batch * (g * hidden + (hidden if g == 1 else 2 * g * hidden + 3 * hidden)
                                ) * item
     saved = StepCost(2 * batch * (inputs + hidden) * g * hidden,
