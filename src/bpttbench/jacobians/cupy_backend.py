@@ -6,8 +6,9 @@
 the column-rescale kernel do the QR and rescale steps in place, the gate-Jacobian kernels
 build the LSTM/GRU Jacobians, the persistent RNN kernel runs the whole chain
 (:meth:`CupyBackend.fused_chain`) when the frame fits in shared memory, and the forward
-record kernel runs forward_saved (:meth:`CupyBackend.forward_record`, :mod:`.cupy_forward`). The chain loop
-itself is :func:`bpttbench.jacobians.loop.frame_loop`, the same for every backend.
+record kernel runs forward_saved (:meth:`CupyBackend.forward_record`, :mod:`.cupy_forward`).
+The chain loop itself is :func:`bpttbench.jacobians.loop.frame_loop`, the same for every
+backend.
 
 Names of the kernels module that callers used from here (``cupy_available``,
 ``cupy_dtype``, ``torch_stream``, the launch wrappers and constants) are re-exported; this
