@@ -69,6 +69,43 @@ def test_analyse_chain_cupy_matches_numpy(model, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("model", ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_record_kernel_matches_numpy(model, dtype):
+    """forward_saved on the cupy backend (kernels/forward_record.cu, chunks of 7 steps) against
+    the float64 NumPy record of the same (rounded) inputs, normwise per field: float64 1e-12,
+    float32 1e-5 (elementwise checks: tests/kernel_emulation/test_forward_record_kernel.py)."""
+    from bpttbench.jacobians import cupy_forward
+    from bpttbench.jacobians.analytic import forward_saved
+    from bpttbench.jacobians.backends import NumpyBackend
+
+    _, _, cuda_params, cuda_x = _cuda_case(model, dtype, hidden=300, steps=30)
+    state0 = tuple(torch.randn(3, 300, generator=torch.Generator().manual_seed(5 + i),
+                               dtype=torch.float64).to("cuda", dtype)
+                   for i in range(2 if model == "lstm" else 1))
+    p64 = {n: p.to("cpu", torch.float64) for n, p in cuda_params.items()}
+    ref = forward_saved(model, p64, cuda_x.to("cpu", torch.float64),
+                        tuple(s.to("cpu", torch.float64) for s in state0), NumpyBackend())
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cupy_forward, "STEPS_PER_LAUNCH", 7)
+    try:
+        got = forward_saved(model, cuda_params, cuda_x, state0,
+                            cupy_backend.CupyBackend(cupy_kernels.cupy_dtype(dtype)))
+    finally:
+        mp.undo()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    names = ["deriv"] if model.startswith("rnn_") else ["gates", "dgates", "prev", "aux", "aux2"]
+    pairs = [(getattr(got, n), getattr(ref, n)) for n in names]
+    pairs += list(zip(got.final_state, ref.final_state, strict=True))
+    for a, b in pairs:
+        a = cupy_kernels.cp.asnumpy(a).astype(np.float64)
+        if model == "rnn_relu" and a.shape == b.shape and a.ndim == 3:  # 0/1: kinks may flip
+            assert (a != b).mean() < 1e-3
+            continue
+        assert np.abs(a - b).max() <= tol * np.abs(b).max()
+
+
+@gpu
 def test_cupy_ten_thousand_steps_at_scale_two_float32():
     cell = RecurrentCell("rnn_linear", 2, 32, dtype=torch.float32, device="cuda")
     init_parameters(cell, "orthogonal", 2.0, seed=5)

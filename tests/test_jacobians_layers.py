@@ -20,8 +20,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = "bpttbench.jacobians"
 #: the engine's layers, lowest first: a module imports only from earlier entries
-LAYERS = ("frame", "backends", "analytic", "cupy_kernels", "cupy_backend", "registry", "loop",
-          "spectrum", "chain", "__init__")
+LAYERS = ("frame", "backends", "analytic", "cupy_kernels", "cupy_forward", "cupy_backend",
+          "registry", "loop", "spectrum", "chain", "__init__")
 ENGINE_FILES = sorted((SRC / "bpttbench" / "jacobians").glob("*.py"))
 
 

@@ -1,4 +1,4 @@
-"""Every CUDA kernel file (the engine's and the BPTT delta kernel, bptt_delta.cu) compiles to
+"""Every CUDA kernel file (the engine's, the forward record's and the BPTT delta kernels) compiles to
 a cubin for sm_80 (A100), sm_90 (H100) and sm_100 (B200).
 
 Runs in CI without a GPU. NVRTC, the compiler cupy.RawModule uses, comes from the
@@ -39,7 +39,7 @@ NVCC = _nvcc()
 def test_kernel_files_exist_and_document_themselves():
     names = {p.name for p in KERNEL_FILES}
     assert {"rnn_chain.cu", "gate_jacobians.cu", "batched_qr.cu", "bptt_delta.cu",
-            "bptt_delta_gated.cu"} <= names
+            "bptt_delta_gated.cu", "forward_record.cu"} <= names
     for path in KERNEL_FILES:
         head = path.read_text().split("\n\n", 1)[0].lower()
         assert head.startswith("//"), f"{path.name} must open with a comment block"

@@ -301,6 +301,34 @@ def test_cupy_gated_delta_launches_are_the_forward_only(model):
             assert n[1] == n[2] == torch_path[model]
 
 
+@pytest.mark.parametrize("model", ["rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru"])
+def test_cupy_chain_step_counts_the_forward_record_kernel(model):
+    """On the cupy backend the chain step's forward record is the kernel (kernels/
+    forward_record.cu: 0 launches a step, counted by tests/kernel_emulation/
+    test_forward_record_kernel.py) up to its H limit; beyond it (and on torch) forward_saved's
+    torch launches (TORCH_LAUNCHES "saved" + the deterministic fills)."""
+    from bpttbench.costmodel import (
+        CUPY_FORWARD_MAX_H,
+        CUPY_FORWARD_RECORD,
+        chain_step,
+        cupy_chain_launches,
+        launches_of,
+    )
+
+    def launches(hidden, backend, qr_every, dtype, det):
+        return chain_step(model, hidden, 4, 4, 3, qr_every, dtype, backend, det).launches
+
+    for dtype, h_max in CUPY_FORWARD_MAX_H[model].items():
+        for det in (False, True):
+            for qr_every in (1, 10):
+                case = (qr_every, dtype, det)
+                chain = cupy_chain_launches(model, h_max, qr_every, dtype)
+                saved = launches_of(model, det)["saved"]
+                assert launches(h_max, "cupy", *case) == chain + CUPY_FORWARD_RECORD == chain
+                assert launches(h_max + 1, "cupy", *case) == chain + saved
+                assert launches(h_max, "torch", *case) > saved
+
+
 def test_plan_json(capsys):
     import json
 

@@ -81,6 +81,17 @@ CUPY_DELTAS = {"rnn": 0, "lstm": 0, "gru": 0}
 #: bptt_delta_gated.cu); beyond, delta_chain falls back to the torch path
 CUPY_DELTAS_MAX_H = {"lstm": {"float32": 896, "float64": 448},
                      "gru": {"float32": 1344, "float64": 672}}
+#: the cupy backend's forward record (jacobians.cupy_forward, kernels/forward_record.cu) in
+#: place of TORCH_LAUNCHES' "saved": one persistent launch per chunk of up to 4096 steps, 0 per
+#: step (counted through the kernel-emulation stand-in by
+#: tests/kernel_emulation/test_forward_record_kernel.py); the input part x W_ih^T + b_ih is one
+#: matmul for all steps per call (amortised over T: not counted per step)
+CUPY_FORWARD_RECORD = 0
+#: largest H the forward record kernel takes (48 KB of shared memory: h twice, the LSTM's c);
+#: beyond, the cupy backend runs torch's forward ("saved")
+CUPY_FORWARD_MAX_H = {**{m: {"float32": 6144, "float64": 3072}
+                         for m in ("rnn_tanh", "rnn_relu", "rnn_linear", "gru")},
+                      "lstm": {"float32": 4096, "float64": 2048}}
 #: of delta_chain's torch launches per step, those of the unrolled forward (the rest is the chain)
 FORWARD_LAUNCHES = {"rnn_tanh": 6, "rnn_relu": 6, "rnn_linear": 5, "lstm": 14, "gru": 16}
 FORWARD_LAUNCHES_DETERMINISTIC = {**FORWARD_LAUNCHES, "gru": 17}
@@ -263,10 +274,15 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
     counts = launches_of(model, deterministic)
     saved_launches = counts["saved"]
+    saved_bytes = _elementwise_bytes(saved_launches, batch, g * hidden, item) / g
+    if backend == "cupy" and hidden <= CUPY_FORWARD_MAX_H[model].get(dtype, 0):
+        # forward_saved on cupy is the forward record kernel, 0 launches a step (counted by
+        # tests/kernel_emulation/test_forward_record_kernel.py): gi read, the record written
+        saved_launches = CUPY_FORWARD_RECORD
+        saved_bytes = batch * (g * hidden + (hidden if g == 1 else 2 * g * hidden + 3 * hidden)
+                               ) * item
     saved = StepCost(2 * batch * (inputs + hidden) * g * hidden,
-                     g * hidden * hidden * item
-                     + _elementwise_bytes(saved_launches, batch, g * hidden, item) / g,
-                     saved_launches)
+                     g * hidden * hidden * item + saved_bytes, saved_launches)
     qr_share = 1.0 / qr_every
     k_frame = 0.0 if full_frame and qr_every == 1 else 1.0  # else read off the full frame
     if model.startswith("rnn_"):

@@ -13,7 +13,8 @@ Public API:
 
 Layers, each importing only from the ones above it (tests/test_jacobians_layers.py):
 frame (NumPy utilities) -> backends (protocol; numpy, torch) -> analytic (J_t) ->
-cupy_kernels (loader, launch wrappers) -> cupy_backend -> registry (every backend by name)
+cupy_kernels (loader, launch wrappers) -> cupy_forward (the forward record kernel) ->
+cupy_backend -> registry (every backend by name)
 -> loop (the one chain loop) -> spectrum (full-frame pass) -> chain (analyse_chain).
 """
 

@@ -96,9 +96,15 @@ def forward_saved(
     state0: tuple[Array, ...] | None,
     bk: ArrayBackend,
 ) -> Saved:
-    """Run the cell over x [T, B, input] on backend ``bk`` and keep what the Jacobians need."""
+    """Run the cell over x [T, B, input] on backend ``bk`` and keep what the Jacobians need.
+
+    A backend with a forward kernel answers :meth:`ArrayBackend.forward_record` (the cupy
+    backend: kernels/forward_record.cu, the same formulas); the others run the loop below."""
     check_model(model)
     hidden, batch = _check_shapes(model, params, x, state0)
+    record = bk.forward_record(model, params, x, state0)  # the cupy backend's kernel
+    if record is not None:
+        return record
     with torch.no_grad():
         w_ih, w_hh, b_ih, b_hh = (bk.asarray(params[n]) for n in PARAM_NAMES)
         xs = bk.asarray(x)

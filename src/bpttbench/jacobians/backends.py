@@ -18,7 +18,8 @@ small CPU loops on one thread). Arithmetic operators (``+ - * / @``) work on eve
 The chain hooks (:meth:`ArrayBackend.qr_accumulate`, :meth:`~ArrayBackend.rescale_accumulate`,
 :meth:`~ArrayBackend.adjoint_apply`) are the steps of the one chain loop; a backend with
 kernels overrides them, and answers :meth:`~ArrayBackend.build_jacobians` and
-:meth:`~ArrayBackend.fused_chain` (``None`` here: no kernels, use the generic formulas).
+:meth:`~ArrayBackend.fused_chain` and :meth:`~ArrayBackend.forward_record` (``None`` here: no
+kernels, use the generic formulas).
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class ArrayBackend(Protocol):
                            ) -> tuple[Array, Array, Array]: ...
     def fused_chain(self, saved: Saved, k: int, qr_every: int, frame0: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray] | None: ...
+    def forward_record(self, model: str, params: Any, x: Array, state0: Any) -> Saved | None:
+        """analytic.forward_saved's record by a backend's own kernel, or None (the formulas)."""
+        ...
 
 
 class XpBackend:
@@ -222,6 +226,10 @@ class XpBackend:
     def fused_chain(self, saved: Saved, k: int, qr_every: int, frame0: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray] | None:
         """None: no fused whole-chain kernel here, the chain runs the Python loop."""
+        return None
+
+    def forward_record(self, model: str, params: Any, x: Array, state0: Any) -> Saved | None:
+        """None: no forward kernel here, forward_saved runs the cell step by step."""
         return None
 
     def qr_accumulate(self, m: Array, total: Array, scale: Array) -> tuple[Array, Array, Array]:

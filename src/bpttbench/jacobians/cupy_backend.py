@@ -4,9 +4,11 @@
 :class:`~bpttbench.jacobians.backends.ArrayBackend` answered by the kernels of
 :mod:`.cupy_kernels`: the tiled RNN step and the batched matmul apply J^T, the MGS QR and
 the column-rescale kernel do the QR and rescale steps in place, the gate-Jacobian kernels
-build the LSTM/GRU Jacobians, and the persistent RNN kernel runs the whole chain
-(:meth:`CupyBackend.fused_chain`) when the frame fits in shared memory. The chain loop
-itself is :func:`bpttbench.jacobians.loop.frame_loop`, the same for every backend.
+build the LSTM/GRU Jacobians, the persistent RNN kernel runs the whole chain
+(:meth:`CupyBackend.fused_chain`) when the frame fits in shared memory, and the forward
+record kernel runs forward_saved (:meth:`CupyBackend.forward_record`, :mod:`.cupy_forward`).
+The chain loop itself is :func:`bpttbench.jacobians.loop.frame_loop`, the same for every
+backend.
 
 Names of the kernels module that callers used from here (``cupy_available``,
 ``cupy_dtype``, ``torch_stream``, the launch wrappers and constants) are re-exported; this
@@ -24,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from bpttbench.jacobians import cupy_forward
 from bpttbench.jacobians import cupy_kernels as ck
-from bpttbench.jacobians.analytic import Saved
-from bpttbench.jacobians.backends import AdjointApply, NumpyBackend
+from bpttbench.jacobians.analytic import Saved, forward_saved
+from bpttbench.jacobians.backends import AdjointApply, NumpyBackend, TorchBackend
 from bpttbench.jacobians.cupy_kernels import (  # noqa: F401 - re-exported for callers
     F64,
     KERNEL_DIR,
@@ -188,6 +191,19 @@ class CupyBackend(NumpyBackend):
                 rows[lag0 : lag0 + n] = buf.mean(axis=1)
                 lag0 += n
             return cp.asnumpy(total), cp.asnumpy(rows)
+
+    def forward_record(self, model: str, params: Any, x: Any, state0: Any) -> Saved:
+        """forward_saved's record by kernels/forward_record.cu (:mod:`.cupy_forward`) when it
+        takes the H and dtype; else the torch forward on the params' device, shared into CuPy,
+        with a warning naming why (once per reason)."""
+        w = params["weight_hh_l0"]
+        why = cupy_forward.unusable_reason(model, int(w.shape[1]), w.dtype)
+        if not why:
+            return cupy_forward.record(model, params, x, state0, self)
+        warnings.warn(f"forward record by the torch path, not the CuPy kernel: {why}",
+                      RuntimeWarning, stacklevel=3)
+        torch_bk = TorchBackend(w.device, w.dtype)
+        return saved_to_cupy(forward_saved(model, params, x, state0, torch_bk), self.dtype)
 
     def build_jacobians(self, saved: Saved, lo: int, hi: int) -> Any:
         """J_{i+1} for i in [lo, hi) with the gate-Jacobian kernels: [hi-lo, B, D, D]."""

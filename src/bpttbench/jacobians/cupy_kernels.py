@@ -14,7 +14,9 @@ constants and the one dtype instantiation, ``FOR_FLOAT_TYPES``, that every file 
 - ``bptt_delta.cu``: the vanilla RNN's two-column BPTT chain (working dtype and rescaled) as
   one persistent kernel per chunk of steps (used by ``bpttbench.gradient_flow.bptt_delta_cupy``);
 - ``bptt_delta_gated.cu``: the same chain for the LSTM and GRU (coefficient products, W_hh^T,
-  LSTM's dL/dc carry, norms and rescale), one persistent kernel per chunk of steps.
+  LSTM's dL/dc carry, norms and rescale), one persistent kernel per chunk of steps;
+- ``forward_record.cu``: the cell's forward pass with the record ``analytic.forward_saved``
+  keeps, one persistent kernel per chunk of steps (driven by :mod:`.cupy_forward`).
 
 The wrappers here only check shapes and dtypes and launch (every launch of the engine goes
 through them; the kernel-emulation tests put a stand-in ``cupy`` in :data:`cp`). Data from
@@ -54,6 +56,9 @@ KERNEL_ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "batched_qr.cu": ("mgs_qr_logdiag",),
     "bptt_delta.cu": ("bptt_delta_rnn",),
     "bptt_delta_gated.cu": ("bptt_delta_lstm", "bptt_delta_gru"),
+    "forward_record.cu": ("forward_record_rnn_tanh", "forward_record_rnn_relu",
+                          "forward_record_rnn_linear", "forward_record_lstm",
+                          "forward_record_gru"),
 }
 _DEFINE = re.compile(r"^#define ([A-Z_]+) (\d+)$", re.M)
 
@@ -360,4 +365,55 @@ def bptt_delta_gated(model: str, k, a, f, w_hh, frame, rows, *, t_first: int,
     kern = _kernel("bptt_delta_gated.cu", f"bptt_delta_{model}", dt)
     coef = (k, a, f) if model == "lstm" else (k, a)
     args = (*coef, w_hh, frame, rows, _i32(batch), _i32(hidden), _i32(t_first), _i32(n_steps))
+    kern((batch,), (NTHREADS,), args, shared_mem=smem)
+
+
+#: the Saved fields forward_record.cu writes, in its argument order
+FORWARD_FIELDS = {"rnn": ("deriv",), "lstm": ("gates", "dgates", "prev", "aux", "aux2"),
+                  "gru": ("gates", "dgates", "prev", "aux", "aux2")}
+_FORWARD_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, **_GATES}
+
+
+def forward_record_smem_bytes(model: str, hidden: int, dtype: Any) -> int:
+    """Dynamic shared memory of forward_record_<model>: h twice (read one half, write the
+    other) and, for the LSTM, c."""
+    return (3 if model == "lstm" else 2) * hidden * cupy_dtype(dtype).itemsize
+
+
+def forward_record(model: str, gi, w_hh_t, b_hh, h, c, outs: dict[str, Any], *, t_first: int,
+                   n_steps: int) -> None:
+    """Steps t_first .. t_first + n_steps - 1 of the cell's forward in one launch: the state
+    h (and the LSTM's c) [B, H] in place, the record rows t of ``outs`` (FORWARD_FIELDS of the
+    model: [T, B, G] gates/dgates, [T, B, H] the rest) from gi [T, B, G] = x W_ih^T + b_ih,
+    w_hh_t [H, G] = W_hh^T and b_hh [G] (forward_record.cu's opening comment)."""
+    if model not in _FORWARD_GATES:
+        raise ValueError(f"forward record kernel: model {model!r}; allowed: "
+                         f"{', '.join(_FORWARD_GATES)}")
+    steps, batch, width = gi.shape
+    dt = gi.dtype
+    hidden = width // _FORWARD_GATES[model]
+    _check(gi, (steps, batch, _FORWARD_GATES[model] * hidden), dt, "gi")
+    _check(w_hh_t, (hidden, width), dt, "w_hh_t")
+    _check(b_hh, (width,), dt, "b_hh")
+    _check(h, (batch, hidden), dt, "h")
+    if model == "lstm":
+        _check(c, (batch, hidden), dt, "c")
+    elif c is not None:
+        raise ValueError(f"{model}: c must be None (only the LSTM carries a cell state)")
+    fields = FORWARD_FIELDS["rnn" if model.startswith("rnn_") else model]
+    if set(outs) != set(fields):
+        raise ValueError(f"{model}: outs must be {', '.join(fields)}, got {', '.join(outs)}")
+    for name in fields:
+        wide = name in ("gates", "dgates")
+        _check(outs[name], (steps, batch, width if wide else hidden), dt, name)
+    if not (0 <= t_first and 1 <= n_steps and t_first + n_steps <= steps):
+        raise ValueError(f"bad step range t_first={t_first}, n_steps={n_steps} for T={steps}")
+    smem = forward_record_smem_bytes(model, hidden, dt)
+    if smem > DEFAULT_SMEM:
+        raise ValueError(f"{model} H = {hidden} in {np.dtype(dt)} needs {smem} B of shared "
+                         f"memory; the kernel takes {DEFAULT_SMEM}")
+    kern = _kernel("forward_record.cu", f"forward_record_{model}", dt)
+    state = (h, c) if model == "lstm" else (h,)
+    args = (gi, w_hh_t, b_hh, *state, *(outs[n] for n in fields), _i32(batch), _i32(hidden),
+            _i32(t_first), _i32(n_steps))
     kern((batch,), (NTHREADS,), args, shared_mem=smem)

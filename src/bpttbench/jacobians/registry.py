@@ -63,8 +63,10 @@ class BackendEntry:
     """One backend: how to build it and where its forward pass runs.
 
     chain:     the backend the chain runs on, for these params
-    forward:   the backend forward_saved runs on (the params' device and dtype, or float64)
-    adopt:     the forward record moved to the chain backend's arrays (zero copy for CuPy)
+    forward:   the backend forward_saved runs on (the params' device and dtype, or float64;
+               CuPy: its forward kernel, or torch's forward shared by DLPack past its limits)
+    adopt:     the forward record moved to the chain backend's arrays (CuPy: torch tensors
+               shared by DLPack, zero copy; the kernel's record is CuPy already)
     check:     raises, naming why, when the backend cannot run these params here
     prefers:   whether ``auto`` picks this backend for these params
     owns:      whether an array belongs to this backend (for :func:`backend_for`)
@@ -90,7 +92,7 @@ REGISTRY: dict[str, BackendEntry] = {
         BackendEntry("torch", _torch_for, _torch_for, _same, _usable_anywhere, lambda p: True,
                      lambda a: isinstance(a, torch.Tensor),
                      lambda a: TorchBackend(a.device, a.dtype)),
-        BackendEntry("cupy", _cupy_chain, _torch_for, saved_to_cupy, _cupy_check,
+        BackendEntry("cupy", _cupy_chain, _cupy_chain, saved_to_cupy, _cupy_check,
                      lambda p: _on_cuda(p) and cupy_kernels.cupy_available()[0],
                      lambda a: type(a).__module__.startswith("cupy"), _cupy_from_array),
     )
