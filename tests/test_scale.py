@@ -465,3 +465,26 @@ def test_synthetic_collect_benchmark_runs(tmp_path):
     assert out.returncode == 0
     assert "collect: peak RSS" in out.stdout
     assert (tmp_path / "tables" / "summary.csv").exists()
+
+
+def test_release_empties_torch_and_cupy_caches(monkeypatch):
+    """Between cells, memory.release empties torch's CUDA cache and, when CuPy ran (the
+    chain's kernels, the forward record), CuPy's pool, whose cached blocks torch cannot reuse."""
+    import sys
+    import types
+
+    from bpttbench.memory import release
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("torch"))
+    pool = types.SimpleNamespace(free_all_blocks=lambda: calls.append("cupy"))
+    fake = types.SimpleNamespace(get_default_memory_pool=lambda: pool)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    release("cuda")
+    assert calls == ["torch", "cupy"]
+    calls.clear()
+    release("cpu")
+    assert calls == []
+    monkeypatch.delitem(sys.modules, "cupy")
+    release("cuda")  # CuPy never imported: not imported now either
+    assert calls == ["torch"] and "cupy" not in sys.modules

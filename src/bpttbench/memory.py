@@ -54,11 +54,16 @@ def too_large_reason(spec: CellSpec, device: str) -> str | None:
 
 
 def release(device: str) -> None:
-    """Give memory back between cells: collect cycles, empty the CUDA cache."""
+    """Give memory back between cells: collect cycles, empty the CUDA caches (torch's, and
+    CuPy's pool when the chain's kernels ran: its cached blocks are not torch's to reuse)."""
     import gc
+    import sys
 
     gc.collect()
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.empty_cache()
+        cupy = sys.modules.get("cupy")
+        if cupy is not None:
+            cupy.get_default_memory_pool().free_all_blocks()
