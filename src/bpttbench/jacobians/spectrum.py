@@ -259,10 +259,9 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
         st["lo"] = lo
 
     def on_qr(lag: int, i: int, m: Array) -> Array:
-        q, logd = bk.qr_logdiag(m)
-        r = (bk.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
-        st["u"], lognrm = bk.unit_columns64(bk.f64(r) @ st["u"])  # R_lag A_{lag-1}
-        st["logc"] = st["logc"] + lognrm
+        # M = Q R; A_lag = R_lag A_{lag-1} with unit columns and float64 logs (one backend
+        # hook: the generic formulas, or the cupy backend's fused kernels)
+        q, logd, st["u"], st["logc"] = bk.full_frame_step(m, st["u"], st["logc"], mask)
         if lag in want:
             kept_u.add(st["u"])
             kept_c.add(st["logc"])
