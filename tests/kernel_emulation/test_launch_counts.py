@@ -1,5 +1,7 @@
 """CuPy launches per step of the chain, counted through the kernel-emulation stand-in, against
-the cost model's table (bpttbench.costmodel.CUPY_CUSTOM_KERNELS)."""
+the cost model's tables (bpttbench.costmodel.CUPY_CUSTOM_KERNELS: our kernels;
+CUPY_STEP_LAUNCHES: ours and CuPy's own, the latter counted by the stand-in's counting arrays,
+emuarrays.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import math
 import numpy as np
 import pytest
 
-from bpttbench.costmodel import CUPY_CUSTOM_KERNELS
+from bpttbench.costmodel import CUPY_CUSTOM_KERNELS, CUPY_STEP_LAUNCHES
 from bpttbench.jacobians import cupy_backend as cb
 from bpttbench.jacobians.chain import run_chain
+from bpttbench.jacobians.spectrum import full_frame_chain
 from bpttbench.validation import kernels as vk
 
-F32 = np.float32
+F32, F64 = np.float32, np.float64
 pytestmark = pytest.mark.kernel_emulation  # runs the kernels through the stand-in (g++)
 
 
@@ -83,3 +86,34 @@ def test_analyse_chain_launches_per_step(emu, monkeypatch, model, hidden, qr_eve
     print(model, hidden, qr_every, "kernels per step", (n16 - n8) / 8, parts)
     assert (n16 - n8) / 8 == sum(n * CUPY_CUSTOM_KERNELS[p] for p, n in parts.items())
     assert any(p.startswith("full_frame") for p in parts)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("model", "hidden"), [("rnn_tanh", 6), ("rnn_tanh", 130), ("lstm", 3),
+                                               ("gru", 5)])
+def test_full_frame_launches_per_step(emu_ops, rng_seed, dtype, model, hidden):
+    """The full-frame pass per step on the emulated cupy backend: our kernels (J^T F for the
+    RNNs, the out-of-place QR, full_frame_update) and CuPy's own launches (the matmuls; no
+    copy of M, no memset, no mask, no float32 cast, no element-wise ops), the same in float32
+    and float64, against CUPY_STEP_LAUNCHES. (Before the fused step: (2, 14) and (1, 15),
+    float32 one more.) The difference of T = 16 and T = 8 leaves out the per-cell and
+    per-chunk work (ln|det|, Jacobian build, read-backs)."""
+    seed = rng_seed % 10_000
+    emu = emu_ops
+
+    def count(steps):
+        saved = vk._random_model_saved(model, 2, hidden, steps, seed)
+        saved = vk._to_cupy_saved(vk._round_saved(saved, dtype), dtype)
+        bk = cb.CupyBackend(dtype, rnn_path="tiled")
+        n_own, n_ops = len(emu.launches), len(emu.array_ops)
+        full_frame_chain(saved, bk, np.array([steps]))
+        return len(emu.launches) - n_own, emu.array_ops[n_ops:]
+
+    (own16, ops16), (own8, ops8) = count(16), count(8)
+    per_step = ((own16 - own8) / 8, (len(ops16) - len(ops8)) / 8)
+    extra = sorted(set(ops16) - {"matmul"})
+    print(model, hidden, np.dtype(dtype), "launches per step (ours, CuPy's):", per_step,
+          "per-cell ops:", sorted(set(ops8)))
+    key = "full_frame_rnn" if model.startswith("rnn_") else "full_frame_gated"
+    assert per_step == CUPY_STEP_LAUNCHES[key]
+    assert all(ops16.count(op) == ops8.count(op) for op in extra), extra  # none per step
