@@ -20,8 +20,9 @@
 // Launch: grid = (ceil(D / FULL_FRAME_COLS), B), block = (NTHREADS = 256, launch.cuh); each
 //   block computes FULL_FRAME_COLS (= 8, launch.cuh) columns j0.. of one batch element. Warp w
 //   takes the rows i = w, w + 8, ...; its lanes split the k >= i of row i (coalesced reads of
-//   R's row), each against the block's columns of U staged in shared memory, and reduce by
-//   shuffles in a fixed order. Dynamic shared memory: (D + NTHREADS/32 + 1) * FULL_FRAME_COLS
+//   R's row), each against the block's columns of U staged in shared memory column by column
+//   (consecutive lanes read consecutive k: no bank conflicts), and reduce by shuffles in a
+//   fixed order. Dynamic shared memory: (D + NTHREADS/32 + 1) * FULL_FRAME_COLS
 //   doubles (the U tile, the per-warp sums of squares, the reciprocal norms).
 // Limits: any D with that shared memory within the device's opt-in maximum (D = 512, the
 //   LSTM's 2H at H = 256: 33 KB; the wrapper cupy_kernels.full_frame_update opts in above 48 KB
@@ -39,7 +40,7 @@ __device__ void full_frame_update_impl(const T* __restrict__ R, const double* __
     extern __shared__ double smem[];
     const int C = FULL_FRAME_COLS;
     const int nwarps = NTHREADS / 32;
-    double* tile = smem;                 // [D][C] the block's columns of U (0 past column D)
+    double* tile = smem;                 // [C][D] the block's columns of U (0 past column D)
     double* ssw = tile + (size_t)D * C;  // [nwarps][C] per-warp sums of squares
     double* inv = ssw + nwarps * C;      // [C] 1 / n_j (0 for a zero column)
     const int b = blockIdx.y, j0 = blockIdx.x * C;
@@ -52,7 +53,7 @@ __device__ void full_frame_update_impl(const T* __restrict__ R, const double* __
 
     for (int o = threadIdx.x; o < D * C; o += blockDim.x) {
         const int k = o / C, jj = o - k * C;
-        tile[o] = jj < nc ? u[(size_t)k * D + j0 + jj] : 0.0;
+        tile[(size_t)jj * D + k] = jj < nc ? u[(size_t)k * D + j0 + jj] : 0.0;
     }
     __syncthreads();
 
@@ -63,7 +64,7 @@ __device__ void full_frame_update_impl(const T* __restrict__ R, const double* __
         for (int jj = 0; jj < C; ++jj) acc[jj] = 0.0;
         for (int k = i + lane; k < D; k += 32) {  // upper triangle of row i only
             const double rik = (double)r[(size_t)i * D + k];
-            for (int jj = 0; jj < C; ++jj) acc[jj] += rik * tile[(size_t)k * C + jj];
+            for (int jj = 0; jj < C; ++jj) acc[jj] += rik * tile[(size_t)jj * D + k];
         }
         for (int jj = 0; jj < C; ++jj) {
             const double vij = warp_sum(acc[jj]);  // every lane holds the row's value
