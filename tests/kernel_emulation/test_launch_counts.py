@@ -137,3 +137,42 @@ def test_full_frame_launches_per_step(emu_ops, rng_seed, dtype, model, hidden):
     key = "full_frame_rnn" if model.startswith("rnn_") else "full_frame_gated"
     assert per_step == FULL_FRAME_FUSED[key] == CUPY_STEP_LAUNCHES[key]
     assert all(ops16.count(op) == ops8.count(op) for op in extra), extra  # none per step
+
+
+def test_counting_arrays_count_one_launch_per_cupy_op(emu_ops, rng_seed):
+    """The counting stand-in (emuarrays.py) records one launch per op CuPy runs on the device
+    and none for views, allocations and no-op casts; values are numpy's."""
+    from bpttbench.jacobians import cupy_kernels as ck
+
+    cp, ops = ck.cp, emu_ops.array_ops
+    host = np.random.default_rng(rng_seed).standard_normal((2, 3, 3))
+    a = cp.asarray(host, dtype=F64)
+    assert ops == ["h2d"]
+    cases = [  # (operation, the ops it records)
+        (lambda: cp.empty((2, 3)), []), (lambda: cp.empty_like(a), []),
+        (lambda: a.transpose(0, 2, 1), []), (lambda: cp.swapaxes(a, -1, -2), []),
+        (lambda: a[0], []), (lambda: a.reshape(6, 3), []), (lambda: a.astype(F64, copy=False), []),
+        (lambda: a[..., None, :], []), (lambda: cp.diagonal(a, 0, -2, -1), []),
+        (lambda: cp.zeros((2, 3)), ["memset"]), (lambda: cp.eye(3), ["eye"]),
+        (lambda: a * a, ["multiply"]), (lambda: 1.0 / a, ["divide"]), (lambda: a > 0, ["greater"]),
+        (lambda: a @ a, ["matmul"]), (lambda: cp.matmul(a, a, out=cp.empty_like(a)), ["matmul"]),
+        (lambda: a.sum(-2), ["add.reduce"]), (lambda: a.mean(1), ["mean"]),
+        (lambda: cp.where(a > 0, a, 0.0), ["greater", "where"]), (lambda: cp.log(cp.abs(a)),
+                                                                   ["absolute", "log"]),
+        (lambda: a.astype(F32), ["astype"]), (lambda: a.copy(), ["copy"]),
+        (lambda: cp.array(a, copy=True), ["copy"]), (lambda: cp.stack([a, a], 0), ["stack"]),
+        (lambda: a[np.array([1, 0])], ["take"]),
+        (lambda: cp.ascontiguousarray(a.transpose(0, 2, 1)), ["copy"]),
+        (lambda: cp.ascontiguousarray(a), []),
+    ]
+    for op, want in cases:
+        del ops[:]
+        out = op()
+        assert ops == want, (want, ops)
+        assert isinstance(out, np.ndarray) and type(out).__name__ == "DeviceArray"
+    del ops[:]
+    b = cp.zeros((2, 3))
+    b[...] = 0.5
+    assert ops == ["memset", "setitem"]
+    got = cp.asnumpy(cp.where(a > 0, a, 0.0) @ a)
+    assert type(got) is np.ndarray and np.array_equal(got, np.where(host > 0, host, 0.0) @ host)
