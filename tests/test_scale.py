@@ -322,7 +322,7 @@ def test_cupy_chain_step_counts_the_forward_record_kernel(model):
         for det in (False, True):
             for qr_every in (1, 10):
                 case = (qr_every, dtype, det)
-                chain = cupy_chain_launches(model, h_max, qr_every, dtype)
+                chain = cupy_chain_launches(model, h_max, qr_every)
                 saved = launches_of(model, det)["saved"]
                 assert launches(h_max, "cupy", *case) == chain + CUPY_FORWARD_RECORD == chain
                 assert launches(h_max + 1, "cupy", *case) == chain + saved

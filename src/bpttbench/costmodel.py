@@ -114,12 +114,14 @@ def launches_of(model: str, deterministic: bool) -> dict[str, float]:
 #:   + scale = 0 + row mean, or rescale step = colnorm_rescale + row mean;
 #: - k-frame chain, vanilla RNN above the persistent kernel's limit: the tiled step kernel in
 #:   place of the matmul; within it (H <= 128) one launch runs a chunk of steps (~0 per step);
-#: - full-frame pass (true singular values, every cell; QR every step): J^T F (the tiled kernel
-#:   or a matmul), a copy of M, zeroed logs, mgs_qr_logdiag, Q^T M and its upper-triangle
-#:   mask, then on the device in float64 (bpttbench.jacobians.spectrum) V = R A (a matmul),
-#:   its unit columns and logs (v*v, sum, sqrt, > 0, 1/x, where, scale, log: 8) and the log
-#:   accumulation; float32 adds one float64 cast of R. Its results (per-step logs, the A of
-#:   the reported lags) come back in transfers of 256 MiB at most (a few per cell), not per step.
+#: - full-frame pass (true singular values, every cell; QR every step; CupyBackend.full_frame_step):
+#:   J^T F (the tiled kernel or a matmul), the out-of-place MGS QR (mgs_qr_logdiag_out: logs
+#:   written, M kept), R = Q^T M (a matmul) and full_frame_update (full_frame.cu: the float64
+#:   A = triu(R) A with unit columns and accumulated logs; it reads R's upper triangle in the
+#:   working dtype: no mask, no float32 cast), in float32 and float64 alike (counted with the
+#:   stand-in's counting arrays, test_launch_counts.py). Its results (per-step logs, the A of
+#:   the reported lags) come back in transfers of spectrum.RESULT_BYTES at most (a few per
+#:   cell), not per step.
 #: Per-chunk work (the gate-Jacobian kernel, ln|det J|) is amortised over the steps of a
 #: CHUNK_BYTES chunk: not counted.
 CUPY_STEP_LAUNCHES: dict[str, tuple[int, int]] = {
@@ -128,8 +130,8 @@ CUPY_STEP_LAUNCHES: dict[str, tuple[int, int]] = {
     "tiled_qr": (2, 3),
     "tiled_rescale": (2, 1),
     "persistent": (0, 0),
-    "full_frame_rnn": (2, 14),
-    "full_frame_gated": (1, 15),
+    "full_frame_rnn": (3, 1),
+    "full_frame_gated": (2, 2),
 }
 #: of which our own kernels (RawKernel launches), per step, by part
 CUPY_CUSTOM_KERNELS = {part: n[0] for part, n in CUPY_STEP_LAUNCHES.items()}
@@ -165,13 +167,12 @@ def cupy_chain_parts(model: str, hidden: int, qr_every: int, warmups: bool = Tru
     return parts
 
 
-def cupy_chain_launches(model: str, hidden: int, qr_every: int, dtype: str,
+def cupy_chain_launches(model: str, hidden: int, qr_every: int,
                         warmups: bool = True, full_frame: bool = True) -> float:
-    """CuPy launches per step of analyse_chain (k-frame chain + full-frame pass) on CUDA;
-    float32 adds the full-frame pass's float64 cast of R."""
+    """CuPy launches per step of analyse_chain (k-frame chain + full-frame pass) on CUDA; the
+    same for every dtype (the full-frame pass widens R to float64 inside its kernel)."""
     parts = cupy_chain_parts(model, hidden, qr_every, warmups, full_frame)
-    cast = 1 if ITEMSIZE[dtype] < 8 and full_frame else 0
-    return sum(n * sum(CUPY_STEP_LAUNCHES[p]) for p, n in parts.items()) + cast
+    return sum(n * sum(CUPY_STEP_LAUNCHES[p]) for p, n in parts.items())
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
         frame_bytes = 4 * batch * d * d * item + batch * d * k * item * 3
     qr_flops = 4 * batch * d * k * k * qr_share + 3 * batch * d * k * (1 - qr_share)
     if backend == "cupy":
-        launches = cupy_chain_launches(model, hidden, qr_every, dtype, full_frame=full_frame)
+        launches = cupy_chain_launches(model, hidden, qr_every, full_frame=full_frame)
     else:
         launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
     if forward_shared:

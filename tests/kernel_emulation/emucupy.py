@@ -20,7 +20,9 @@ NaNs on both sides, so an out-of-bounds read gives NaN and an out-of-bounds writ
 arrays declared ``const`` must be bitwise unchanged. ``order_seed`` (0: each barrier interval
 runs its threads in order; else a seeded shuffled order) and ``ftz`` (flush float32 denormals,
 as CuPy's ``-ftz=true``; on by default for kernels that take float arrays) are attributes of
-the :class:`Emulator`.
+the :class:`Emulator`. With ``count_ops`` (``install(monkeypatch, count_ops=True)``) the
+stand-in's arrays are emuarrays.DeviceArrays, which record CuPy's own launches (array ops,
+memsets, copies) in ``Emulator.array_ops`` (emuarrays.py says what counts as one).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from emuarrays import Creation, DeviceArray, device, host
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "shim.h"
@@ -161,6 +164,8 @@ class Emulator:
     launches: list[Launch] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # kernel name -> code it came from
     options: list[tuple[str, ...]] = field(default_factory=list)
+    count_ops: bool = False  # hand out DeviceArrays that record CuPy's own launches
+    array_ops: list[str] = field(default_factory=list)  # those launches, by op name
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -216,6 +221,7 @@ class FakeKernel:
         params = self.sig.params
         if not isinstance(args, tuple | list) or len(args) != len(params):
             raise LaunchError(f"{self.sig.name}: {len(args)} arguments, the kernel takes {len(params)}")
+        args = [host(a) for a in args]  # plain views of DeviceArrays (no op is recorded)
         holders: list[Any] = []
         arrays: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (i, arr, buf, before)
         for i, (p, a) in enumerate(zip(params, args, strict=True)):
@@ -330,6 +336,8 @@ class FakeCupy(types.ModuleType):
         )  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:
+        if self.emulator.count_ops and hasattr(Creation, name):
+            return getattr(Creation, name)
         return getattr(np, name)
 
     def RawModule(self, code: str, options: tuple[str, ...] = (), **kw: Any) -> FakeModule:  # noqa: N802
@@ -337,16 +345,16 @@ class FakeCupy(types.ModuleType):
             raise LaunchError(f"RawModule: unsupported options {sorted(kw)}")
         return FakeModule(self.emulator, code, options)
 
-    @staticmethod
-    def broadcast_to(a: Any, shape: tuple[int, ...]) -> np.ndarray:
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> np.ndarray:
         """Writable, like CuPy's (numpy's broadcast views are read-only)."""
-        a = np.asarray(a)
+        a = np.asarray(host(a))
         view = np.broadcast_to(a, shape)
-        return np.lib.stride_tricks.as_strided(a, view.shape, view.strides, writeable=True)
+        out = np.lib.stride_tricks.as_strided(a, view.shape, view.strides, writeable=True)
+        return device(out) if self.emulator.count_ops else out
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
-        return np.array(a, copy=True)
+        return np.array(host(a), copy=True)
 
 
 def install(monkeypatch: Any, **settings: Any) -> Emulator:
@@ -355,6 +363,7 @@ def install(monkeypatch: Any, **settings: Any) -> Emulator:
 
     emu = Emulator(**settings)
     monkeypatch.setattr(cupy_kernels, "cp", FakeCupy(emu))
+    monkeypatch.setattr(DeviceArray, "ops", emu.array_ops if emu.count_ops else None)
     cupy_kernels._module.cache_clear()  # the caller clears both again at teardown
     cupy_kernels._optin_smem.cache_clear()
     return emu

@@ -198,7 +198,7 @@ def test_missing_syncthreads_makes_the_output_depend_on_thread_order(emu, monkey
 
 def test_divergent_syncthreads_is_caught(emu, monkeypatch, rng_seed):
     """Half the block skips a barrier: the threads meet at different __syncthreads()."""
-    old = "        work = stage;\n    }\n    __syncthreads();"
+    old = "acc[j] = 0.0;\n    __syncthreads();"
     new = old.replace("__syncthreads();", "if (threadIdx.x < 128) __syncthreads();")
     _mutate(monkeypatch, "batched_qr.cu", old, new)
     with pytest.raises(emucupy.LaunchError, match="different lines"):

@@ -16,7 +16,8 @@ test, torch's transpose) or do differently (NumPy masks non-finite QR inputs; to
 small CPU loops on one thread). Arithmetic operators (``+ - * / @``) work on every backend's arrays.
 
 The chain hooks (:meth:`ArrayBackend.qr_accumulate`, :meth:`~ArrayBackend.rescale_accumulate`,
-:meth:`~ArrayBackend.adjoint_apply`) are the steps of the one chain loop; a backend with
+:meth:`~ArrayBackend.adjoint_apply`, and the full-frame pass's
+:meth:`~ArrayBackend.full_frame_step`) are the steps of the one chain loop; a backend with
 kernels overrides them, and answers :meth:`~ArrayBackend.build_jacobians` and
 :meth:`~ArrayBackend.fused_chain` and :meth:`~ArrayBackend.forward_record` (``None`` here: no
 kernels, use the generic formulas).
@@ -92,6 +93,9 @@ class ArrayBackend(Protocol):
     def forward_record(self, model: str, params: Any, x: Array, state0: Any) -> Saved | None:
         """analytic.forward_saved's record by a backend's own kernel, or None (the formulas)."""
         ...
+
+    def full_frame_step(self, m: Array, u: Array, logc: Array, mask: Array
+                        ) -> tuple[Array, Array, Array, Array]: ...
 
 
 class XpBackend:
@@ -236,6 +240,17 @@ class XpBackend:
         """QR step: (Q of m, total + log|diag R| + scale, zeroed scale)."""
         q, logd = self.qr_logdiag(m)
         return q, total + logd + scale, self.zeros64(tuple(scale.shape), scale)
+
+    def full_frame_step(self, m: Array, u: Array, logc: Array, mask: Array
+                        ) -> tuple[Array, Array, Array, Array]:
+        """One QR step of the full-frame pass (:mod:`.spectrum`): M = Q R, and the float64
+        update A_lag = R A_{lag-1} of A = U diag(e^logc) with U's columns made unit again.
+        Returns (Q with diag R >= 0, ln|diag R| float64, new U, new logc); ``mask`` is the
+        D x D upper-triangle mask in M's dtype (R = (Q^T M) * mask)."""
+        q, logd = self.qr_logdiag(m)
+        r = (self.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
+        u, lognrm = self.unit_columns64(self.f64(r) @ u)  # R_lag A_{lag-1}
+        return q, logd, u, logc + lognrm
 
     def rescale_accumulate(self, m: Array, total: Array, scale: Array
                            ) -> tuple[Array, Array, Array]:

@@ -3,8 +3,9 @@
 :class:`CupyBackend` is the NumPy backend with ``xp = cupy`` and the chain hooks of
 :class:`~bpttbench.jacobians.backends.ArrayBackend` answered by the kernels of
 :mod:`.cupy_kernels`: the tiled RNN step and the batched matmul apply J^T, the MGS QR and
-the column-rescale kernel do the QR and rescale steps in place, the gate-Jacobian kernels
-build the LSTM/GRU Jacobians, the persistent RNN kernel runs the whole chain
+the column-rescale kernel do the QR and rescale steps in place, the out-of-place QR, a
+matmul and the full-frame update kernel do a step of the full-frame pass, the gate-Jacobian
+kernels build the LSTM/GRU Jacobians, the persistent RNN kernel runs the whole chain
 (:meth:`CupyBackend.fused_chain`) when the frame fits in shared memory, and the forward
 record kernel runs forward_saved (:meth:`CupyBackend.forward_record`, :mod:`.cupy_forward`).
 The chain loop itself is :func:`bpttbench.jacobians.loop.frame_loop`, the same for every
@@ -41,11 +42,13 @@ from bpttbench.jacobians.cupy_kernels import (  # noqa: F401 - re-exported for c
     colnorm_rescale,
     cupy_available,
     cupy_dtype,
+    full_frame_update,
     gru_jacobians,
     kernel_source,
     lstm_jacobians,
     max_optin_smem,
     mgs_qr_logdiag,
+    mgs_qr_logdiag_out,
     persistent_smem_bytes,
     rnn_adjoint_step_tiled,
     rnn_chain_persistent,
@@ -113,10 +116,30 @@ class CupyBackend(NumpyBackend):
         return self.xp.asnumpy(a)
 
     def qr_logdiag(self, a: Any) -> tuple[Any, Any]:
-        q = self.xp.array(a, dtype=a.dtype, order="C", copy=True)
-        logd = self.xp.zeros(a.shape[:-2] + (a.shape[-1],), dtype=ck.F64)
-        ck.mgs_qr_logdiag(q.reshape(-1, *a.shape[-2:]), logd.reshape(-1, a.shape[-1]))
+        """(Q, log|diag R|) by the out-of-place MGS kernel: one launch, ``a`` unchanged."""
+        cp = self.xp
+        src = cp.ascontiguousarray(a)
+        q = cp.empty(a.shape, dtype=a.dtype)
+        logd = cp.empty(a.shape[:-2] + (a.shape[-1],), dtype=ck.F64)
+        ck.mgs_qr_logdiag_out(src.reshape(-1, *a.shape[-2:]), q.reshape(-1, *a.shape[-2:]),
+                              logd.reshape(-1, a.shape[-1]))
         return q, logd
+
+    def full_frame_step(self, m: Any, u: Any, logc: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+        """The full-frame QR step in three launches: the out-of-place MGS QR (its logs written,
+        M kept), R = Q^T M (one batched matmul) and full_frame_update (R's upper triangle only,
+        so no mask; R widened to float64 inside; A = R A, unit columns, logs accumulated).
+        The generic formulas (three more matmul-class ops and ~10 element-wise launches) when
+        the update's U tile does not fit in shared memory."""
+        batch, dim, _ = m.shape
+        if ck.full_frame_smem_bytes(dim) > ck.max_optin_smem():
+            return super().full_frame_step(m, u, logc, mask)
+        cp = self.xp
+        q, logd = self.qr_logdiag(m)
+        r = cp.matmul(q.transpose(0, 2, 1), m)  # the R of M = Q R (read above the diagonal)
+        u_new, logc_new = cp.empty_like(u), cp.empty_like(logc)
+        ck.full_frame_update(r, u, logc, u_new, logc_new)
+        return q, logd, u_new, logc_new
 
     def choose_rnn_path(self, hidden: int, k: int, dtype: Any) -> str:
         fits = hidden <= ck.PERSISTENT_MAX_H and ck.persistent_smem_bytes(hidden, k, dtype) <= (

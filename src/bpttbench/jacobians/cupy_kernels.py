@@ -10,7 +10,9 @@ constants and the one dtype instantiation, ``FOR_FLOAT_TYPES``, that every file 
   otherwise;
 - ``gate_jacobians.cu``: batched LSTM (2H x 2H) and GRU (H x H) Jacobians from saved gates;
 - ``batched_qr.cu``: batched thin QR (modified Gram-Schmidt, twice) accumulating log|diag R|
-  in float64;
+  in float64 (in place, or out of place writing the logs);
+- ``full_frame.cu``: the full-frame pass's float64 step A = triu(R) A with unit columns and
+  accumulated column logs, in one launch;
 - ``bptt_delta.cu``: the vanilla RNN's two-column BPTT chain (working dtype and rescaled) as
   one persistent kernel per chunk of steps (used by ``bpttbench.gradient_flow.bptt_delta_cupy``);
 - ``bptt_delta_gated.cu``: the same chain for the LSTM and GRU (coefficient products, W_hh^T,
@@ -53,7 +55,8 @@ KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 KERNEL_ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "rnn_chain.cu": ("rnn_chain_persistent", "rnn_adjoint_step_tiled", "colnorm_rescale"),
     "gate_jacobians.cu": ("lstm_jacobians", "gru_jacobians"),
-    "batched_qr.cu": ("mgs_qr_logdiag",),
+    "batched_qr.cu": ("mgs_qr_logdiag", "mgs_qr_logdiag_out"),
+    "full_frame.cu": ("full_frame_update",),
     "bptt_delta.cu": ("bptt_delta_rnn",),
     "bptt_delta_gated.cu": ("bptt_delta_lstm", "bptt_delta_gru"),
     "forward_record.cu": ("forward_record_rnn_tanh", "forward_record_rnn_relu",
@@ -73,6 +76,7 @@ _LAUNCH = _launch_constants()
 NTHREADS = _LAUNCH["NTHREADS"]  # block size the kernels are written for (__launch_bounds__)
 TILE = _LAUNCH["TILE"]  # side of the tiled RNN step's 2-D block
 GRID_STRIDE_BLOCKS_MAX = _LAUNCH["GRID_STRIDE_BLOCKS_MAX"]  # most blocks of a 1-D launch
+FULL_FRAME_COLS = _LAUNCH["FULL_FRAME_COLS"]  # columns per block of full_frame_update
 PERSISTENT_MAX_H = 128
 DEFAULT_SMEM = 48 * 1024  # dynamic shared memory available without opting in
 MAX_GRID_YZ = 65535  # CUDA limit on gridDim.y and gridDim.z
@@ -246,22 +250,70 @@ def colnorm_rescale(mat, scale, total, row_out) -> None:
     kern((batch,), (NTHREADS,), (mat, scale, total, row_out, _i32(batch), _i32(dim), _i32(k)))
 
 
+def _launch_qr(base: str, args: tuple, a) -> None:
+    """Launch batched_qr.cu's ``base`` on a [B, D, k]: one block per matrix, staged in shared
+    memory when it fits the opt-in maximum (opting in above 48 KB)."""
+    batch, dim, k = a.shape
+    if k > dim:
+        raise ValueError(f"QR needs k <= D, got k={k}, D={dim}")
+    stage = dim * k * a.dtype.itemsize
+    kern = _kernel("batched_qr.cu", base, a.dtype)
+    use_smem = 32 * 8 + stage <= max_optin_smem()
+    smem = 32 * 8 + (stage if use_smem else 0)
+    if smem > DEFAULT_SMEM:
+        kern.max_dynamic_shared_size_bytes = smem
+    ints = (_i32(batch), _i32(dim), _i32(k), _i32(int(use_smem)))
+    kern((batch,), (NTHREADS,), (*args, *ints), shared_mem=smem)
+
+
 def mgs_qr_logdiag(a, logacc) -> None:
     """In place: a [B, D, k] -> Q (diag R > 0); logacc [B, k] += log|diag R| (float64)."""
     batch, dim, k = a.shape
     _check(a, (batch, dim, k), a.dtype, "a")
     _check(logacc, (batch, k), F64, "logacc")
-    if k > dim:
-        raise ValueError(f"QR needs k <= D, got k={k}, D={dim}")
-    stage = dim * k * a.dtype.itemsize
-    kern = _kernel("batched_qr.cu", "mgs_qr_logdiag", a.dtype)
-    # stage the matrix in shared memory when it fits the opt-in maximum (opting in above 48 KB)
-    use_smem = 32 * 8 + stage <= max_optin_smem()
-    smem = 32 * 8 + (stage if use_smem else 0)
+    _launch_qr("mgs_qr_logdiag", (a, logacc), a)
+
+
+def mgs_qr_logdiag_out(src, q, logd) -> None:
+    """q [B, D, k] = Q of src (diag R > 0), logd [B, k] = log|diag R| (float64, overwritten);
+    src is left as it is. The same arithmetic as :func:`mgs_qr_logdiag` on a copy of src with
+    zeroed logs (bit-identical), in one launch."""
+    batch, dim, k = src.shape
+    _check(src, (batch, dim, k), src.dtype, "src")
+    _check(q, (batch, dim, k), src.dtype, "q")
+    _check(logd, (batch, k), F64, "logd")
+    _launch_qr("mgs_qr_logdiag_out", (src, q, logd), src)
+
+
+def full_frame_smem_bytes(dim: int) -> int:
+    """Dynamic shared memory of full_frame_update: the U tile, per-warp sums, reciprocals."""
+    return (dim + NTHREADS // 32 + 1) * FULL_FRAME_COLS * 8
+
+
+def full_frame_update(r, u, logc, u_out, logc_out) -> None:
+    """The full-frame pass's float64 step (full_frame.cu): V = triu(r) u, u_out = V with unit
+    columns (a zero column stays zero), logc_out = logc + ln of V's column norms (-inf for a
+    zero column). r [B, D, D] in the working dtype; u, u_out [B, D, D] and logc, logc_out
+    [B, D] float64."""
+    batch, dim, _ = r.shape
+    _check(r, (batch, dim, dim), r.dtype, "r")
+    for arr, name in ((u, "u"), (u_out, "u_out")):
+        _check(arr, (batch, dim, dim), F64, name)
+    for arr, name in ((logc, "logc"), (logc_out, "logc_out")):
+        _check(arr, (batch, dim), F64, name)
+    smem = full_frame_smem_bytes(dim)
+    kern = _kernel("full_frame.cu", "full_frame_update", r.dtype)
     if smem > DEFAULT_SMEM:
+        if smem > max_optin_smem():
+            raise ValueError(f"full_frame_update: D = {dim} needs {smem} B of shared memory, "
+                             f"the device allows {max_optin_smem()}")
         kern.max_dynamic_shared_size_bytes = smem
-    args = (a, logacc, _i32(batch), _i32(dim), _i32(k), _i32(int(use_smem)))
-    kern((batch,), (NTHREADS,), args, shared_mem=smem)
+    cols = math.ceil(dim / FULL_FRAME_COLS)
+    for b0 in range(0, batch, MAX_GRID_YZ):  # the batch is grid.y (at most 65,535)
+        nb = min(MAX_GRID_YZ, batch - b0)
+        sl = slice(b0, b0 + nb)
+        args = (r[sl], u[sl], logc[sl], u_out[sl], logc_out[sl], _i32(nb), _i32(dim))
+        kern((cols, nb), (NTHREADS,), args, shared_mem=smem)
 
 
 def _grid_1d(total: int) -> tuple[int]:

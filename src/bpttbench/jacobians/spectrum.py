@@ -21,7 +21,9 @@ independently by LU (slogdet), ln|det J_t|: with a full frame sum_i ln|R_ii| = l
 exactly, so the gap between the two measures the engine's round-off.
 
 Backend-generic (numpy, torch, cupy through the ArrayBackend primitives): the steps are the
-one chain loop's (:func:`bpttbench.jacobians.loop.frame_loop`, QR every step), and the
+one chain loop's (:func:`bpttbench.jacobians.loop.frame_loop`, QR every step), each QR step
+one backend hook (``ArrayBackend.full_frame_step``: the generic formulas, or on CuPy the
+out-of-place QR, R = Q^T M and one fused float64 update kernel), and the
 accumulated A and its logs stay on the backend's device; results come back in a few large
 transfers per cell (:data:`RESULT_BYTES` each), not per step.
 """
@@ -221,7 +223,8 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
     SVD costs about as much as its QR). See the module docstring.
 
     Every step runs on the backend's device in its array type: the QR, R = Q^T M, the
-    float64 update A_lag = R_lag A_{lag-1} with its column logs, ln|det J|. The per-step
+    float64 update A_lag = R_lag A_{lag-1} with its column logs (``bk.full_frame_step``),
+    ln|det J|. The per-step
     logs and the A of the reported lags are read back in transfers of at most
     :data:`RESULT_BYTES` each (once per cell when they fit), never once per step; the singular
     values are then read off on the host. ``chunk``: time steps of gated Jacobians built at
@@ -259,10 +262,9 @@ def full_frame_chain(saved: Saved, bk: ArrayBackend, lags: np.ndarray | None = N
         st["lo"] = lo
 
     def on_qr(lag: int, i: int, m: Array) -> Array:
-        q, logd = bk.qr_logdiag(m)
-        r = (bk.mT(q) @ m) * mask  # the R of m = Q R (upper triangle, diag >= 0)
-        st["u"], lognrm = bk.unit_columns64(bk.f64(r) @ st["u"])  # R_lag A_{lag-1}
-        st["logc"] = st["logc"] + lognrm
+        # M = Q R; A_lag = R_lag A_{lag-1} with unit columns and float64 logs (one backend
+        # hook: the generic formulas, or the cupy backend's fused kernels)
+        q, logd, st["u"], st["logc"] = bk.full_frame_step(m, st["u"], st["logc"], mask)
         if lag in want:
             kept_u.add(st["u"])
             kept_c.add(st["logc"])

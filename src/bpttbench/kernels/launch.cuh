@@ -8,6 +8,7 @@
 //             (a multiple of 32; also their __launch_bounds__)
 //   TILE      side of the 2-D thread block (TILE x TILE) of the tiled RNN step
 //   GRID_STRIDE_BLOCKS_MAX  most blocks of a 1-D grid-stride launch
+//   FULL_FRAME_COLS  columns of U one block of full_frame_update computes (full_frame.cu)
 // Layout and limits: none here; each kernel file documents its own.
 //
 // dtype instantiation, one way for every file: a file writes its extern "C" entry points
@@ -17,6 +18,7 @@
 #define NTHREADS 256
 #define TILE 16
 #define GRID_STRIDE_BLOCKS_MAX 524280
+#define FULL_FRAME_COLS 8
 
 #define FOR_FLOAT_TYPES(KERNELS) \
     KERNELS(float, f32)          \

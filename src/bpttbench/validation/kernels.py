@@ -37,6 +37,7 @@ KERNEL_TOLERANCES: dict[str, tuple[float, float]] = {
     "lstm_jacobians": (1e-5, 1e-12),
     "gru_jacobians": (1e-5, 1e-12),
     "mgs_qr_logdiag": (1e-4, 1e-10),
+    "full_frame_update": (1e-12, 1e-12),  # float64 arithmetic in both flavours (R is widened)
     "chain_lstm": (1e-4, 1e-10),
     "chain_gru": (1e-4, 1e-10),
 }
@@ -54,6 +55,8 @@ KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "gru_jacobians": [(3, 4, 8), (2, 3, 64), (2, 2, 130)],
     # (B, D, k)
     "mgs_qr_logdiag": [(64, 8, 8), (32, 100, 20), (8, 256, 64), (2, 256, 256)],
+    # (B, D)
+    "full_frame_update": [(4, 8), (3, 40), (2, 130)],
     # (B, H, k, T, qr_every)
     "chain_lstm": [(3, 16, 8, 30, 1), (2, 64, 32, 20, 2)],
     "chain_gru": [(3, 16, 8, 30, 1), (2, 100, 20, 20, 3)],
@@ -172,6 +175,18 @@ def _validate_one(name: str, shape: tuple[int, ...], dtype: np.dtype, seed: int)
         q_ref, log_ref = ref_bk.qr_logdiag(a)
         q, logd = CupyBackend(dtype).qr_logdiag(cp.asarray(a, dtype=dtype))
         return max(_rel_log_err(cp.asnumpy(logd), log_ref), _rel_norm_err(cp.asnumpy(q), q_ref))
+    if name == "full_frame_update":  # A = triu(R) A in float64, unit columns, logs (spectrum)
+        batch, dim = shape
+        r = _round(rng.standard_normal((batch, dim, dim)), dtype)
+        u = rng.standard_normal((batch, dim, dim)) * np.exp(rng.uniform(-30, 30, (batch, 1, dim)))
+        logc = rng.uniform(-100.0, 100.0, (batch, dim))
+        v = np.triu(r) @ u
+        nrm = np.sqrt((v * v).sum(axis=-2))
+        u_ref, c_ref = v / nrm[:, None, :], logc + np.log(nrm)
+        u_out, c_out = cp.empty((batch, dim, dim), dtype=F64), cp.empty((batch, dim), dtype=F64)
+        ck.full_frame_update(cp.asarray(r, dtype=dtype), cp.asarray(u, dtype=F64),
+                             cp.asarray(logc, dtype=F64), u_out, c_out)
+        return max(_rel_norm_err(cp.asnumpy(u_out), u_ref), _rel_log_err(cp.asnumpy(c_out), c_ref))
     if name in ("chain_lstm", "chain_gru"):
         batch, hidden, k, steps, qr_every = shape
         model = name.split("_")[1]
