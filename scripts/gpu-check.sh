@@ -17,6 +17,8 @@
 #   memcheck   compute-sanitizer --tool memcheck over the kernel validation
 #   racecheck  compute-sanitizer --tool racecheck over the kernel validation
 #   cell       one full-size cell (LSTM, H=256, B=128, T=10^4): wall time, peak GPU memory
+#   launches   kernel launches, host reads and syncs per time step of a cell of each model,
+#              measured (profiler: CUPTI on a GPU) beside the cost model's (OUTDIR/launches.csv)
 #   resultset  the quick result set through Snakemake (config/gpu-quick.yaml) and its report
 #              (OUTDIR/resultset-<tag>.tar.gz, OUTDIR/report.html)
 # A global budget gives each step min(its cap, what is left after the floors of the steps
@@ -71,16 +73,16 @@ NCORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 # Steps: name, cap (s), floor (s). Caps sum to more than the budget on purpose: a step that
 # finishes early leaves its time to the ones after it. The result set (sized for ~4 min) keeps
 # a floor of 3 min whatever the steps before it take.
-ORDER=(env facts pytest validate memcheck racecheck cell resultset)
+ORDER=(env facts pytest validate memcheck racecheck cell launches resultset)
 declare -A CAP=([env]=90 [facts]=45 [pytest]=100 [validate]=60 [memcheck]=60 [racecheck]=60
-    [cell]=120 [resultset]=300)
+    [cell]=120 [launches]=90 [resultset]=300)
 declare -A FLOOR=([env]=10 [facts]=10 [pytest]=30 [validate]=20 [memcheck]=20 [racecheck]=20
-    [cell]=30 [resultset]=180)
+    [cell]=30 [launches]=20 [resultset]=180)
 [ "$MODE" = gpu ] || CAP[resultset]=600
 PACK_RESERVE=15 # seconds kept for packing logs and the result set at the end
 declare -A STATUS SECS NOTE
 for s in "${ORDER[@]}"; do STATUS[$s]=pending; SECS[$s]=""; NOTE[$s]=""; done
-OUT_NAMES="summary.md logs.tar.gz pytest-cuda.xml validation.csv report.html"
+OUT_NAMES="summary.md logs.tar.gz pytest-cuda.xml validation.csv launches.csv report.html"
 MAX_FILE_BYTES=$((16 * 1024 * 1024))
 
 mkdir -p "$OUT" || { echo "gpu-check: cannot create $OUT" >&2; exit 2; }
@@ -93,7 +95,8 @@ for f in "$OUT"/* "$OUT"/.[!.]*; do # only our own files may be there (a previou
     echo "gpu-check: $OUT holds $b; give an empty or new OUTDIR (at most 8 files go there)" >&2
     exit 2
 done
-rm -f "$OUT"/resultset-*.tar.gz "$OUT"/pytest-cuda.xml "$OUT"/validation.csv "$OUT"/report.html
+rm -f "$OUT"/resultset-*.tar.gz "$OUT"/pytest-cuda.xml "$OUT"/validation.csv "$OUT"/launches.csv \
+    "$OUT"/report.html
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bpttbench-gpucheck.XXXXXX")
 LOGS=$WORK/logs
@@ -401,6 +404,16 @@ step_cell() {
     run_timed bpttbench gradient-flow cell "$CELL_ID" --config "$CONFIG" --out "$LOGS/cell.json" --peak-memory
     rc=$?
     judge_output "$rc" cell "$LOGS/cell.json" "cell record"
+}
+
+# Launches per step: gpu.yaml's H = 64 cells (B = 32) of every model on the GPU; two tiny
+# cells on the CPU (the rehearsal checks the step, its numbers are the CPU's).
+step_launches() {
+    local rc args=(--device cuda)
+    [ "$MODE" = gpu ] || args=(--device cpu --models rnn_tanh lstm --hidden 8 --batch 2)
+    run_timed bpttbench gradient-flow launches "${args[@]}" --out "$OUT/launches.csv"
+    rc=$?
+    judge_output "$rc" launches "$OUT/launches.csv" launches.csv
 }
 
 # Pack the result set (never its per-cell intermediates, cells/). A table too large for the

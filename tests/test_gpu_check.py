@@ -20,7 +20,8 @@ import yaml
 from bpttbench import gpucheck
 from bpttbench.config import cells_by_id, load
 
-STEPS = ["env", "facts", "pytest", "validate", "memcheck", "racecheck", "cell", "resultset"]
+STEPS = ["env", "facts", "pytest", "validate", "memcheck", "racecheck", "cell", "launches",
+         "resultset"]
 CUDA_ONLY = {"validate", "memcheck", "racecheck"}
 MAX_FILE = 16 * 2**20
 
@@ -52,7 +53,7 @@ def test_rehearsal_layout_and_summary(rehearsal) -> None:
     assert 1 <= len(files) <= 8, files
     assert all(p.stat().st_size <= MAX_FILE for p in files)
     names = {p.name for p in files}
-    assert {"summary.md", "logs.tar.gz", "pytest-cuda.xml", "report.html",
+    assert {"summary.md", "logs.tar.gz", "pytest-cuda.xml", "report.html", "launches.csv",
             "resultset-rehearsal-cpu.tar.gz"} <= names, names
     summary = (out / "summary.md").read_text()
     rows = step_rows(summary)
@@ -67,6 +68,9 @@ def test_rehearsal_layout_and_summary(rehearsal) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The cell step: wall time and peak memory (max RSS on the CPU) are in the summary.
     assert re.search(r"wall [0-9.]+ s.*max RSS [0-9.]+ GiB", rows["cell"][1])
+    # The launches step: both tiny cells measured, no host read inside the step loop.
+    assert re.search(r"rnn_tanh [0-9.]+ \(model [0-9.]+\), lstm [0-9.]+ \(model [0-9.]+\); "
+                     r"host reads or syncs a step at most 0\.000", rows["launches"][1])
     # The pytest step ran the CUDA tests and recorded their skips in the JUnit XML.
     assert re.search(r"\d+ tests: 0 passed, 0 failed, 0 errors, \d+ skipped", rows["pytest"][1])
     # No work folder left behind.

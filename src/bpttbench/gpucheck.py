@@ -178,6 +178,20 @@ def cell(path: str) -> int:
     return 1 if s["status"] == "error" or "chain_error" in rec else 0
 
 
+def launches(path: str) -> int:
+    """launch_counts CSV: launches per step against the model, per model; fails where a host
+    read or a sync happens once a step or more (the step loop must not round-trip)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    parts = [f"{r['model']} {float(r['launches_per_step']):.1f} "
+             f"(model {float(r['model_launches_per_step']):.1f})" for r in rows]
+    worst = max((max(float(r["host_reads_per_step"]), float(r["syncs_per_step"]))
+                 for r in rows), default=0.0)
+    print(f"launches a step on {rows[0]['device'] if rows else '?'}: " + ", ".join(parts)
+          + f"; host reads or syncs a step at most {worst:.3f}")
+    return 1 if not rows or worst >= 0.5 else 0
+
+
 def resultset(folder: str) -> int:
     """A result set: cells by status, kernel checks, bench targets met; fails without report."""
     import pandas as pd
@@ -237,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("junit")
     p.add_argument("path")
     p.add_argument("--need-run", action="store_true")
-    for name in ("validation", "cell", "resultset", "pip-report"):
+    for name in ("validation", "cell", "launches", "resultset", "pip-report"):
         sub.add_parser(name).add_argument("path")
     a = parser.parse_args(argv)
     if a.command == "probe":
@@ -246,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return facts(a.out, a.key_out)
     if a.command == "junit":
         return junit(a.path, a.need_run)
-    steps = {"validation": validation, "cell": cell, "resultset": resultset, "pip-report": pip_report}
+    steps = {"validation": validation, "cell": cell, "launches": launches, "resultset": resultset,
+             "pip-report": pip_report}
     return steps[a.command](a.path)
 
 

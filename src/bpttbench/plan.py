@@ -50,15 +50,16 @@ def step_seconds(cost: cm.StepCost, machine: Machine, dtype: str) -> tuple[float
     return (max(host, device) if machine.kind == "cuda" else host + device), device
 
 
-def cell_step(spec: CellSpec, machine: Machine) -> cm.StepCost:
-    """One time step of a gradient-flow cell on ``machine``: its BPTT (autograd, or the
-    Jacobian chain plus autograd on the sampled reference cells) and its Lyapunov chain."""
-    backend = "cupy" if machine.kind == "cuda" and spec.jacobian_backend in ("auto", "cupy") \
+def cell_step(spec: CellSpec, kind: str) -> cm.StepCost:
+    """One time step of a gradient-flow cell on a machine of ``kind`` (cpu or cuda): its BPTT
+    (autograd, or the Jacobian chain plus autograd on the sampled reference cells) and its
+    Lyapunov chain."""
+    backend = "cupy" if kind == "cuda" and spec.jacobian_backend in ("auto", "cupy") \
         else "torch"
     k = min(spec.lyapunov_k, cm.state_size(spec.model, spec.hidden))
     det = spec.deterministic
     bptt = cm.bptt_step(spec.model, spec.hidden, spec.batch, spec.input_size, spec.dtype, det)
-    chain_method = resolve_method(spec.bptt_method, machine.kind) == "jacobian_chain"
+    chain_method = resolve_method(spec.bptt_method, kind) == "jacobian_chain"
     if chain_method:
         every = spec.autograd_reference_every  # autograd on 1 in N cells (on average)
         bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
@@ -72,7 +73,7 @@ def cell_step(spec: CellSpec, machine: Machine) -> cm.StepCost:
 
 def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
     """(wall, device-busy) seconds of one gradient-flow cell."""
-    wall, dev = step_seconds(cell_step(spec, machine) * spec.seq_len, machine, spec.dtype)
+    wall, dev = step_seconds(cell_step(spec, machine.kind) * spec.seq_len, machine, spec.dtype)
     # per cell: weights, W_hh spectra (SVD + eigenvalues, ~30 H^3 per gate block), set-up
     g = cm.gate_count(spec.model)
     fixed = cm.StepCost(30.0 * g * spec.hidden**3, 0.0, 200.0)
@@ -88,7 +89,7 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
         fits = [c for c in cells if estimate_cell(c, device).peak_bytes <= machine.memory_bytes]
         times = [cell_seconds(c, machine) for c in fits]
         steps = sum(c.seq_len for c in fits)
-        launches = sum(cell_step(c, machine).launches * c.seq_len for c in fits)
+        launches = sum(cell_step(c, machine.kind).launches * c.seq_len for c in fits)
         peak = block_peak_bytes(fits or cells, device)
         jobs.append({
             "job": f"gradient_flow_block[{block}]", "rule": "gradient_flow_block",

@@ -162,6 +162,33 @@ TABLES = (
                csv_twin=False),
 )
 
+#: ``bpttbench gradient-flow launches`` (scripts/gpu-check.sh): a machine check, not a table
+#: of the pipeline's result set (so an intermediate: no pipeline rule writes it)
+LAUNCH_COUNT_DOCS = {
+    "model": "recurrent cell: rnn_tanh, rnn_relu, rnn_linear, lstm or gru",
+    "hidden": "hidden size H",
+    "batch": "batch size B",
+    "dtype": "dtype the cell ran in",
+    "device": "cpu or cuda",
+    "bptt_method": "how the cell computed delta_t: autograd or jacobian_chain",
+    "chain_forward": "forward record the Lyapunov chain read: shared or own",
+    "launches_per_step": "per time step of the cell (its BPTT and Lyapunov chain), measured by "
+    "the torch profiler as the difference between T = 32 and T = 96: on a GPU every kernel "
+    "and memset that ran (CUPTI: torch's, cuBLAS's and our CuPy kernels), on the CPU the "
+    "leaf aten ops that do work",
+    "model_launches_per_step": "the same by the cost model (plan.cell_step)",
+    "host_reads_per_step": "per time step: device-to-host copies (GPU) or tensor-to-host "
+    "calls (CPU); 0 when nothing comes back inside the step loop",
+    "syncs_per_step": "per time step: explicit stream, device or event synchronisations "
+    "(GPU; 0 on the CPU)",
+}
+LAUNCH_COUNTS = make_table(
+    "launch_counts", STAGE, "launch_counts.csv", ("model", "hidden", "batch", "dtype", "device"),
+    LAUNCH_COUNT_DOCS, {"model": "str", "hidden": "int", "batch": "int", "dtype": "str",
+                        "device": "str", "bptt_method": "str", "chain_forward": "str"},
+    intermediate=True)
+TABLES = (*TABLES, LAUNCH_COUNTS)
+
 _FLOW, _CHAINS = "Gradient flow through time", "Jacobian products and Lyapunov spectra"
 FIGURES = tuple(
     Figure(name, STAGE, (table,), f"bpttbench.gradient_flow.figures:{name}", category, section)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..cli_options import add_config, add_figures, add_hw_tag, add_out, add_stage, load_config
 from ..contract import FILE
+from ..planning.shapes import MODELS
 
 TABLE_FILES = {t: FILE[t] for t in ("gradient_flow", "summary", "lyapunov", "chain_spectrum")}
 
@@ -103,6 +104,21 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_launches(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..hardware import resolve_device
+    from ..tables import write_table
+    from .launches import measure_models
+
+    if args.hidden < 1 or args.batch < 1:
+        raise SystemExit(f"--hidden {args.hidden} and --batch {args.batch} must be >= 1")
+    device = resolve_device(args.device)
+    rows = measure_models(args.models, device, args.hidden, args.batch)
+    print(f"wrote {write_table(pd.DataFrame(rows), args.out, 'launch_counts')}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     sub = add_stage(subparsers, "gradient-flow", "the gradient-flow sweep: cells, blocks, "
                     "tables, figures", __doc__.splitlines()[0],
@@ -129,6 +145,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_out(p, "the tables folder")
     p.add_argument("cells", nargs="+", help="block folders, or cell/block record JSON files")
     p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("launches", help="measure kernel launches and host reads per time step "
+                       "of a cell, beside the cost model's (scripts/gpu-check.sh runs it)")
+    add_out(p, "the launch_counts CSV")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda when present")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.set_defaults(func=_cmd_launches)
 
     p = sub.add_parser("figures", help="draw the gradient-flow figures from the tables")
     add_figures(p, "the tables folder")
