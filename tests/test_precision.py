@@ -59,17 +59,6 @@ def test_limits_are_the_ieee_values():
     assert float(tiny) > 0 and float(tiny / 2) == 0.0
 
 
-
-@pytest.fixture
-def rng_seed() -> int:
-    """A fixed seed for this module. With fresh seeds, about one run in ten put a batch
-    element's float16 underflow lag one step past its predicted interval (seed 1260061608:
-    28 > 27; subnormal rounding keeps mild decay alive longer than the bound allows) and the
-    loss-scale shift test at 0 (seed 812721884): the bound must be widened, then fresh seeds
-    restored (open defect, noted in the closing note of session 2)."""
-    print("rng_seed=4242 (fixed)")
-    return 4242
-
 @pytest.mark.parametrize("scale", [0.5, 0.25])
 def test_float16_underflow_lag_of_every_batch_element_is_in_its_predicted_interval(
         scale, rng_seed):
@@ -78,12 +67,23 @@ def test_float16_underflow_lag_of_every_batch_element_is_in_its_predicted_interv
     flow = measure_gradient_flow("rnn_linear", cell.params(), x, cell.initial_state(B), w, y)
     ref = pr.reference_flow("rnn_linear", cell.params(), x, cell.initial_state(B), w, y)
     err = pr.step_error_bound(cell.weight_hh_l0, "float16")
+    rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]  # in [ln s_min, ln s_max] of W
     got = _per_element_first(flow.log_norm_h, np.isneginf)
     for b, m in enumerate(got):
-        lo, hi, k_star = pr.underflow_interval(math.log(scale), float(ref.log_norm_h[0, b]),
-                                               "float16", H, err)
-        print(f"element {b}: underflow lag {m}, predicted [{lo}, {hi}], k* {k_star:.2f}")
-        assert m is not None and lo <= m <= hi
+        start = float(flow.log_norm_h[0, b])  # the measured lag-0 norm the chain starts from
+        lo, hi, k_star = pr.underflow_interval(rate, start, "float16", H, err)
+        print(f"element {b}: underflow lag {m}, earliest {lo} (theorem), predicted latest {hi}"
+              f", k* {k_star:.2f}")
+        # theorem: every lag's norm lies in the envelope of the per-step round-off (relative
+        # u in the normal range, m/2 per entry in the subnormal range); the zero not earlier
+        low, up = pr.norm_envelope(rate, start, "float16", H, err, steps)
+        assert m is not None and lo <= m
+        with np.errstate(invalid="ignore"):
+            assert (flow.log_norm_h[:m, b] >= low[:m] - 1e-12).all()
+            assert (flow.log_norm_h[:m, b] <= up[:m] + 1e-12).all()
+        # prediction (no finite bound exists): the zero within E = ceil(ln(2R)/|ln g|) steps
+        # of the lag where the upper trajectory falls below half an ulp (underflow_interval)
+        assert m <= hi, f"element {b}: zero at lag {m}, predicted by lag {hi}"
         # after the zero nothing comes back (0 times anything is 0)
         assert np.isneginf(flow.log_norm_h[m:, b]).all()
     whole, first = pr.underflow_lags(flow)
@@ -98,16 +98,22 @@ def test_float16_overflow_lag_of_every_batch_element_is_in_its_predicted_interva
     flow = measure_gradient_flow("rnn_linear", cell.params(), x, cell.initial_state(B), w, y)
     ref = pr.reference_flow("rnn_linear", cell.params(), x, cell.initial_state(B), w, y)
     err = pr.step_error_bound(cell.weight_hh_l0, "float16")
+    rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]  # in [ln s_min, ln s_max] of W
     got = _per_element_first(flow.log_norm_h, lambda c: ~np.isfinite(c))
     for b, m in enumerate(got):
-        lo, hi, _ = pr.overflow_interval(math.log(scale), float(ref.log_norm_h[0, b]),
-                                         "float16", H, err)
+        lo, hi, _ = pr.overflow_interval(rate, float(flow.log_norm_h[0, b]), "float16", H, err)
         print(f"element {b}: first inf at lag {m}, predicted [{lo}, {hi}]")
         assert m is not None and lo <= m <= hi
-    # before the overflow float16 follows float64 to its round-off: |error| <= k * bound
+    # before the overflow float16 follows float64 to its round-off, each from its own lag-0
+    # norm (the float64 reference does not round the readout to float16: lag 0 differs by
+    # more than u, 6e-4 > 2^-11 for seed 893725500): every step's change of ln||delta|| is
+    # within err (+ the subnormal absolute round-off sqrt(H) 2^-25, relative to ||W^T d||)
     first = min(got)
-    dev = np.abs(flow.log_norm_h[:first] - ref.log_norm_h[:first])
-    assert (dev <= np.arange(first)[:, None] * err + 2.0**-11).all()
+    f16, f64 = flow.log_norm_h[:first], ref.log_norm_h[:first]
+    dev = np.abs((f16 - f16[0]) - (f64 - f64[0]))
+    sv_min = float(torch.linalg.svdvals(cell.weight_hh_l0.detach().double()).min())
+    step = err + 2 * math.sqrt(H) * 2.0**-25 / (sv_min * np.exp(f16.min()))
+    assert (dev <= np.arange(first)[:, None] * step + 1e-12).all()
 
 
 def test_power_of_two_loss_scale_is_exact_in_the_normal_range_and_shifts_the_underflow(
@@ -120,21 +126,37 @@ def test_power_of_two_loss_scale_is_exact_in_the_normal_range_and_shifts_the_und
                             pr.Precision("float16", None, 1024.0))
     assert scaled.loss_scale == 1024.0 and scaled.backoffs == 0
     # multiplying by 2^10 commutes with rounding while every element is a normal float16:
-    # the deltas agree exactly up to the first lag with a subnormal element
+    # the deltas agree exactly before the first lag k_n with an element below 2^-14 (0
+    # included), and at k_n in its normal elements (both came from exactly scaled inputs).
+    # k_n can be 0: delta_T itself may have an element below 2^-14 (seed 812721884).
     d1, d2 = _deltas(cell, x, w, y, 1.0), _deltas(cell, x, w, y, 1024.0)
-    sub = ((d1.abs() < 2.0**-14) & (d1 != 0)).flatten(1).any(dim=1)
-    k_normal = int(torch.nonzero(sub)[0])
-    assert k_normal >= 1
+    normal = d1.abs() >= 2.0**-14
+    k_normal = int(torch.nonzero(~normal.flatten(1).all(dim=1))[0])
     assert torch.equal(d1[:k_normal], d2[:k_normal] / 1024)
+    at = normal[k_normal]
+    assert at.any() and torch.equal(d1[k_normal][at], d2[k_normal][at] / 1024)
     np.testing.assert_allclose(scaled.flow.log_norm_h[:k_normal],  # ln(S x) - ln S in float64
                                plain.flow.log_norm_h[:k_normal], rtol=0, atol=1e-12)
     m1, _ = pr.underflow_lags(plain.flow)
     m2, _ = pr.underflow_lags(scaled.flow)
     shift = ln_s / math.log(2)  # = 10 lags at |lambda| = ln 2
-    print(f"underflow lag {m1} -> {m2} with S = 1024 (predicted shift {shift})")
-    lo, hi, _ = pr.underflow_interval(math.log(scale), float(plain.flow.log_norm_h[0].min()),
-                                      "float16", H, 0.0)
-    assert abs((m2 - m1) - shift) <= hi - lo + 1
+    # each first zero over the batch lies in the batch minimum of the per-element intervals
+    # (earliest: theorem, latest: prediction) from each run's own lag-0 norms, so the shift
+    # lies in [lo2 - hi1, hi2 - lo1]
+    ref = pr.reference_flow("rnn_linear", cell.params(), x, cell.initial_state(B), w, y)
+    rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]
+    err = pr.step_error_bound(cell.weight_hh_l0, "float16")
+
+    def interval(flow, ln_scale):
+        ends = [pr.underflow_interval(rate, float(v) + ln_scale, "float16", H, err)
+                for v in flow.log_norm_h[0]]
+        return min(e[0] for e in ends), min(e[1] for e in ends)
+
+    (lo1, hi1), (lo2, hi2) = interval(plain.flow, 0.0), interval(scaled.flow, ln_s)
+    print(f"underflow lag {m1} in [{lo1}, {hi1}] -> {m2} in [{lo2}, {hi2}] with S = 1024 "
+          f"(shift {m2 - m1}, predicted {shift}, allowed [{lo2 - hi1}, {hi2 - lo1}])")
+    assert lo1 <= m1 <= hi1 and lo2 <= m2 <= hi2
+    assert lo2 - hi1 <= m2 - m1 <= hi2 - lo1
 
 
 def test_dynamic_loss_scale_backs_off_until_finite_like_gradscaler(rng_seed):

@@ -174,25 +174,72 @@ def first_lag_above(level: float, log_start: float, rate: float) -> float:
     return math.floor((level - log_start) / abs(rate)) + 1.0
 
 
+def _factors(rate: float, step_error: float) -> tuple[float, float]:
+    """(g_lo, g_hi) = exp(rate -+ step_error): the least and most ||delta|| can change in one
+    step apart from the subnormal range's absolute round-off."""
+    return math.exp(rate - step_error), math.exp(rate + step_error)
+
+
+def norm_envelope(rate: float, log_start: float, dtype: str, hidden: int, step_error: float,
+                  lags: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) bound on ln||delta_{T-k}|| computed in ``dtype``, k = 0..lags (a theorem).
+
+    One step computes d' = fl(W^T d): ||W^T d|| lies in [sigma_min, sigma_max] ||d||, and
+    rounding to nearest moves each entry by at most u |entry| in the normal range and by at
+    most m/2 (half the smallest subnormal, an absolute error) in the subnormal range, so
+    ||d'|| <= g_hi ||d|| + c m and ||d'|| >= g_lo ||d|| - c m with g = exp(rate +- step_error)
+    (``step_error`` from :func:`step_error_bound`, ``rate`` the float64 rate, which lies in
+    [ln sigma_min, ln sigma_max]) and c = sqrt(H)/2. Unrolled from ||d_0|| = exp(log_start)
+    (the measured lag-0 norm): U_k = g_hi^k r_0 + c (1 - g_hi^k)/(1 - g_hi) and L_k likewise
+    with -c. U_k does not go to 0: it tends to the fixed point c/(1 - g_hi), which is why no
+    norm argument bounds the lag of the exact zero from above. lower is -inf where L_k <= 0.
+    """
+    ln_m = limits(dtype)["ln_subnormal"]
+    g_lo, g_hi = _factors(rate, step_error)
+    c = 0.5 * math.sqrt(hidden)
+    k = np.arange(lags + 1, dtype=np.float64)
+    r0 = math.exp(log_start - ln_m)
+    up = g_hi**k * r0 + c * k if g_hi == 1.0 else g_hi**k * r0 + c * (1 - g_hi**k) / (1 - g_hi)
+    lo = g_lo**k * r0 - c * k if g_lo == 1.0 else g_lo**k * r0 - c * (1 - g_lo**k) / (1 - g_lo)
+    with np.errstate(divide="ignore"):
+        return np.where(lo > 0, np.log(np.maximum(lo, 0.0)), -np.inf) + ln_m, np.log(up) + ln_m
+
+
 def underflow_interval(rate: float, log_start: float, dtype: str, hidden: int,
                        step_error: float = 0.0) -> tuple[float, float, float]:
     """(earliest, latest, k*) lag at which a vanishing delta becomes exactly the zero vector.
 
-    ln||delta_{T-k}|| = log_start + k rate (rate < 0). Round to nearest sends an element to
-    0 once |delta_i| < half the smallest subnormal m; the largest element lies between
-    ||delta|| / sqrt(H) and ||delta||. So the vector is certainly 0 once ||delta|| < m/2,
-    and not yet while ||delta|| >= sqrt(H) m/2: k in [first lag with log_start - ln(m/2)
-    + 0.5 ln H < k|rate|, first lag with log_start - ln(m/2) < k|rate|], each end moved
-    out by the accumulated round-off ``step_error`` per step in the normal range.
+    ln||delta_{T-k}|| = log_start + k rate exactly (rate < 0); log_start is the measured
+    lag-0 norm. Units: m, the smallest subnormal; c = sqrt(H)/2, g = exp(rate +- step_error)
+    (:func:`norm_envelope`).
+
+    earliest (a theorem): d_k = 0 needs every entry of W^T d_{k-1} within m/2 of 0, so
+    ||W^T d_{k-1}|| <= c m, while ||W^T d_{k-1}|| >= g_lo L_{k-1}; that is L_k <= 0:
+    k >= ln(1 + r_0 (1 - g_lo)/c) / |ln g_lo|.
+
+    latest (a prediction, not a bound): rounding to nearest in the subnormal range can keep
+    a vector alive without end (an entry of 1 ulp times a coefficient above 1/2 rounds back
+    to 1 ulp: W = 0.8 I never reaches 0), so no finite upper bound exists in general. The
+    prediction: K0, the first lag where even the upper trajectory r_0 g_hi^k is below half
+    an ulp (every entry would round to 0 without the subnormal round-off), plus
+    E = ceil(ln(2 R) / |ln g_hi|) steps, the time a vector at the fixed point R = c/(1 - g_hi)
+    of ||d'|| <= g_hi ||d|| + c m (the largest norm the per-step round-off can sustain)
+    takes to decay below half an ulp. inf when g_hi >= 1. E = 4 for s = 0.5 at H = 16 or 32
+    (R just above 4 and 5.7 ulps), 2 for s = 0.25.
     k* = (log_start - ln m) / |rate| is the issue's point estimate.
     """
     ln_m = limits(dtype)["ln_subnormal"]
     k_star = (log_start - ln_m) / abs(rate)
-    drift = step_error * k_star  # ln-norm error accumulated on the way down
-    level = log_start - (ln_m - math.log(2.0))  # k|rate| beyond which ||delta|| < m/2
-    lo = first_lag_above(level - 0.5 * math.log(hidden) - drift, 0.0, rate)
-    hi = first_lag_above(level + drift, 0.0, rate)
-    return lo, hi, k_star
+    g_lo, g_hi = _factors(rate, step_error)
+    c = 0.5 * math.sqrt(hidden)
+    r0 = math.exp(log_start - ln_m)
+    lo = max(1.0, float(math.ceil(math.log1p(r0 * (1 - g_lo) / c) / -math.log(g_lo))))
+    if g_hi >= 1.0:
+        return lo, math.inf, k_star
+    k0 = first_lag_above(log_start - ln_m - math.log(0.5), 0.0, math.log(g_hi))
+    reach = 2.0 * c / (1.0 - g_hi)  # 2 R: R in units of half an ulp
+    extra = float(math.ceil(math.log(reach) / -math.log(g_hi))) if reach > 1.0 else 0.0
+    return lo, max(lo, k0 + extra), k_star
 
 
 def overflow_interval(rate: float, log_start: float, dtype: str, hidden: int,
@@ -200,30 +247,38 @@ def overflow_interval(rate: float, log_start: float, dtype: str, hidden: int,
     """(earliest, latest, k*) lag of the first inf in an exploding delta (rate > 0).
 
     An element overflows once |delta_i| >= the largest finite value M plus half an ulp:
-    earliest when delta is concentrated on one
-    element (||delta|| > M), latest when spread evenly (||delta|| > sqrt(H) (M + ulp/2)).
-    k* = (ln M - log_start) / rate.
+    earliest when delta is concentrated on one element (||delta|| > M), latest when spread
+    evenly (||delta|| > sqrt(H) (M + ulp/2)). ||delta_{T-k}|| grows from the measured lag-0
+    norm by a factor within exp(rate -+ step_error) per step (relative round-off in the normal
+    range), so each end uses the rate moved out by ``step_error``. k* = (ln M - log_start) / rate.
     """
     ln_max = limits(dtype)["ln_max"]
     k_star = (ln_max - log_start) / rate
-    drift = step_error * k_star
     half_ulp = math.log1p(limits(dtype)["unit_roundoff"])  # M + half an ulp rounds to inf
-    lo = first_lag_above(ln_max - drift, log_start, rate)
-    hi = first_lag_above(ln_max + half_ulp + 0.5 * math.log(hidden) + drift, log_start, rate)
+    lo = first_lag_above(ln_max, log_start, rate + step_error)
+    hi = first_lag_above(ln_max + half_ulp + 0.5 * math.log(hidden), log_start,
+                         rate - step_error)
     return lo, hi, k_star
 
 
 def step_error_bound(w_hh: torch.Tensor, compute_dtype: str, operands_rounded: int = 1) -> float:
     """Bound on the per-step error of ln||delta|| for a linear RNN (J_t = W at every step).
 
-    One step computes fl(W^T delta): products accumulated in float32 (H u_32) and rounded
-    once to the compute dtype (relative error <= u per element, so <= u in the norm; TF32
-    rounds both operands, ``operands_rounded`` = 2). The computed delta then points in a
-    slightly different direction than the exact one, and ||W^T v|| / ||v|| varies with v
-    by at most ln(sigma_max / sigma_min) of the W actually used. Sum of the three.
+    One step computes fl(W^T delta): products accumulated in float32, whose error is at most
+    gamma_H sum_j |W_ji delta_j| per entry (gamma_H = H u_32 / (1 - H u_32)), so at most
+    gamma_H ||W||_F ||delta|| <= gamma_H ||W||_F / sigma_min ||W^T delta|| in the norm (twice
+    that covers ln(1 - x) >= -2x), and rounded once to the compute dtype (relative error <= u
+    per element in the normal range, so <= u in the norm; TF32 rounds both operands,
+    ``operands_rounded`` = 2). The computed delta then points in a slightly different direction
+    than the exact one, and ||W^T v|| / ||v|| varies with v by at most
+    ln(sigma_max / sigma_min) of the W actually used. Sum of the three. (The absolute round-off
+    of the subnormal range is not in it: :func:`norm_envelope`.)
     """
     u = limits(compute_dtype)["unit_roundoff"] if compute_dtype != "tf32" else 2.0**-11
-    sv = torch.linalg.svdvals(w_hh.detach().to(torch.float64).cpu())
+    w64 = w_hh.detach().to(torch.float64).cpu()
+    sv = torch.linalg.svdvals(w64)
     log_cond = float(torch.log(sv.max() / sv.min()))
     hidden = w_hh.shape[-1]
-    return -operands_rounded * math.log1p(-u) + hidden * U32 + log_cond
+    gamma = hidden * U32 / (1.0 - hidden * U32)
+    accumulate = 2.0 * gamma * float(torch.linalg.matrix_norm(w64) / sv.min())
+    return -operands_rounded * math.log1p(-u) + accumulate + log_cond

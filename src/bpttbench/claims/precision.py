@@ -8,12 +8,13 @@ s^k ||delta_T||: rate lambda = ln s. The float64 reference runs the same (rounde
 upcast. Predictions (bpttbench.precision):
 
 * ``8a`` float16 underflow: the first lag where some batch element's delta is exactly the
-  zero vector lies in [earliest, latest] from ln||delta_T||, lambda, the float16 subnormal
-  2^-24 (an element rounds to 0 below half of it) and the spread of the elements
-  (||delta||/sqrt(H) <= max_i |delta_i| <= ||delta||); point estimate
-  (ln||delta_T|| - ln 2^-24)/|lambda| in the note. Assumes subnormal rounding does not hold
-  the vector up: true for |lambda| >= ln 2 (the default scales), not for s = 0.8 where
-  the zero arrives a few lags late (docs/claims.md).
+  zero vector, against [earliest, latest] from each element's measured lag-0 norm, lambda
+  and the per-step round-off (``underflow_interval``). earliest is a theorem: relative u
+  in the normal range, at most half the subnormal 2^-24 per element below it. latest is a
+  prediction, not a bound (subnormal rounding can keep a vector alive without end): the
+  lag where ||delta|| would fall below 2^-25 plus the steps a vector at the round-off's
+  fixed point sqrt(H) 2^-25 / (1 - s) takes to decay below 2^-25 (4 for s = 0.5, 2 for
+  s = 0.25 at H = 32). Point estimate (ln||delta_T|| - ln 2^-24)/|lambda| in the note.
 * ``8b`` float16 overflow: the first inf lies in [norm reaches 65504, norm reaches
   sqrt(H) 65504].
 * ``8c`` a static loss scale S moves the underflow lag by +ln S/|lambda| and the overflow
@@ -85,10 +86,11 @@ def _steps(kind: str, scale: float, sec: dict, extra_ln: float = 0.0) -> int:
     """Enough steps to pass the latest predicted lag (delta_T is O(1): ln||delta_T|| < 3)."""
     lim = pr.limits("float16")
     rate = abs(math.log(scale))
-    if kind == "underflow":
-        reach = 3.0 + extra_ln - lim["ln_subnormal"] + math.log(2.0)
-    else:
-        reach = lim["ln_max"] + 0.5 * math.log(sec["hidden"]) + 6.0
+    if kind == "underflow":  # the predicted latest lag, with its subnormal extra steps
+        latest = pr.underflow_interval(-rate, 3.0 + extra_ln, "float16", sec["hidden"])[1]
+        return int(latest) + 5 if math.isfinite(latest) else 10 * int(math.ceil(
+            (3.0 + extra_ln - lim["ln_subnormal"]) / rate))
+    reach = lim["ln_max"] + 0.5 * math.log(sec["hidden"]) + 6.0
     return int(math.ceil(reach / rate)) + 5
 
 
@@ -105,7 +107,9 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
             base, ref, err, _ = _flows(scale, steps, pr.Precision("float16"), sec, seed, ctx)
             rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]
             log_start = ref.log_norm_h[0]
-            lo, hi, k_star = _interval(kind, rate, log_start, 0.0, "float16", hidden, err)
+            # each chain starts from its own measured lag-0 norms (delta_T rounded to float16)
+            lo, hi, k_star = _interval(kind, rate, base.flow.log_norm_h[0], 0.0, "float16",
+                                       hidden, err)
             m = _first_bad(base.flow.log_norm_h, kind)
             cond = f"{cond0}, s={scale:g}, T={steps}, float16"
             letter = "8a" if kind == "underflow" else "8b"
@@ -118,8 +122,14 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
                 m, lo, hi - lo, "p<=m<=p+tol", condition=cond, n=batch, unit="lag (steps)",
                 source=SOURCE,
                 note=(f"float64 rate {fmt(rate)} (ln s = {fmt(math.log(scale))}); k* = "
-                      f"{fmt(k_star)}; interval from the element spread (0.5 ln H = "
-                      f"{fmt(0.5 * math.log(hidden))} nats) and round-off {fmt(err)} nats/step; "
+                      f"{fmt(k_star)}; "
+                      + ("earliest: a theorem (the per-step round-off, relative in the normal "
+                         "range and half a subnormal per element below it); latest: a "
+                         "prediction (no finite bound exists) "
+                         if kind == "underflow" else
+                         f"interval from the element spread (0.5 ln H = "
+                         f"{fmt(0.5 * math.log(hidden))} nats) and ")
+                      + f"round-off {fmt(err)} nats/step, from the measured lag-0 norms; "
                       f"underflow_lag {whole}, first element exactly 0 at lag {first}."),
             ))
             # loss scales: static ones and the dynamic rule
@@ -128,7 +138,8 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
                                      seed, ctx)
                 ln_S = math.log(sf.loss_scale)
                 m_s = _first_bad(sf.flow.log_norm_h, kind)
-                lo_s, hi_s, _ = _interval(kind, rate, log_start, ln_S, "float16", hidden, err)
+                lo_s, hi_s, _ = _interval(kind, rate, sf.flow.log_norm_h[0], ln_S, "float16",
+                                          hidden, err)
                 if s_val == pr.DYNAMIC and kind == "overflow":
                     rows.append(_dynamic_backoffs(sf, rate, log_start, steps, hidden, err,
                                                   scale, cond))
@@ -235,7 +246,7 @@ def _autocast(sec: dict, ctx: Context, seed: int, cond0: str) -> list[dict]:
     steps = _steps("underflow", scale, sec)
     sf, ref, err, _ = _flows(scale, steps, pr.Precision("float32", "float16"), sec, seed, ctx)
     rate = pr.growth_rate_fit(ref.log_norm_h.mean(axis=1))[0]
-    lo, hi, k_star = _interval("underflow", rate, ref.log_norm_h[0], 0.0, "float16",
+    lo, hi, k_star = _interval("underflow", rate, sf.flow.log_norm_h[0], 0.0, "float16",
                                sec["hidden"], pr.step_error_bound(_cell(scale, "float32", sec,
                                                                         seed, ctx).weight_hh_l0,
                                                                   "float16"))
