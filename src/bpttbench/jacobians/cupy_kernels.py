@@ -79,6 +79,15 @@ GRID_STRIDE_BLOCKS_MAX = _LAUNCH["GRID_STRIDE_BLOCKS_MAX"]  # most blocks of a 1
 FULL_FRAME_COLS = _LAUNCH["FULL_FRAME_COLS"]  # columns per block of full_frame_update
 PERSISTENT_MAX_H = 128
 DEFAULT_SMEM = 48 * 1024  # dynamic shared memory available without opting in
+
+
+def _within_default_smem(kernel: str, hidden: int, dtype: Any, need: int) -> int:
+    """``need`` bytes of dynamic shared memory, or a ValueError naming the kernel, H and
+    dtype when that is more than the kernels without opt-in may use (DEFAULT_SMEM)."""
+    if need > DEFAULT_SMEM:
+        raise ValueError(f"{kernel}: H = {hidden} in {np.dtype(dtype)} needs {need} B of shared "
+                         f"memory; the kernel takes {DEFAULT_SMEM}")
+    return need
 MAX_GRID_YZ = 65535  # CUDA limit on gridDim.y and gridDim.z
 ROWS_CHUNK_BYTES = 64 * 2**20  # per-launch [n, B, k] float64 row buffer of the persistent kernel
 NVRTC_OPTIONS = ("-std=c++17",)  # CuPy adds -ftz=true, -arch and --device-as-default-execution-space
@@ -367,10 +376,7 @@ def bptt_delta_rnn(deriv, w_hh, frame, norm_raw, scale, zero0, *, t_first: int,
         _check(a, (n_steps, batch), F64, name)
     if not (0 <= t_first < steps and 1 <= n_steps <= t_first + 1):
         raise ValueError(f"bad step range t_first={t_first}, n_steps={n_steps} for T={steps}")
-    smem = bptt_delta_smem_bytes(hidden, dt)
-    if smem > DEFAULT_SMEM:
-        raise ValueError(f"H = {hidden} in {np.dtype(dt)} needs {smem} B of shared memory; "
-                         f"the kernel takes {DEFAULT_SMEM}")
+    smem = _within_default_smem("bptt_delta_rnn", hidden, dt, bptt_delta_smem_bytes(hidden, dt))
     kern = _kernel("bptt_delta.cu", "bptt_delta_rnn", dt)
     args = (deriv, w_hh, frame, norm_raw, scale, zero0, _i32(batch), _i32(hidden),
             _i32(t_first), _i32(n_steps))
@@ -410,10 +416,8 @@ def bptt_delta_gated(model: str, k, a, f, w_hh, frame, rows, *, t_first: int,
     _check(rows, (n_steps, GATED_ROWS[model], batch), F64, "rows")
     if not (0 <= t_first < steps and 1 <= n_steps <= t_first + 1):
         raise ValueError(f"bad step range t_first={t_first}, n_steps={n_steps} for T={steps}")
-    smem = bptt_delta_gated_smem_bytes(model, hidden, dt)
-    if smem > DEFAULT_SMEM:
-        raise ValueError(f"{model} H = {hidden} in {np.dtype(dt)} needs {smem} B of shared "
-                         f"memory; the kernel takes {DEFAULT_SMEM}")
+    smem = _within_default_smem(f"bptt_delta_{model}", hidden, dt,
+                                bptt_delta_gated_smem_bytes(model, hidden, dt))
     kern = _kernel("bptt_delta_gated.cu", f"bptt_delta_{model}", dt)
     coef = (k, a, f) if model == "lstm" else (k, a)
     args = (*coef, w_hh, frame, rows, _i32(batch), _i32(hidden), _i32(t_first), _i32(n_steps))
@@ -460,10 +464,8 @@ def forward_record(model: str, gi, w_hh_t, b_hh, h, c, outs: dict[str, Any], *, 
         _check(outs[name], (steps, batch, width if wide else hidden), dt, name)
     if not (0 <= t_first and 1 <= n_steps and t_first + n_steps <= steps):
         raise ValueError(f"bad step range t_first={t_first}, n_steps={n_steps} for T={steps}")
-    smem = forward_record_smem_bytes(model, hidden, dt)
-    if smem > DEFAULT_SMEM:
-        raise ValueError(f"{model} H = {hidden} in {np.dtype(dt)} needs {smem} B of shared "
-                         f"memory; the kernel takes {DEFAULT_SMEM}")
+    smem = _within_default_smem(f"forward_record_{model}", hidden, dt,
+                                forward_record_smem_bytes(model, hidden, dt))
     kern = _kernel("forward_record.cu", f"forward_record_{model}", dt)
     state = (h, c) if model == "lstm" else (h,)
     args = (gi, w_hh_t, b_hh, *state, *(outs[n] for n in fields), _i32(batch), _i32(hidden),
