@@ -97,6 +97,19 @@ FORWARD_LAUNCHES = {"rnn_tanh": 6, "rnn_relu": 6, "rnn_linear": 5, "lstm": 14, "
 FORWARD_LAUNCHES_DETERMINISTIC = {**FORWARD_LAUNCHES, "gru": 17}
 
 
+#: steps of the BPTT-delta forward's captured chunk on CUDA (gradient_flow.graphed_unroll.CHUNK)
+GRAPH_CHUNK = 64
+
+
+def graphed_forward_launches(model: str, chunk: int = GRAPH_CHUNK) -> float:
+    """Launches per step of the BPTT-delta forward by CUDA graph replays: per chunk the
+    inputs and each state part copied in, one replay, each state part copied out (counted by
+    tests/test_graphed_unroll.py with a stand-in graph); the eager tail and the one-time
+    capture are per cell."""
+    parts = 2 if model == "lstm" else 1
+    return (1 + 2 * parts + 1) / chunk
+
+
 def launches_of(model: str, deterministic: bool) -> dict[str, float]:
     """Torch launches per step of ``model``'s phases in the given determinism mode."""
     base = TORCH_LAUNCHES[model]
@@ -208,15 +221,19 @@ def bptt_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
 
 
 def bptt_chain_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
-                    deterministic: bool = False, backend: str = "torch") -> StepCost:
+                    deterministic: bool = False, backend: str = "torch",
+                    graphed: bool = False) -> StepCost:
     """One step of bptt_deltas.delta_chain: forward without a graph, pre-activations
-    recomputed for all steps, the two-column adjoint step, its norm and rescale."""
+    recomputed for all steps, the two-column adjoint step, its norm and rescale.
+    ``graphed``: on CUDA the forward runs as CUDA graph replays (T >= 2 chunks;
+    gradient_flow.graphed_unroll), :func:`graphed_forward_launches` a step."""
     g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
     launches = (DELTAS_LAUNCHES_DETERMINISTIC if deterministic else DELTAS_LAUNCHES)[model]
     kernel = model.startswith("rnn_") or hidden <= CUPY_DELTAS_MAX_H[model].get(dtype, 0)
     if backend == "cupy" and kernel:  # the forward, then the kernel
         forward = FORWARD_LAUNCHES_DETERMINISTIC if deterministic else FORWARD_LAUNCHES
-        launches = forward[model] + CUPY_DELTAS["rnn" if model.startswith("rnn_") else model]
+        eager = graphed_forward_launches(model) if graphed else forward[model]
+        launches = eager + CUPY_DELTAS["rnn" if model.startswith("rnn_") else model]
     forward = 2 * 2 * batch * (inputs + hidden) * g * hidden  # the forward, then recomputed
     weights = 3 * g * hidden * (hidden + inputs) * item
     # two columns times W_hh (RNN: [B, 2, H] x [H, H]; LSTM/GRU: [B, 2, gH] x [gH, H])

@@ -62,8 +62,9 @@ def cell_step(spec: CellSpec, kind: str) -> cm.StepCost:
     chain_method = resolve_method(spec.bptt_method, kind) == "jacobian_chain"
     if chain_method:
         every = spec.autograd_reference_every  # autograd on 1 in N cells (on average)
+        graphed = kind == "cuda" and spec.seq_len >= 2 * cm.GRAPH_CHUNK
         bptt = (cm.bptt_chain_step(spec.model, spec.hidden, spec.batch, spec.input_size,
-                                   spec.dtype, det, backend)
+                                   spec.dtype, det, backend, graphed)
                 + bptt * (1.0 / every if every else 0.0))
     return (bptt
             + cm.chain_step(spec.model, spec.hidden, spec.batch, spec.input_size, k,

@@ -173,7 +173,7 @@ LAUNCH_COUNT_DOCS = {
     "bptt_method": "how the cell computed delta_t: autograd or jacobian_chain",
     "chain_forward": "forward record the Lyapunov chain read: shared or own",
     "launches_per_step": "per time step of the cell (its BPTT and Lyapunov chain), measured by "
-    "the torch profiler as the difference between T = 32 and T = 96: on a GPU every kernel "
+    "the torch profiler as the difference between T = 160 and T = 416: on a GPU every kernel "
     "and memset that ran (CUPTI: torch's, cuBLAS's and our CuPy kernels), on the CPU the "
     "leaf aten ops that do work",
     "model_launches_per_step": "the same by the cost model (plan.cell_step)",

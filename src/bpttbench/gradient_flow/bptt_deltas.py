@@ -10,7 +10,8 @@ that share every product:
   ln||delta_t|| with no overflow or underflow whatever the chain length (the true rate).
 
 The forward pass is ``models.unroll`` without a graph, the same arithmetic as autograd's
-forward, so the trajectory is bitwise the one autograd differentiates; the derivative
+forward, so the trajectory is bitwise the one autograd differentiates (on CUDA by replays of a
+captured chunk of steps once they are checked bitwise equal: :mod:`.graphed_unroll`); the derivative
 factors are rebuilt from it for all steps at once (no launches per step) as
 ``jacobians.forward_saved`` defines them. J^T is applied without forming J (as the engine's
 RNN chain does): for the LSTM and GRU the transposed formulas of ``jacobians.analytic`` reduce
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..jacobians import NumpyBackend, Saved, TorchBackend
-from ..models import Params, State, unroll
+from ..models import Params, State
 from .forward_record import CHUNK_BYTES, PARTS, saved_from_states
 from .gradients import (
     GradientFlow,
@@ -44,6 +45,7 @@ from .gradients import (
     lag_statistics,
     measure_gradient_flow,
 )
+from .graphed_unroll import unroll_fast
 
 METHODS = ("auto", "autograd", "jacobian_chain")
 
@@ -145,7 +147,7 @@ def delta_chain(model: str, params: Params, x: Tensor, state0: State, w_out: Ten
     if backend not in ("torch", "numpy", "cupy"):
         raise ValueError(f"delta chain backend {backend!r}; allowed: torch, numpy, cupy")
     with torch.no_grad():
-        states = unroll(model, params, x, tuple(state0))
+        states = unroll_fast(model, params, x, tuple(state0))  # CUDA: graph replays
         h_T = states[-1][0]
         w_o = w_out.to(dtype=h_T.dtype, device=h_T.device)
         resid = h_T @ w_o.T - target.to(dtype=h_T.dtype, device=h_T.device)

@@ -93,10 +93,12 @@ def modelled(spec: CellSpec, device: str) -> float:
     return cell_step(spec, torch.device(device).type).launches
 
 
-def measure(spec: CellSpec, device: str, short: int = 32, long: int = 96) -> dict[str, Any]:
+def measure(spec: CellSpec, device: str, short: int = 160, long: int = 416) -> dict[str, Any]:
     """One row: counts at T = ``short`` and ``long`` (after a warm-up run that loads the
-    kernels), differenced per step. Both lengths report about 20 singular-value lags
-    (``jacobians.report_lags``), so per-lag work cancels too."""
+    kernels), differenced per step. Both lengths report 20 singular-value lags
+    (``jacobians.report_lags``) and are whole graph chunks (``graphed_unroll.CHUNK``) plus the
+    same tail, so per-lag and per-tail work cancel; both are long enough for the graphed
+    forward on CUDA."""
     per = {}
     before = torch.are_deterministic_algorithms_enabled()
     try:  # either mode (apply_precision only ever switches determinism on)
