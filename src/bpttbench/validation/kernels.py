@@ -1,7 +1,9 @@
 """Kernel validation: every custom CUDA kernel against the float64 NumPy reference.
 
-The reference gets the kernel's exact inputs (rounded to the kernel dtype), so the error
-measures the kernel's arithmetic. Needs a GPU with CuPy (or, in the tests, the
+Every entry point of ``cupy_kernels.KERNEL_ENTRY_POINTS`` is launched by one of the checks:
+the Lyapunov-chain kernels here, the recurrent-pass kernels (BPTT deltas, forward record) in
+:mod:`.recurrent`. The reference gets the kernel's exact inputs (rounded to the kernel
+dtype), so the error measures the kernel's arithmetic. Needs a GPU with CuPy (or, in the tests, the
 kernel-emulation stand-in put into :mod:`bpttbench.jacobians.cupy_kernels`). The table is
 written through the contract (``bpttbench.tables.write_table``, table ``validation``).
 """
@@ -27,6 +29,8 @@ from bpttbench.jacobians.cupy_kernels import F64, cupy_dtype
 from bpttbench.models import RecurrentCell, init_parameters
 from bpttbench.tables import write_table
 
+from . import recurrent
+
 #: columns of the validation table, in order (documented in bpttbench.tables.COLUMNS)
 VALIDATION_COLUMNS = ["kernel", "shape", "dtype", "max_rel_err", "tolerance", "passed"]
 
@@ -40,6 +44,16 @@ KERNEL_TOLERANCES: dict[str, tuple[float, float]] = {
     "full_frame_update": (1e-12, 1e-12),  # float64 arithmetic in both flavours (R is widened)
     "chain_lstm": (1e-4, 1e-10),
     "chain_gru": (1e-4, 1e-10),
+    # per-lag ||delta|| of both columns, relative (recurrent.py):
+    "bptt_delta_rnn": (1e-4, 1e-12),
+    "bptt_delta_lstm": (1e-4, 1e-12),
+    "bptt_delta_gru": (1e-4, 1e-12),
+    # every record field, derivatives elementwise relative, values normwise (recurrent.py):
+    "forward_record_rnn_tanh": (1e-4, 1e-12),
+    "forward_record_rnn_relu": (1e-4, 1e-12),
+    "forward_record_rnn_linear": (1e-4, 1e-12),
+    "forward_record_lstm": (1e-4, 1e-12),
+    "forward_record_gru": (1e-4, 1e-12),
 }
 KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     # (B, H, k, T, qr_every)
@@ -60,6 +74,15 @@ KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     # (B, H, k, T, qr_every)
     "chain_lstm": [(3, 16, 8, 30, 1), (2, 64, 32, 20, 2)],
     "chain_gru": [(3, 16, 8, 30, 1), (2, 100, 20, 20, 3)],
+    # (B, H, T, steps per launch)
+    "bptt_delta_rnn": [(3, 16, 30, 7), (2, 100, 20, 20), (2, 300, 12, 5), (1, 1408, 3, 2)],
+    "bptt_delta_lstm": [(3, 8, 25, 6), (2, 130, 12, 12), (1, 300, 8, 3), (1, 448, 3, 2)],
+    "bptt_delta_gru": [(3, 16, 25, 6), (2, 100, 12, 12), (1, 260, 8, 3), (1, 672, 3, 2)],
+    "forward_record_rnn_tanh": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
+    "forward_record_rnn_relu": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
+    "forward_record_rnn_linear": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
+    "forward_record_lstm": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 2048, 2, 1)],
+    "forward_record_gru": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
 }
 
 
@@ -194,6 +217,9 @@ def _validate_one(name: str, shape: tuple[int, ...], dtype: np.dtype, seed: int)
         tot_ref, rows_ref = run_chain(ref, ref_bk, k, qr_every)
         tot, rows = run_chain(_to_cupy_saved(ref, dtype), CupyBackend(dtype), k, qr_every)
         return max(_rel_log_err(rows, rows_ref), _rel_log_err(tot, tot_ref))
+    err = recurrent.check(name, shape, dtype, seed)
+    if err is not None:
+        return err
     raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNEL_SHAPES)}")
 
 
