@@ -128,8 +128,9 @@ def gated_delta_rows(model: str, w_hh: Any, delta_t: Any, steps: int,
     dtype on the GPU; ``coefficients(lo, hi)`` gives ``adjoint_coefficients`` of indices
     [lo, hi) as torch tensors or CuPy arrays (LSTM k, oc, f; GRU k, z). ``chunk``: steps per
     launch (default: as many as :data:`COEF_CHUNK_BYTES` of coefficients allow, at most
-    :data:`STEPS_PER_LAUNCH`; the kernel validation passes a small one). A launch over [lo, hi) also gets index lo - 1: the LSTM's
-    dL/dc row of step lo reads oc[lo - 1] (index 0 of a launch is taken as t = 0).
+    :data:`STEPS_PER_LAUNCH`; the kernel validation passes a small one). A launch over
+    [lo, hi) also gets index lo - 1: the LSTM's dL/dc row of step lo reads oc[lo - 1] (index 0
+    of a launch is taken as t = 0).
     """
     cp = ck.cp
     batch, hidden = (int(n) for n in delta_t.shape)
