@@ -34,9 +34,10 @@ def _tol(name: str, dtype: np.dtype) -> float:
     return vk.KERNEL_TOLERANCES[name][0 if dtype == F32 else 1]
 
 
-def test_validate_kernels_through_the_stand_in(emu, rng_seed):
+def test_validate_kernels_through_the_stand_in(emu, rng_seed, tmp_path):
     """validation.kernels.validate_kernels() itself, every kernel, shape and dtype, emulated,
-    on a fresh seed: every entry point of every kernel file is launched by it."""
+    on a fresh seed: every entry point of every kernel file is launched by it, and its rows
+    make the contract's validation table."""
     results = vk.validate_kernels(seed=rng_seed % 2**31)
     assert len(results) == 2 * sum(len(v) for v in vk.KERNEL_SHAPES.values())
     for r in results:
@@ -48,6 +49,11 @@ def test_validate_kernels_through_the_stand_in(emu, rng_seed):
     launched = {launch.kernel.rsplit("_", 1)[0] for launch in emu.launches}
     assert launched >= {base for bases in ck.KERNEL_ENTRY_POINTS.values() for base in bases}
     assert set(vk.KERNEL_TOLERANCES) == set(vk.KERNEL_SHAPES)
+    path = vk.write_validation_csv(results, tmp_path / "validation.csv")  # write_table checks
+    from bpttbench import gpucheck
+
+    assert gpucheck.validation(str(path)) == 0
+    assert len(path.read_text().splitlines()) == 1 + len(results)
 
 
 # (kernel, shape) beyond validate_kernels: H = 8, 33, 64, 128, 130, 300; k < H and k = H;
