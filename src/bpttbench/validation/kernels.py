@@ -83,8 +83,9 @@ KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "chain_lstm": [(3, 16, 8, 30, 1), (2, 64, 32, 20, 2)],
     "chain_gru": [(3, 16, 8, 30, 1), (2, 100, 20, 20, 3)],
     # (B, H, T, steps per launch): several launches (the state carried across them), H over
-    # NTHREADS (threads loop over units), and the shared-memory limits in float64 (the last
-    # shape; float32's are twice that, emulated by tests/kernel_emulation)
+    # NTHREADS (threads loop over units), and the float64 shared-memory limit (the last shape:
+    # exactly the 48 KB; in float32 the same H takes half, and its own limit, twice the H,
+    # runs in float32 only: tests/kernel_emulation)
     "bptt_delta_rnn": [(3, 16, 30, 7), (2, 100, 20, 20), (2, 300, 12, 5), (1, 1408, 3, 2)],
     "bptt_delta_lstm": [(3, 8, 25, 6), (2, 130, 12, 12), (1, 300, 8, 3), (1, 448, 3, 2)],
     "bptt_delta_gru": [(3, 16, 25, 6), (2, 100, 12, 12), (1, 260, 8, 3), (1, 672, 3, 2)],
