@@ -196,6 +196,36 @@ def test_missing_syncthreads_is_caught(emu, monkeypatch, where, rng_seed):
         assert not err <= _tol(name, F64)
 
 
+@pytest.mark.parametrize("name,fname,marker,shape", [
+    ("bptt_delta_rnn", "bptt_delta.cu", "vd[H + j] = dj * v[H + j];", (2, 40, 6, 4)),
+    ("bptt_delta_lstm", "bptt_delta_gated.cu", "vc[H + j] = f[", (2, 20, 6, 4)),
+    ("forward_record_gru", "forward_record.cu", "out4[oh] = omz;", (2, 20, 6, 4)),
+])  # fmt: skip
+def test_missing_syncthreads_in_the_recurrent_kernels_is_caught(emu, monkeypatch, name, fname,
+                                                               marker, shape, rng_seed):
+    """The validation entries of the BPTT-delta and forward-record kernels fail, in thread
+    order and shuffled, when a barrier is deleted (products read before they are written;
+    the forward record's per-step barrier of its double-buffered h)."""
+    old, new = _delete_nth_sync(ck.kernel_source(fname), marker)
+    _mutate(monkeypatch, fname, old, new)
+    seed = rng_seed % 2**31
+    for order in (0, 12345):
+        emu.order_seed = order
+        err = vk._validate_one(name, shape, F64, seed)
+        print(f"{name}, order seed {order}: max_rel_err {err:.2e}")
+        assert not err <= _tol(name, F64)
+
+
+def test_a_wrong_lstm_dl_dc_row_is_caught(emu, monkeypatch, rng_seed):
+    """The rescaled column's dL/dc row without its same-step path o (1 - tanh^2 c) dL/dh:
+    finite, wrong, and caught by bptt_delta_lstm's check of ||dL/dc_t|| per lag."""
+    _mutate(monkeypatch, "bptt_delta_gated.cu", "(double)(T)(v[D + H + j] + oc * v[D + j])",
+            "(double)(T)(v[D + H + j])")  # fmt: skip
+    err = vk._validate_one("bptt_delta_lstm", (2, 20, 6, 4), F64, rng_seed % 2**31)
+    print(f"max_rel_err {err:.2e}")
+    assert math.isfinite(err) and not err <= _tol("bptt_delta_lstm", F64)
+
+
 def test_missing_syncthreads_makes_the_output_depend_on_thread_order(emu, monkeypatch, rng_seed):
     """The race check alone (no reference): in order and shuffled differ bitwise."""
     text = ck.kernel_source("rnn_chain.cu")
