@@ -34,23 +34,26 @@ def _tol(name: str, dtype: np.dtype) -> float:
     return vk.KERNEL_TOLERANCES[name][0 if dtype == F32 else 1]
 
 
-def test_validate_kernels_through_the_stand_in(emu):
-    """cupy_backend.validate_kernels() itself, every kernel, shape and dtype, emulated."""
-    results = vk.validate_kernels()
+def test_validate_kernels_through_the_stand_in(emu, rng_seed, tmp_path):
+    """validation.kernels.validate_kernels() itself, every kernel, shape and dtype, emulated,
+    on a fresh seed: every entry point of every kernel file is launched by it, and its rows
+    make the contract's validation table."""
+    results = vk.validate_kernels(seed=rng_seed % 2**31)
     assert len(results) == 2 * sum(len(v) for v in vk.KERNEL_SHAPES.values())
     for r in results:
-        print(f"{r['kernel']:24s} {r['shape']:>14s} {r['dtype']}  max_rel_err={r['max_rel_err']:.2e}")
+        print(f"{r['kernel']:26s} {r['shape']:>14s} {r['dtype']}  max_rel_err={r['max_rel_err']:.2e}")
     bad = [r for r in results if not r["passed"]]
     assert not bad, "\n".join(map(str, bad))
     assert emu.options and all(o == ck.NVRTC_OPTIONS for o in emu.options)
-    # every engine kernel; the BPTT delta kernels (bptt_delta.cu, bptt_delta_gated.cu) are
-    # checked against the torch delta chain by test_bptt_delta_kernel.py and
-    # test_bptt_delta_gated_kernel.py, the forward record (forward_record.cu) against
-    # forward_saved by test_forward_record_kernel.py, not by validate_kernels
-    assert {launch.kernel.rsplit("_", 1)[0] for launch in emu.launches} >= {
-        base for fname, bases in ck.KERNEL_ENTRY_POINTS.items() for base in bases
-        if fname not in ("bptt_delta.cu", "bptt_delta_gated.cu", "forward_record.cu")
-    }
+    # every entry point of every kernel file (bptt_delta*.cu and forward_record.cu included)
+    launched = {launch.kernel.rsplit("_", 1)[0] for launch in emu.launches}
+    assert launched >= {base for bases in ck.KERNEL_ENTRY_POINTS.values() for base in bases}
+    assert set(vk.KERNEL_TOLERANCES) == set(vk.KERNEL_SHAPES)
+    path = vk.write_validation_csv(results, tmp_path / "validation.csv")  # write_table checks
+    from bpttbench import gpucheck
+
+    assert gpucheck.validation(str(path)) == 0
+    assert len(path.read_text().splitlines()) == 1 + len(results)
 
 
 # (kernel, shape) beyond validate_kernels: H = 8, 33, 64, 128, 130, 300; k < H and k = H;
@@ -73,6 +76,12 @@ CASES = (
                                    (5, 130, 12, 4, 2)]]
     + [("chain_gru", s) for s in [(5, 8, 8, 10, 1), (1, 33, 33, 8, 1), (5, 64, 20, 6, 3),
                                   (1, 130, 130, 3, 1), (1, 300, 30, 3, 2)]]
+    # (B, H, T, steps per launch): batch 1 and 5, one and several launches, H > NTHREADS
+    + [("bptt_delta_rnn", s) for s in [(1, 8, 24, 5), (5, 33, 10, 10), (2, 257, 6, 4)]]
+    + [("bptt_delta_lstm", s) for s in [(1, 8, 20, 3), (5, 33, 8, 8), (2, 257, 5, 2)]]
+    + [("bptt_delta_gru", s) for s in [(5, 8, 20, 3), (1, 33, 8, 8), (2, 257, 5, 2)]]
+    + [(f"forward_record_{m}", s) for m in ("rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru")
+       for s in [(1, 8, 10, 3), (5, 33, 8, 8), (1, 257, 4, 3)]]
 )  # fmt: skip
 
 
@@ -82,7 +91,13 @@ CASES = (
 # The same for H = k = 300 in float32: 1.5e-6..3.6e-5 over 8 seeds (tail too close to 1e-4).
 CASES_F64 = [("chain_lstm", (1, 8, 16, 10, 1)), ("chain_lstm", (5, 16, 32, 6, 1)),
              ("rnn_adjoint_step_tiled", (1, 300, 300, 3, 1))]
-PARAMS = [(n, s, d) for n, s in CASES for d in (F32, F64)] + [(n, s, F64) for n, s in CASES_F64]
+# The recurrent-pass kernels at their float32 shared-memory limits (twice the float64 ones,
+# which validate_kernels' shapes reach; the limits themselves: the kernel files' own tests).
+CASES_F32 = [("bptt_delta_rnn", (1, 2816, 2, 1)), ("bptt_delta_lstm", (1, 896, 2, 1)),
+             ("bptt_delta_gru", (1, 1344, 2, 1)), ("forward_record_rnn_tanh", (1, 6144, 2, 1)),
+             ("forward_record_lstm", (1, 4096, 2, 1)), ("forward_record_gru", (1, 6144, 2, 1))]
+PARAMS = ([(n, s, d) for n, s in CASES for d in (F32, F64)] + [(n, s, F64) for n, s in CASES_F64]
+          + [(n, s, F32) for n, s in CASES_F32])
 
 
 @pytest.mark.parametrize(
@@ -101,6 +116,10 @@ def test_kernel_against_numpy_reference(emu, monkeypatch, name, shape, dtype, rn
         launched = [x for x in emu.launches if x.kernel.startswith("rnn_chain_persistent")]
         assert len(launched) == math.ceil(steps / 4)
         assert all(x.shared_mem == ck.persistent_smem_bytes(shape[1], k, dtype) for x in launched)
+    if name.startswith(("bptt_delta_", "forward_record_")):  # one launch per chunk of steps
+        steps, chunk = shape[2:]
+        launched = [x for x in emu.launches if x.kernel.rsplit("_", 1)[0] == name]
+        assert len(launched) == math.ceil(steps / chunk)
 
 
 # ------------------------------------------------------------------------------------ races
@@ -175,6 +194,36 @@ def test_missing_syncthreads_is_caught(emu, monkeypatch, where, rng_seed):
         err = vk._validate_one(name, shape, F64, seed)
         print(f"{where}, order seed {order}: max_rel_err {err:.2e}")
         assert not err <= _tol(name, F64)
+
+
+@pytest.mark.parametrize("name,fname,marker,shape", [
+    ("bptt_delta_rnn", "bptt_delta.cu", "vd[H + j] = dj * v[H + j];", (2, 40, 6, 4)),
+    ("bptt_delta_lstm", "bptt_delta_gated.cu", "vc[H + j] = f[", (2, 20, 6, 4)),
+    ("forward_record_gru", "forward_record.cu", "out4[oh] = omz;", (2, 20, 6, 4)),
+])  # fmt: skip
+def test_missing_syncthreads_in_the_recurrent_kernels_is_caught(emu, monkeypatch, name, fname,
+                                                               marker, shape, rng_seed):
+    """The validation entries of the BPTT-delta and forward-record kernels fail, in thread
+    order and shuffled, when a barrier is deleted (products read before they are written;
+    the forward record's per-step barrier of its double-buffered h)."""
+    old, new = _delete_nth_sync(ck.kernel_source(fname), marker)
+    _mutate(monkeypatch, fname, old, new)
+    seed = rng_seed % 2**31
+    for order in (0, 12345):
+        emu.order_seed = order
+        err = vk._validate_one(name, shape, F64, seed)
+        print(f"{name}, order seed {order}: max_rel_err {err:.2e}")
+        assert not err <= _tol(name, F64)
+
+
+def test_a_wrong_lstm_dl_dc_row_is_caught(emu, monkeypatch, rng_seed):
+    """The rescaled column's dL/dc row without its same-step path o (1 - tanh^2 c) dL/dh:
+    finite, wrong, and caught by bptt_delta_lstm's check of ||dL/dc_t|| per lag."""
+    _mutate(monkeypatch, "bptt_delta_gated.cu", "(double)(T)(v[D + H + j] + oc * v[D + j])",
+            "(double)(T)(v[D + H + j])")  # fmt: skip
+    err = vk._validate_one("bptt_delta_lstm", (2, 20, 6, 4), F64, rng_seed % 2**31)
+    print(f"max_rel_err {err:.2e}")
+    assert math.isfinite(err) and not err <= _tol("bptt_delta_lstm", F64)
 
 
 def test_missing_syncthreads_makes_the_output_depend_on_thread_order(emu, monkeypatch, rng_seed):

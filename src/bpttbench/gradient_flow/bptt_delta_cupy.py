@@ -73,16 +73,21 @@ def usable(hidden: int, dtype: Any, model: str = "rnn_tanh") -> bool:
 
 
 def from_torch(t: Any) -> Any:
-    """A torch tensor shared into CuPy by DLPack (no copy)."""
+    """A torch tensor shared into CuPy by DLPack (no copy); a CuPy array as it is (made
+    C-contiguous: the kernel validation passes CuPy arrays)."""
+    if not hasattr(t, "detach"):
+        return ck.cp.ascontiguousarray(t)
     return ck.cp.from_dlpack(t.detach().contiguous())
 
 
-def rnn_delta_rows(deriv: Any, w_hh: Any, delta_t: Any) -> tuple[np.ndarray, ...]:
+def rnn_delta_rows(deriv: Any, w_hh: Any, delta_t: Any, chunk: int | None = None
+                   ) -> tuple[np.ndarray, ...]:
     """Per lag 0..T: (norm of the raw column, norm the rescaled column was divided by, raw
     column's first entry is 0), float64 [T+1, B] NumPy arrays, read back once.
 
     ``deriv`` [T, B, H] (phi'(a_t), index i for J_{i+1}), ``w_hh`` [H, H] and ``delta_t``
-    [B, H] are CuPy arrays of one float dtype.
+    [B, H] are CuPy arrays of one float dtype. ``chunk``: steps per launch (default
+    :data:`STEPS_PER_LAUNCH`; the kernel validation passes a small one).
     """
     cp = ck.cp
     steps, batch, hidden = (int(n) for n in deriv.shape)
@@ -103,9 +108,10 @@ def rnn_delta_rows(deriv: Any, w_hh: Any, delta_t: Any) -> tuple[np.ndarray, ...
         rows = [cp.empty((steps + 1, batch), dtype=np.float64) for _ in range(3)]
         rows[0][0], rows[1][0] = n0, n0
         rows[2][0] = (delta_t[:, 0] == 0).astype(np.float64)
+        per_launch = STEPS_PER_LAUNCH if chunk is None else int(chunk)
         lag0 = 0
         while lag0 < steps:
-            n = min(STEPS_PER_LAUNCH, steps - lag0)
+            n = min(per_launch, steps - lag0)
             out = [r[lag0 + 1:lag0 + 1 + n] for r in rows]
             ck.bptt_delta_rnn(deriv, w, frame, *out, t_first=steps - 1 - lag0, n_steps=n)
             lag0 += n
@@ -113,14 +119,18 @@ def rnn_delta_rows(deriv: Any, w_hh: Any, delta_t: Any) -> tuple[np.ndarray, ...
 
 
 def gated_delta_rows(model: str, w_hh: Any, delta_t: Any, steps: int,
-                     coefficients: Callable[[int, int], dict[str, Any]]) -> np.ndarray:
+                     coefficients: Callable[[int, int], dict[str, Any]],
+                     chunk: int | None = None) -> np.ndarray:
     """The LSTM's or GRU's per-lag rows, float64 [T+1, K, B] NumPy, read back once (row
     order: bptt_delta_gated.cu's opening comment; lag 0 from delta_T here).
 
-    ``w_hh`` [G, H] and ``delta_t`` [B, H] are torch tensors of one float dtype on the GPU;
-    ``coefficients(lo, hi)`` gives ``adjoint_coefficients`` of indices [lo, hi) as torch
-    tensors (LSTM k, oc, f; GRU k, z). A launch over [lo, hi) also gets index lo - 1: the LSTM's
-    dL/dc row of step lo reads oc[lo - 1] (index 0 of a launch is taken as t = 0).
+    ``w_hh`` [G, H] and ``delta_t`` [B, H] are torch tensors (or CuPy arrays) of one float
+    dtype on the GPU; ``coefficients(lo, hi)`` gives ``adjoint_coefficients`` of indices
+    [lo, hi) as torch tensors or CuPy arrays (LSTM k, oc, f; GRU k, z). ``chunk``: steps per
+    launch (default: as many as :data:`COEF_CHUNK_BYTES` of coefficients allow, at most
+    :data:`STEPS_PER_LAUNCH`; the kernel validation passes a small one). A launch over
+    [lo, hi) also gets index lo - 1: the LSTM's dL/dc row of step lo reads oc[lo - 1] (index 0
+    of a launch is taken as t = 0).
     """
     cp = ck.cp
     batch, hidden = (int(n) for n in delta_t.shape)
@@ -128,7 +138,8 @@ def gated_delta_rows(model: str, w_hh: Any, delta_t: Any, steps: int,
     dim, nrow = (2 * hidden if lstm else hidden), ck.GATED_ROWS[model]
     dt = np.dtype(str(delta_t.dtype).removeprefix("torch."))
     per_step = batch * 10 * hidden * dt.itemsize
-    chunk = max(1, min(STEPS_PER_LAUNCH, COEF_CHUNK_BYTES // per_step))
+    if chunk is None:
+        chunk = max(1, min(STEPS_PER_LAUNCH, COEF_CHUNK_BYTES // per_step))
     with ck.torch_stream():  # every launch on torch's current stream
         w = from_torch(w_hh)
         d = from_torch(delta_t)

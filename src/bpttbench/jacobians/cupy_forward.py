@@ -53,9 +53,11 @@ def max_hidden(model: str, dtype: Any) -> int:
 
 
 def record(model: str, params: Mapping[str, Any], x: Array, state0: tuple[Array, ...] | None,
-           bk: ArrayBackend) -> Saved:
+           bk: ArrayBackend, chunk: int | None = None) -> Saved:
     """forward_saved's record by the kernel (shapes already checked by forward_saved); ``bk``
-    is the CuPy backend, whose dtype every array takes. state0 is copied, never written."""
+    is the CuPy backend, whose dtype every array takes. state0 is copied, never written.
+    ``chunk``: steps per launch (default :data:`STEPS_PER_LAUNCH`; the kernel validation
+    passes a small one)."""
     cp = ck.cp
     with ck.torch_stream():  # every launch on torch's current stream
         w_ih, w_hh, b_ih, b_hh = (bk.asarray(params[n]) for n in PARAM_NAMES)
@@ -76,9 +78,10 @@ def record(model: str, params: Mapping[str, Any], x: Array, state0: tuple[Array,
         outs = {n: cp.empty((steps, batch, width if n in ("gates", "dgates") else hidden),
                             dtype=dt) for n in fields}
         c = state[1] if model == "lstm" else None
+        per_launch = STEPS_PER_LAUNCH if chunk is None else int(chunk)
         t0 = 0
         while t0 < steps:
-            n = min(STEPS_PER_LAUNCH, steps - t0)
+            n = min(per_launch, steps - t0)
             ck.forward_record(model, gi, w_hh_t, b, state[0], c, outs, t_first=t0, n_steps=n)
             t0 += n
     return Saved(model, hidden, steps, batch, w_hh, **outs, final_state=tuple(state))

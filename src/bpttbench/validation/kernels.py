@@ -1,7 +1,9 @@
 """Kernel validation: every custom CUDA kernel against the float64 NumPy reference.
 
-The reference gets the kernel's exact inputs (rounded to the kernel dtype), so the error
-measures the kernel's arithmetic. Needs a GPU with CuPy (or, in the tests, the
+Every entry point of ``cupy_kernels.KERNEL_ENTRY_POINTS`` is launched by one of the checks:
+the Lyapunov-chain kernels here, the recurrent-pass kernels (BPTT deltas, forward record) in
+:mod:`.recurrent`. The reference gets the kernel's exact inputs (rounded to the kernel
+dtype), so the error measures the kernel's arithmetic. Needs a GPU with CuPy (or, in the tests, the
 kernel-emulation stand-in put into :mod:`bpttbench.jacobians.cupy_kernels`). The table is
 written through the contract (``bpttbench.tables.write_table``, table ``validation``).
 """
@@ -27,6 +29,8 @@ from bpttbench.jacobians.cupy_kernels import F64, cupy_dtype
 from bpttbench.models import RecurrentCell, init_parameters
 from bpttbench.tables import write_table
 
+from . import recurrent
+
 #: columns of the validation table, in order (documented in bpttbench.tables.COLUMNS)
 VALIDATION_COLUMNS = ["kernel", "shape", "dtype", "max_rel_err", "tolerance", "passed"]
 
@@ -36,10 +40,28 @@ KERNEL_TOLERANCES: dict[str, tuple[float, float]] = {
     "rnn_adjoint_step_tiled": (1e-4, 1e-10),
     "lstm_jacobians": (1e-5, 1e-12),
     "gru_jacobians": (1e-5, 1e-12),
-    "mgs_qr_logdiag": (1e-4, 1e-10),
+    "mgs_qr_logdiag": (1e-4, 1e-10),  # both entry points, in place and out of place
     "full_frame_update": (1e-12, 1e-12),  # float64 arithmetic in both flavours (R is widened)
     "chain_lstm": (1e-4, 1e-10),
     "chain_gru": (1e-4, 1e-10),
+    # per-lag ||delta|| of both columns, max | ||d||_kernel / ||d||_ref - 1 | (recurrent.py).
+    # float32: each step rounds the column (a W_hh^T product of H terms, the rescale) and the
+    # error adds up along the T steps; 9 fresh seeds of the shapes below gave at most 3.6e-6
+    # (RNN, T = 30), 9.7e-7 (LSTM), 6.6e-7 (GRU): 1e-4 leaves a factor 25. float64: at most
+    # 4.4e-15, as the engine's own float64 kernel tests (1e-12) allow.
+    "bptt_delta_rnn": (1e-4, 1e-12),
+    "bptt_delta_lstm": (1e-4, 1e-12),
+    "bptt_delta_gru": (1e-4, 1e-12),
+    # every record field and the final state: derivatives elementwise relative, values
+    # normwise (recurrent.py). A derivative's relative error is about 2 |delta a|, the absolute
+    # error of its pre-activation, a sum of H + inputs terms in the working dtype: it grows
+    # like sqrt(H) eps. 9 fresh seeds: float32 at most 1.2e-5 (rnn_tanh, H = 3072), float64
+    # 2.6e-14 (H = 3072); 1e-4 and 1e-12 leave a factor 8 and 40 at the largest H.
+    "forward_record_rnn_tanh": (1e-4, 1e-12),
+    "forward_record_rnn_relu": (1e-4, 1e-12),
+    "forward_record_rnn_linear": (1e-4, 1e-12),
+    "forward_record_lstm": (1e-4, 1e-12),
+    "forward_record_gru": (1e-4, 1e-12),
 }
 KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     # (B, H, k, T, qr_every)
@@ -60,6 +82,18 @@ KERNEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     # (B, H, k, T, qr_every)
     "chain_lstm": [(3, 16, 8, 30, 1), (2, 64, 32, 20, 2)],
     "chain_gru": [(3, 16, 8, 30, 1), (2, 100, 20, 20, 3)],
+    # (B, H, T, steps per launch): several launches (the state carried across them), H over
+    # NTHREADS (threads loop over units), and the float64 shared-memory limit (the last shape:
+    # exactly the 48 KB; in float32 the same H takes half, and its own limit, twice the H,
+    # runs in float32 only: tests/kernel_emulation)
+    "bptt_delta_rnn": [(3, 16, 30, 7), (2, 100, 20, 20), (2, 300, 12, 5), (1, 1408, 3, 2)],
+    "bptt_delta_lstm": [(3, 8, 25, 6), (2, 130, 12, 12), (1, 300, 8, 3), (1, 448, 3, 2)],
+    "bptt_delta_gru": [(3, 16, 25, 6), (2, 100, 12, 12), (1, 260, 8, 3), (1, 672, 3, 2)],
+    "forward_record_rnn_tanh": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
+    "forward_record_rnn_relu": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
+    "forward_record_rnn_linear": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
+    "forward_record_lstm": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 2048, 2, 1)],
+    "forward_record_gru": [(3, 9, 24, 7), (2, 270, 6, 6), (1, 3072, 2, 1)],
 }
 
 
@@ -173,8 +207,18 @@ def _validate_one(name: str, shape: tuple[int, ...], dtype: np.dtype, seed: int)
         a = rng.standard_normal((batch, dim, k)) * np.exp(np.linspace(0.0, -4.0, k))
         a = _round(a, dtype)
         q_ref, log_ref = ref_bk.qr_logdiag(a)
-        q, logd = CupyBackend(dtype).qr_logdiag(cp.asarray(a, dtype=dtype))
-        return max(_rel_log_err(cp.asnumpy(logd), log_ref), _rel_norm_err(cp.asnumpy(q), q_ref))
+        # both entry points: out of place (the backend's qr_logdiag; src must stay as it
+        # is) and in place (the chain's qr_accumulate), whose logs add to what is there
+        src = cp.array(a, dtype=dtype, copy=True)  # copies: the stand-in cupy would share a
+        q, logd = CupyBackend(dtype).qr_logdiag(src)
+        if not np.array_equal(cp.asnumpy(src), a):
+            return math.inf
+        acc0 = rng.uniform(-5.0, 5.0, (batch, k))
+        q_in, acc = cp.array(a, dtype=dtype, copy=True), cp.array(acc0, dtype=F64, copy=True)
+        ck.mgs_qr_logdiag(q_in, acc)
+        return max(_rel_log_err(cp.asnumpy(logd), log_ref), _rel_norm_err(cp.asnumpy(q), q_ref),
+                   _rel_log_err(cp.asnumpy(acc) - acc0, log_ref),
+                   _rel_norm_err(cp.asnumpy(q_in), q_ref))
     if name == "full_frame_update":  # A = triu(R) A in float64, unit columns, logs (spectrum)
         batch, dim = shape
         r = _round(rng.standard_normal((batch, dim, dim)), dtype)
@@ -194,6 +238,9 @@ def _validate_one(name: str, shape: tuple[int, ...], dtype: np.dtype, seed: int)
         tot_ref, rows_ref = run_chain(ref, ref_bk, k, qr_every)
         tot, rows = run_chain(_to_cupy_saved(ref, dtype), CupyBackend(dtype), k, qr_every)
         return max(_rel_log_err(rows, rows_ref), _rel_log_err(tot, tot_ref))
+    err = recurrent.check(name, shape, dtype, seed)
+    if err is not None:
+        return err
     raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNEL_SHAPES)}")
 
 
