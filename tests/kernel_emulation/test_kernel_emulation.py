@@ -172,6 +172,17 @@ def _mutate(monkeypatch, fname: str, old: str, new: str, count: int = 1) -> None
     monkeypatch.setattr(ck, "kernel_source", source)
 
 
+def _assert_validation_fails(emu, name: str, shape: tuple[int, ...], rng_seed: int) -> None:
+    """The validation entry ``name`` of a mutated kernel fails in float64, in thread order
+    and in a shuffled order (NaN or inf errors count as failing)."""
+    seed = rng_seed % 2**31
+    for order in (0, 12345):
+        emu.order_seed = order
+        err = vk._validate_one(name, shape, F64, seed)
+        print(f"{name} {shape}, order seed {order}: max_rel_err {err:.2e}")
+        assert not err <= _tol(name, F64)
+
+
 def _delete_nth_sync(text: str, after: str) -> tuple[str, str]:
     """(old, new) that delete the first __syncthreads() after the marker `after`."""
     i = text.index(after)
@@ -188,12 +199,7 @@ def test_missing_syncthreads_is_caught(emu, monkeypatch, where, rng_seed):
     }[where]  # fmt: skip
     old, new = _delete_nth_sync(ck.kernel_source(fname), marker)
     _mutate(monkeypatch, fname, old, new)
-    seed = rng_seed % 2**31
-    for order in (0, 12345):
-        emu.order_seed = order
-        err = vk._validate_one(name, shape, F64, seed)
-        print(f"{where}, order seed {order}: max_rel_err {err:.2e}")
-        assert not err <= _tol(name, F64)
+    _assert_validation_fails(emu, name, shape, rng_seed)
 
 
 @pytest.mark.parametrize("name,fname,marker,shape", [
@@ -208,12 +214,7 @@ def test_missing_syncthreads_in_the_recurrent_kernels_is_caught(emu, monkeypatch
     the forward record's per-step barrier of its double-buffered h)."""
     old, new = _delete_nth_sync(ck.kernel_source(fname), marker)
     _mutate(monkeypatch, fname, old, new)
-    seed = rng_seed % 2**31
-    for order in (0, 12345):
-        emu.order_seed = order
-        err = vk._validate_one(name, shape, F64, seed)
-        print(f"{name}, order seed {order}: max_rel_err {err:.2e}")
-        assert not err <= _tol(name, F64)
+    _assert_validation_fails(emu, name, shape, rng_seed)
 
 
 def test_a_wrong_lstm_dl_dc_row_is_caught(emu, monkeypatch, rng_seed):
