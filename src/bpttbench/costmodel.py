@@ -280,6 +280,22 @@ def full_frame_step(model: str, hidden: int, batch: int, dtype: str) -> StepCost
     return StepCost(flops, extra_bytes + frame_bytes, 0.0)
 
 
+def _forward_record_step(model: str, hidden: int, batch: int, inputs: int, dtype: str,
+                         backend: str, torch_launches: float) -> StepCost:
+    """One step of jacobians.forward_saved: torch's ``torch_launches`` element-wise launches,
+    or on cupy the forward record kernel, 0 launches a step (counted by
+    tests/kernel_emulation/test_forward_record_kernel.py): gi read, the record written."""
+    g, item = gate_count(model), ITEMSIZE[dtype]
+    launches = torch_launches
+    record_bytes = _elementwise_bytes(launches, batch, g * hidden, item) / g
+    if backend == "cupy" and hidden <= CUPY_FORWARD_MAX_H[model].get(dtype, 0):
+        launches = CUPY_FORWARD_RECORD
+        record_bytes = batch * (g * hidden + (hidden if g == 1 else 2 * g * hidden + 3 * hidden)
+                                ) * item
+    return StepCost(2 * batch * (inputs + hidden) * g * hidden,
+                    g * hidden * hidden * item + record_bytes, launches)
+
+
 def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_every: int,
                dtype: str, backend: str = "torch", deterministic: bool = False,
                full_frame: bool = True, forward_shared: bool = False) -> StepCost:
@@ -289,18 +305,10 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
     ``forward_shared``: the chain reads the BPTT-delta chain's forward record (a cell with
     bptt_method jacobian_chain, gradient_flow.cells.shares_forward), whose cost
     :func:`bptt_chain_step` counts: no forward_saved (tests/test_shared_forward.py)."""
-    g, d, item = gate_count(model), state_size(model, hidden), ITEMSIZE[dtype]
+    d, item = state_size(model, hidden), ITEMSIZE[dtype]
     counts = launches_of(model, deterministic)
-    saved_launches = counts["saved"]
-    saved_bytes = _elementwise_bytes(saved_launches, batch, g * hidden, item) / g
-    if backend == "cupy" and hidden <= CUPY_FORWARD_MAX_H[model].get(dtype, 0):
-        # forward_saved on cupy is the forward record kernel, 0 launches a step (counted by
-        # tests/kernel_emulation/test_forward_record_kernel.py): gi read, the record written
-        saved_launches = CUPY_FORWARD_RECORD
-        saved_bytes = batch * (g * hidden + (hidden if g == 1 else 2 * g * hidden + 3 * hidden)
-                               ) * item
-    saved = StepCost(2 * batch * (inputs + hidden) * g * hidden,
-                     g * hidden * hidden * item + saved_bytes, saved_launches)
+    saved = ZERO if forward_shared else _forward_record_step(
+        model, hidden, batch, inputs, dtype, backend, counts["saved"])
     qr_share = 1.0 / qr_every
     k_frame = 0.0 if full_frame and qr_every == 1 else 1.0  # else read off the full frame
     if model.startswith("rnn_"):
@@ -314,8 +322,6 @@ def chain_step(model: str, hidden: int, batch: int, inputs: int, k: int, qr_ever
         launches = cupy_chain_launches(model, hidden, qr_every, full_frame=full_frame)
     else:
         launches = qr_share * counts["chain_qr"] + (1 - qr_share) * counts["chain_rescale"]
-    if forward_shared:
-        saved = ZERO
     step = saved + StepCost((mult + qr_flops) * k_frame, frame_bytes * k_frame, launches)
     return step + full_frame_step(model, hidden, batch, dtype) if full_frame else step
 

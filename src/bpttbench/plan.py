@@ -72,9 +72,12 @@ def cell_step(spec: CellSpec, kind: str) -> cm.StepCost:
                             forward_shared=chain_method and shares_forward(spec)))
 
 
-def cell_seconds(spec: CellSpec, machine: Machine) -> tuple[float, float]:
-    """(wall, device-busy) seconds of one gradient-flow cell."""
-    wall, dev = step_seconds(cell_step(spec, machine.kind) * spec.seq_len, machine, spec.dtype)
+def cell_seconds(spec: CellSpec, machine: Machine, step: cm.StepCost | None = None
+                 ) -> tuple[float, float]:
+    """(wall, device-busy) seconds of one gradient-flow cell (``step``: its
+    :func:`cell_step`, when the caller has it already)."""
+    step = cell_step(spec, machine.kind) if step is None else step
+    wall, dev = step_seconds(step * spec.seq_len, machine, spec.dtype)
     # per cell: weights, W_hh spectra (SVD + eigenvalues, ~30 H^3 per gate block), set-up
     g = cm.gate_count(spec.model)
     fixed = cm.StepCost(30.0 * g * spec.hidden**3, 0.0, 200.0)
@@ -88,9 +91,10 @@ def gradient_flow_jobs(cfg: Mapping[str, Any], machine: Machine) -> list[dict[st
     for block, cells in blocks_by_id(cfg).items():
         # cells that cannot fit in the machine's memory are recorded too_large, not run
         fits = [c for c in cells if estimate_cell(c, device).peak_bytes <= machine.memory_bytes]
-        times = [cell_seconds(c, machine) for c in fits]
+        per_step = [cell_step(c, machine.kind) for c in fits]
+        times = [cell_seconds(c, machine, s) for c, s in zip(fits, per_step, strict=True)]
         steps = sum(c.seq_len for c in fits)
-        launches = sum(cell_step(c, machine.kind).launches * c.seq_len for c in fits)
+        launches = sum(s.launches * c.seq_len for c, s in zip(fits, per_step, strict=True))
         peak = block_peak_bytes(fits or cells, device)
         jobs.append({
             "job": f"gradient_flow_block[{block}]", "rule": "gradient_flow_block",

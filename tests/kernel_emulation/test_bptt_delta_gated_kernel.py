@@ -16,21 +16,14 @@ import emucupy
 import numpy as np
 import pytest
 import torch
+from delta_cases import delta_args
 
 from bpttbench.config import CellSpec
 from bpttbench.gradient_flow import bptt_delta_cupy as kc
 from bpttbench.gradient_flow.bptt_deltas import delta_chain, log_abs_err, norm_rel_err
-from bpttbench.gradient_flow.cells import cell_problem
 from bpttbench.jacobians import cupy_kernels as ck
 
 pytestmark = pytest.mark.kernel_emulation
-
-
-def _args(model, dtype, hidden, batch, steps, seed, scale=1.0):
-    cell, x, w_out, target = cell_problem(
-        CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1, "cpu",
-                 dtype, False, True, "torch"), "cpu")
-    return model, cell.params(), x, cell.initial_state(batch), w_out, target
 
 
 def _errors(got, ref):
@@ -50,7 +43,7 @@ def test_kernel_equals_torch_path(emu, model, hidden, batch, dtype, tol, monkeyp
     seed = int(np.random.SeedSequence().entropy % 10_000)
     print(f"seed={seed}")
     monkeypatch.setattr(kc, "STEPS_PER_LAUNCH", 7)  # several launches, lag offsets > 0
-    args = _args(model, dtype, hidden, batch, 20, seed)
+    args = delta_args(model, dtype, hidden, batch, 20, seed)
     ref = delta_chain(*args, backend="torch")
     got = delta_chain(*args, backend="cupy")
     errs = _errors(got, ref)
@@ -67,7 +60,7 @@ def test_kernel_equals_torch_path(emu, model, hidden, batch, dtype, tol, monkeyp
 def test_kernel_overflows_like_bptt(emu, model):
     """float32 with W_hh scaled up until BPTT overflows: inf at the same lag as the torch
     path, the log-scale column finite."""
-    args = _args(model, "float32", 16, 2, 200, 3)
+    args = delta_args(model, "float32", 16, 2, 200, 3)
     with torch.no_grad():
         args[1]["weight_hh_l0"].mul_(60.0)
         args[1]["weight_ih_l0"].mul_(0.0)  # small inputs: gates stay off saturation
@@ -90,7 +83,7 @@ def test_one_launch_per_cell_none_per_step(emu, model):
 
     def launches(steps):
         before = len(emu.launches)
-        delta_chain(*_args(model, "float32", 8, 2, steps, 0), backend="cupy")
+        delta_chain(*delta_args(model, "float32", 8, 2, steps, 0), backend="cupy")
         return len(emu.launches) - before
 
     assert launches(8) == launches(24) == 1
@@ -104,7 +97,7 @@ def test_bitwise_identical_in_any_thread_order(monkeypatch, model):
     """Threads of each barrier interval in order and in two shuffled orders: same bits."""
     if shutil.which(emucupy.CXX) is None:
         pytest.skip(f"no host C++ compiler {emucupy.CXX!r}")
-    args = _args(model, "float32", 270, 2, 6, 5, scale=1.3)  # H > 256: threads loop
+    args = delta_args(model, "float32", 270, 2, 6, 5, scale=1.3)  # H > 256: threads loop
     outs = []
     try:
         for order in (0, 1, 2):
@@ -148,7 +141,7 @@ def test_measure_cell_runs_the_kernel_or_says_why_not(emu, model, monkeypatch):
     spec = CellSpec(model, "gaussian", 8, 12, 1.0, 11, 4, 1.0, 0.0, 2, 4, 1, "cpu", "float64",
                     False, True, "auto", bptt_method="jacobian_chain",
                     autograd_reference_every=0)
-    _, params, x, state0, w_out, target = _args(model, "float64", 8, 2, 12, 11)
+    _, params, x, state0, w_out, target = delta_args(model, "float64", 8, 2, 12, 11)
     before = len(emu.launches)
     flow_k = measure_cell(spec, params, x, state0, w_out, target, "cuda").flow
     assert len(emu.launches) - before == 1

@@ -15,21 +15,13 @@ import emucupy
 import numpy as np
 import pytest
 import torch
+from delta_cases import delta_args
 
-from bpttbench.config import CellSpec
 from bpttbench.gradient_flow import bptt_delta_cupy as kc
 from bpttbench.gradient_flow.bptt_deltas import delta_chain, log_abs_err, norm_rel_err
-from bpttbench.gradient_flow.cells import cell_problem
 from bpttbench.jacobians import cupy_kernels as ck
 
 pytestmark = pytest.mark.kernel_emulation
-
-
-def _args(model, dtype, hidden, batch, steps, seed, scale=1.0):
-    cell, x, w_out, target = cell_problem(
-        CellSpec(model, "gaussian", hidden, steps, scale, seed, 4, 1.0, 0.0, batch, 4, 1, "cpu",
-                 dtype, False, True, "torch"), "cpu")
-    return model, cell.params(), x, cell.initial_state(batch), w_out, target
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
@@ -39,7 +31,7 @@ def test_kernel_equals_torch_path(emu, model, hidden, batch, dtype, tol, monkeyp
     seed = int(np.random.SeedSequence().entropy % 10_000)
     print(f"seed={seed}")
     monkeypatch.setattr(kc, "STEPS_PER_LAUNCH", 7)  # several launches, lag offsets > 0
-    args = _args(model, dtype, hidden, batch, 20, seed)
+    args = delta_args(model, dtype, hidden, batch, 20, seed)
     ref = delta_chain(*args, backend="torch")
     got = delta_chain(*args, backend="cupy")
     err = norm_rel_err(got.flow.log_norm_h, ref.flow.log_norm_h)
@@ -53,7 +45,7 @@ def test_kernel_equals_torch_path(emu, model, hidden, batch, dtype, tol, monkeyp
 
 def test_kernel_overflows_like_bptt(emu):
     """float32 exploding linear RNN: inf at the same lag as the torch path, log scale finite."""
-    args = _args("rnn_linear", "float32", 16, 2, 100, 3, scale=2.0)
+    args = delta_args("rnn_linear", "float32", 16, 2, 100, 3, scale=2.0)
     with torch.no_grad():  # W = 2 Q: the orthogonal init, scaled
         args[1]["weight_hh_l0"].copy_(2 * torch.linalg.qr(torch.randn(16, 16))[0])
     ref = delta_chain(*args, backend="torch")
@@ -72,7 +64,7 @@ def test_one_launch_per_chunk_none_per_step(emu):
 
     def launches(steps):
         before = len(emu.launches)
-        delta_chain(*_args("rnn_tanh", "float32", 8, 2, steps, 0), backend="cupy")
+        delta_chain(*delta_args("rnn_tanh", "float32", 8, 2, steps, 0), backend="cupy")
         return len(emu.launches) - before
 
     assert launches(8) == launches(24) == 1
@@ -85,7 +77,7 @@ def test_bitwise_identical_in_any_thread_order(monkeypatch):
     """Threads of each barrier interval in order and in two shuffled orders: same bits."""
     if shutil.which(emucupy.CXX) is None:
         pytest.skip(f"no host C++ compiler {emucupy.CXX!r}")
-    args = _args("rnn_tanh", "float32", 300, 2, 9, 5, scale=1.3)  # H > 256: threads loop
+    args = delta_args("rnn_tanh", "float32", 300, 2, 9, 5, scale=1.3)  # H > 256: threads loop
     outs = []
     try:
         for order in (0, 1, 2):

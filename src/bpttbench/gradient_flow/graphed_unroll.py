@@ -136,11 +136,10 @@ def unroll_fast(model: str, params: Params, x: Tensor, state0: State, *,
             same = all(torch.equal(a, b) for sa, sb in zip(eager, got, strict=True)
                        for a, b in zip(sa, sb, strict=True))
             DECISIONS[key] = "" if same else "a replayed chunk is not bitwise the eager unroll"
-        if DECISIONS[key]:
-            raise RuntimeError(DECISIONS[key])
-        return unroll_chunked(model, params, x, state0, cg)
+        if not DECISIONS[key]:
+            return unroll_chunked(model, params, x, state0, cg)
     except Exception as exc:  # never lose the cell to the optimisation: unroll eagerly
-        DECISIONS[key] = DECISIONS.get(key) or f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"BPTT forward unrolled eagerly, not by CUDA graph replays: "
-                      f"{DECISIONS[key]}", RuntimeWarning, stacklevel=2)
-        return unroll(model, params, x, state0)
+        DECISIONS[key] = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"BPTT forward unrolled eagerly, not by CUDA graph replays: {DECISIONS[key]}",
+                  RuntimeWarning, stacklevel=2)
+    return unroll(model, params, x, state0)

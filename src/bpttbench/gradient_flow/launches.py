@@ -71,19 +71,21 @@ def cell_run(spec: CellSpec, device: str) -> tuple[Callable[[], Any], str]:
     """A function running the cell's BPTT and Lyapunov chain as ``run_cell`` does, and
     whether the chain reads the shared forward record."""
     from ..hardware import apply_precision
-    from .bptt_deltas import measure_cell
+    from .bptt_deltas import measure_cell, resolve_method
     from .cells import _chain, cell_problem, shares_forward
 
     apply_precision(spec.allow_tf32, spec.deterministic)  # as run_cell: the same kernels
     cell, x, w_out, target = cell_problem(spec, device)
     keep = shares_forward(spec)
+    # only the Jacobian-chain BPTT makes a record to share (autograd keeps none)
+    shared = keep and resolve_method(spec.bptt_method, device) == "jacobian_chain"
 
     def run() -> None:
         measured = measure_cell(spec, cell.params(), x, cell.initial_state(spec.batch),
                                 w_out, target, device, keep_saved=keep)
         _chain(spec, cell, x, measured.saved)
 
-    return run, "shared" if keep else "own"
+    return run, "shared" if shared else "own"
 
 
 def modelled(spec: CellSpec, device: str) -> float:

@@ -287,8 +287,11 @@ class NumpyBackend(XpBackend):
         return np.asarray(a)
 
     def sigmoid(self, a: Array) -> Array:
-        # numerically safe for both signs: 0.5 * (1 + tanh(a / 2))
-        return 0.5 * (1.0 + self.xp.tanh(0.5 * a))
+        # relatively accurate on both tails and overflow-free: with e = exp(-|a|),
+        # 1 / (1 + e) for a >= 0 and e / (1 + e) below (0.5 (1 + tanh(a / 2)) loses every
+        # digit of sigmoid(a) for a << 0)
+        e = self.xp.exp(-self.xp.abs(a))
+        return self.xp.where(a >= 0, 1.0, e) / (1.0 + e)
 
     def split(self, a: Array, parts: int, axis: int) -> list[Array]:
         return list(self.xp.split(a, parts, axis=axis))

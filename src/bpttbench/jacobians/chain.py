@@ -269,13 +269,11 @@ def analyse_chain(
         ff = full_frame_chain(saved, bk, sv_lags, full_frame(saved.dim, k),
                               chunk=_chunk_steps(saved.batch, saved.dim, itemsize))
     if ff is not None and qr_every == 1:
-        totals, rows = k_frame_from_full(ff.logdiag, k)
-    else:
-        totals, rows = run_chain(saved, bk, k, int(qr_every))
-    if ff is not None and qr_every == 1:
         # the full frame's first k columns are the k-frame (same start, QR every step)
+        totals, rows = k_frame_from_full(ff.logdiag, k)
         window = ff.logdiag[wa:steps - wf, :, :k].sum(axis=0) / (steps - wf - wa)
     else:
+        totals, rows = run_chain(saved, bk, k, int(qr_every))
         window = _window_exponents(saved, bk, k, int(qr_every), totals, wf, wa)
     per_elem = -np.sort(-window, axis=1)
     n = per_elem.shape[0]

@@ -16,9 +16,8 @@ across them), and compares with a float64 NumPy reference that gets the kernel's
   counts as inf.
 - ``forward_record_<model>`` (kernels/forward_record.cu through ``cupy_forward.record``):
   every field of the record and the final state against ``analytic.forward_saved`` in float64
-  on the NumPy backend with the kernel's sigmoid 1 / (1 + exp(-a)) (:class:`_Float64Numpy`;
-  the backend's own 0.5 (1 + tanh(a / 2)) is accurate only absolutely in the negative tail,
-  ~1e-16, so its s(-a) for large a is off by up to 1e-2 relative). Error: elementwise relative
+  on the NumPy backend (whose sigmoid is relatively accurate on both tails, as the kernel's
+  1 / (1 + exp(-a)) is). Error: elementwise relative
   for the derivative factors (deriv, dgates, aux2: well conditioned even where tiny), normwise
   max |got - ref| / max |ref| for the values (h, c, tanh c, gates, gh_n: some near 0 by
   cancellation); rnn_relu's 0/1 derivative must match exactly except within 1e-4 (float32) or
@@ -52,20 +51,11 @@ DERIVATIVES = ("deriv", "dgates", "aux2")
 INPUTS = 4  # input size of the random cells
 
 
-class _Float64Numpy(NumpyBackend):
-    """The float64 NumPy backend with the kernel's sigmoid 1 / (1 + exp(-a)), accurate
-    relatively on both tails (exp overflow to inf gives the exact limit 0)."""
-
-    def sigmoid(self, a: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-a))
-
-
 def _round(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(a, dtype=dtype).astype(F64)
 
 
-def _cell(model: str, hidden: int, batch: int, steps: int, seed: int, dtype: np.dtype,
+def random_cell(model: str, hidden: int, batch: int, steps: int, seed: int, dtype: np.dtype,
           w_scale: float = 1.0, x_scale: float = 3.0
           ) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[np.ndarray, ...]]:
     """Random params, inputs and a nonzero initial state, rounded to dtype (float64 arrays).
@@ -121,9 +111,9 @@ def _rnn_delta(shape: tuple[int, ...], dtype: np.dtype, seed: int) -> float:
 
 def _gated_delta(model: str, shape: tuple[int, ...], dtype: np.dtype, seed: int) -> float:
     batch, hidden, steps, chunk = shape
-    params, x, state0 = _cell(model, hidden, batch, steps, seed, dtype, w_scale=1.3,
+    params, x, state0 = random_cell(model, hidden, batch, steps, seed, dtype, w_scale=1.3,
                               x_scale=1.0)
-    rec = forward_saved(model, params, x, state0, _Float64Numpy())
+    rec = forward_saved(model, params, x, state0, NumpyBackend())
     fields = {f: None if getattr(rec, f) is None else np.asarray(getattr(rec, f), dtype=dtype)
               for f in ("w_hh", "deriv", "gates", "dgates", "prev", "aux", "aux2")}
     saved = Saved(model, hidden, steps, batch, **fields)  # the record in the kernel dtype
@@ -184,8 +174,8 @@ def _relu_kink(params: dict[str, np.ndarray], x: np.ndarray, h0: np.ndarray) -> 
 
 def _forward_record(model: str, shape: tuple[int, ...], dtype: np.dtype, seed: int) -> float:
     batch, hidden, steps, chunk = shape
-    params, x, state0 = _cell(model, hidden, batch, steps, seed, dtype)
-    ref = forward_saved(model, params, x, state0, _Float64Numpy())
+    params, x, state0 = random_cell(model, hidden, batch, steps, seed, dtype)
+    ref = forward_saved(model, params, x, state0, NumpyBackend())
     got = cupy_forward.record(model, params, x, state0, CupyBackend(dtype), chunk=chunk)
     cp = ck.cp
     names = ck.FORWARD_FIELDS["rnn" if model.startswith("rnn_") else model]
