@@ -115,6 +115,26 @@ def test_precision_settings_are_applied_and_recorded():
                           "cudnn_benchmark": False}
 
 
+def test_precision_settings_switch_back_off():
+    """A deterministic cell then a non-deterministic one in the same process: the second runs
+    and is recorded non-deterministic (the cuBLAS workspace setting stays, and says so)."""
+    code = (
+        "import json, os, torch\n"
+        "from bpttbench.hardware import apply_precision\n"
+        "os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)\n"
+        "apply_precision(False, True)\n"
+        "rec = apply_precision(True, False)\n"
+        "print(json.dumps({'rec': rec, 'det': torch.are_deterministic_algorithms_enabled(),\n"
+        "  'cudnn_det': torch.backends.cudnn.deterministic,\n"
+        "  'tf32': torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32}))\n"
+    )
+    out = json.loads(_run([sys.executable, "-c", code], REPO).stdout)
+    assert out["det"] is False and out["cudnn_det"] is False and out["tf32"] is True
+    assert out["rec"]["deterministic"] is False and out["rec"]["cudnn_deterministic"] is False
+    assert out["rec"]["allow_tf32"] is True and out["rec"]["cudnn_benchmark"] is False
+    assert out["rec"]["cublas_workspace_config"] == ":4096:8"
+
+
 # --- regenerate a committed result set without recomputing ----------------------------------
 
 #: Rules that only draw figures or write the report from tables (allowed after a clone).

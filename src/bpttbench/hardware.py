@@ -49,18 +49,22 @@ def check_result_set_tag(hw_tag: str, device: str, explicit: bool = False) -> No
 def apply_precision(allow_tf32: bool, deterministic: bool) -> dict[str, Any]:
     """Set TF32 and determinism switches for this process and return what was set.
 
-    cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first use to be deterministic.
+    Both ways: a process that ran a deterministic cell and then a non-deterministic one (a
+    bench after a cell, a test after another) runs the second as its record says. cuBLAS needs
+    CUBLAS_WORKSPACE_CONFIG before its first use to be deterministic; once set it stays (it
+    cannot be taken back after cuBLAS starts) and is recorded as it is. cuDNN's autotuner stays
+    off either way: it picks algorithms by timing, so two runs could differ.
     """
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = False
     return {
         "allow_tf32": allow_tf32,
-        "deterministic": deterministic,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,

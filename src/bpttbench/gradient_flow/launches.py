@@ -103,7 +103,7 @@ def measure(spec: CellSpec, device: str, short: int = 160, long: int = 416) -> d
     forward on CUDA."""
     per = {}
     before = torch.are_deterministic_algorithms_enabled()
-    try:  # either mode (apply_precision only ever switches determinism on)
+    try:  # the spec's mode, as run_cell sets it; the caller's mode comes back after
         torch.use_deterministic_algorithms(spec.deterministic, warn_only=True)
         for steps in (short, short, long):  # the first is the warm-up
             run, shared = cell_run(dataclasses.replace(spec, seq_len=steps), device)
