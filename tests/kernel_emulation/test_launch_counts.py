@@ -67,22 +67,44 @@ def test_rnn_chain_launches_per_step(emu_ops, path, qr_every):
     assert _per_step(emu_ops, run) == CUPY_STEP_LAUNCHES[key]
 
 
-@pytest.mark.parametrize(("model", "hidden"), [("lstm", 4), ("gru", 6), ("rnn_tanh", 6),
-                                               ("rnn_tanh", 130)])
+def test_persistent_limit_is_the_cost_models(emu_ops):
+    """The backend and the cost model put the vanilla RNN's persistent/tiled boundary at the
+    same hidden size (128)."""
+    from bpttbench import costmodel
+    from bpttbench.jacobians import cupy_kernels as ck
+
+    assert ck.PERSISTENT_MAX_H == costmodel.CUPY_PERSISTENT_MAX_H == 128
+    bk = cb.CupyBackend(F32)
+    for hidden, path in ((128, "persistent"), (129, "tiled")):
+        assert bk.choose_rnn_path(hidden, 3, F32) == path
+        assert ("persistent" in costmodel.cupy_chain_parts("rnn_tanh", hidden, 1000)) == (
+            path == "persistent")
+
+
+@pytest.mark.parametrize(("model", "hidden", "persistent_max_h"),
+                         [("lstm", 4, 128), ("gru", 6, 128), ("rnn_tanh", 6, 128),
+                          ("rnn_tanh", 10, 8)])
 @pytest.mark.parametrize("qr_every", [1, 1000])
-def test_analyse_chain_launches_per_step(emu_ops, monkeypatch, model, hidden, qr_every):
+def test_analyse_chain_launches_per_step(emu_ops, monkeypatch, model, hidden, persistent_max_h,
+                                         qr_every):
     """analyse_chain itself on the emulated cupy backend (forward in torch on the CPU, its
     record shared into the stand-in by DLPack): our kernels and CuPy's own launches per step
     of the k-frame chain, its window rerun (qr_every > 1) and the full-frame pass, against the
     cost model's parts.
-    hidden = 130 takes the vanilla RNN past the persistent kernel's limit (tiled path)."""
+    The persistent kernel's limit lowered to 8, in the backend and the cost model alike, takes
+    the vanilla RNN at hidden = 10 onto the tiled path, as H > 128 does (the real boundary:
+    test_persistent_limit_is_the_cost_models; H = 130 here took a minute of emulation)."""
     import torch
 
+    from bpttbench import costmodel
     from bpttbench.costmodel import cupy_chain_parts
     from bpttbench.jacobians import analyse_chain, registry
+    from bpttbench.jacobians import cupy_kernels as ck
     from bpttbench.models import RecurrentCell, init_parameters
 
     monkeypatch.setattr(registry, "_on_cuda", lambda params: True)  # CPU tensors stand in
+    monkeypatch.setattr(ck, "PERSISTENT_MAX_H", persistent_max_h)
+    monkeypatch.setattr(costmodel, "CUPY_PERSISTENT_MAX_H", persistent_max_h)
     cell = RecurrentCell(model, 3, hidden, dtype=torch.float32)
     init_parameters(cell, "gaussian", 1.1, seed=1)
     params = {n: p.detach() for n, p in cell.params().items()}
@@ -109,7 +131,7 @@ FULL_FRAME_FUSED = {"full_frame_rnn": (3, 1), "full_frame_gated": (2, 2)}
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
-@pytest.mark.parametrize(("model", "hidden"), [("rnn_tanh", 6), ("rnn_tanh", 130), ("lstm", 3),
+@pytest.mark.parametrize(("model", "hidden"), [("rnn_tanh", 6), ("rnn_tanh", 37), ("lstm", 3),
                                                ("gru", 5)])
 def test_full_frame_launches_per_step(emu_ops, rng_seed, dtype, model, hidden):
     """The full-frame pass per step on the emulated cupy backend: our kernels (J^T F for the
