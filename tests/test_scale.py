@@ -512,6 +512,18 @@ def test_launch_count_classifies_gpu_profiler_events():
     assert (got.launches, got.host_reads, got.syncs) == (3, 1, 2)
 
 
+def test_launch_lengths_cancel_per_lag_and_tail_work():
+    """Both measured lengths, on either device, report the same 20 lags and end in the same
+    tail after whole graph chunks (code check of LENGTHS; the counts are checked below)."""
+    from bpttbench.gradient_flow.graphed_unroll import CHUNK
+    from bpttbench.gradient_flow.launches import LENGTHS
+    from bpttbench.jacobians import report_lags
+
+    for short, long in LENGTHS.values():
+        assert short < long and short % CHUNK == long % CHUNK
+        assert len(report_lags(short)) == len(report_lags(long)) == 20
+
+
 def test_launches_cli_measures_a_cell_per_step_on_the_cpu(tmp_path):
     """``bpttbench gradient-flow launches`` on the CPU: the cell's leaf aten ops per step are
     the cost model's (within 0.5: per-chunk work spread over the steps), no host reads in the

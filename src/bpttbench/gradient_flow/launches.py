@@ -95,12 +95,21 @@ def modelled(spec: CellSpec, device: str) -> float:
     return cell_step(spec, torch.device(device).type).launches
 
 
-def measure(spec: CellSpec, device: str, short: int = 160, long: int = 416) -> dict[str, Any]:
-    """One row: counts at T = ``short`` and ``long`` (after a warm-up run that loads the
-    kernels), differenced per step. Both lengths report 20 singular-value lags
-    (``jacobians.report_lags``) and are whole graph chunks (``graphed_unroll.CHUNK``) plus the
-    same tail, so per-lag and per-tail work cancel; both are long enough for the graphed
-    forward on CUDA."""
+#: (short, long) sequence lengths measured, by device: whole graph chunks
+#: (``graphed_unroll.CHUNK`` = 64) plus the same 32-step tail, long enough for the graphed
+#: forward on CUDA; the CPU unrolls eagerly, so shorter ones count the same per step (checked
+#: equal at 160/416 for rnn_tanh and lstm) in half the time.
+LENGTHS = {"cuda": (160, 416), "cpu": (96, 224)}
+
+
+def measure(spec: CellSpec, device: str, short: int | None = None, long: int | None = None
+            ) -> dict[str, Any]:
+    """One row: counts at T = ``short`` and ``long`` (default :data:`LENGTHS` of the device;
+    after a warm-up run that loads the kernels), differenced per step. Both lengths report 20
+    singular-value lags (``jacobians.report_lags``) and end in the same tail after whole
+    graph chunks, so per-lag and per-tail work cancel."""
+    default = LENGTHS[torch.device(device).type]
+    short, long = short or default[0], long or default[1]
     per = {}
     before = torch.are_deterministic_algorithms_enabled()
     try:  # the spec's mode, as run_cell sets it; the caller's mode comes back after
