@@ -164,27 +164,19 @@ __device__ void forward_record_impl(const T* __restrict__ gi, const T* __restric
     }
 }
 
+// The vanilla RNNs share one signature (no cell state, no gate buffers).
+#define FORWARD_RECORD_RNN_KERNEL(T, SUFFIX, NAME, KIND)                                     \
+    extern "C" __global__ void __launch_bounds__(NTHREADS)                                   \
+        forward_record_##NAME##_##SUFFIX(const T* gi, const T* w_hh_t, const T* b_hh, T* h,  \
+                                         T* deriv, int B, int H, int t_first, int n_steps) { \
+        forward_record_impl<T, KIND>(gi, w_hh_t, b_hh, h, nullptr, deriv, nullptr, nullptr,  \
+                                     nullptr, nullptr, B, H, t_first, n_steps);              \
+    }
+
 #define FORWARD_RECORD_KERNELS(T, SUFFIX)                                                    \
-    extern "C" __global__ void __launch_bounds__(NTHREADS)                                   \
-        forward_record_rnn_tanh_##SUFFIX(const T* gi, const T* w_hh_t, const T* b_hh, T* h,  \
-                                         T* deriv, int B, int H, int t_first, int n_steps) { \
-        forward_record_impl<T, RNN_TANH>(gi, w_hh_t, b_hh, h, nullptr, deriv, nullptr,       \
-                                         nullptr, nullptr, nullptr, B, H, t_first, n_steps); \
-    }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(NTHREADS)                                   \
-        forward_record_rnn_relu_##SUFFIX(const T* gi, const T* w_hh_t, const T* b_hh, T* h,  \
-                                         T* deriv, int B, int H, int t_first, int n_steps) { \
-        forward_record_impl<T, RNN_RELU>(gi, w_hh_t, b_hh, h, nullptr, deriv, nullptr,       \
-                                         nullptr, nullptr, nullptr, B, H, t_first, n_steps); \
-    }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(NTHREADS)                                   \
-        forward_record_rnn_linear_##SUFFIX(const T* gi, const T* w_hh_t, const T* b_hh,      \
-                                           T* h, T* deriv, int B, int H, int t_first,        \
-                                           int n_steps) {                                    \
-        forward_record_impl<T, RNN_LINEAR>(gi, w_hh_t, b_hh, h, nullptr, deriv, nullptr,     \
-                                           nullptr, nullptr, nullptr, B, H, t_first,         \
-                                           n_steps);                                         \
-    }                                                                                        \
+    FORWARD_RECORD_RNN_KERNEL(T, SUFFIX, rnn_tanh, RNN_TANH)                                 \
+    FORWARD_RECORD_RNN_KERNEL(T, SUFFIX, rnn_relu, RNN_RELU)                                 \
+    FORWARD_RECORD_RNN_KERNEL(T, SUFFIX, rnn_linear, RNN_LINEAR)                             \
     extern "C" __global__ void __launch_bounds__(NTHREADS)                                   \
         forward_record_lstm_##SUFFIX(const T* gi, const T* w_hh_t, const T* b_hh, T* h,      \
                                      T* c, T* gates, T* dgates, T* prev, T* aux, T* aux2,    \
