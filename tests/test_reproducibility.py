@@ -93,23 +93,29 @@ def test_two_runs_give_identical_tables_apart_from_timings(tmp_path):
     assert ma["precision"]["deterministic"] is True and ma["precision"]["allow_tf32"] is False
 
 
-def test_precision_settings_are_applied_and_recorded():
-    """apply_precision in a fresh process (it changes process-wide torch state)."""
+def _precision_in_a_fresh_process(*settings: tuple[bool, bool]) -> dict:
+    """apply_precision(allow_tf32, deterministic) for each of settings in turn, in a fresh
+    process (it changes process-wide torch state) with no CUBLAS_WORKSPACE_CONFIG; the last
+    record and the switches then in force."""
     code = (
-        "import json, os, torch\n"
+        "import json, os, sys, torch\n"
         "from bpttbench.hardware import apply_precision\n"
         "os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)\n"
-        "rec = apply_precision(False, True)\n"
+        "for tf32, det in json.loads(sys.argv[1]): rec = apply_precision(tf32, det)\n"
         "print(json.dumps({'rec': rec, 'det': torch.are_deterministic_algorithms_enabled(),\n"
         "  'cudnn_det': torch.backends.cudnn.deterministic,\n"
         "  'bench': torch.backends.cudnn.benchmark,\n"
-        "  'tf32': torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32,\n"
+        "  'tf32': [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32],\n"
         "  'env': os.environ.get('CUBLAS_WORKSPACE_CONFIG')}))\n"
     )
-    out = json.loads(_run([sys.executable, "-c", code], REPO).stdout)
+    return json.loads(_run([sys.executable, "-c", code, json.dumps(settings)], REPO).stdout)
+
+
+def test_precision_settings_are_applied_and_recorded():
+    out = _precision_in_a_fresh_process((False, True))
     assert out["det"] is True and out["cudnn_det"] is True and out["bench"] is False
-    assert out["tf32"] is False
-    assert out["env"] in (":4096:8", ":16:8")
+    assert out["tf32"] == [False, False]
+    assert out["env"] == ":4096:8"
     assert out["rec"] == {"allow_tf32": False, "deterministic": True,
                           "cublas_workspace_config": out["env"], "cudnn_deterministic": True,
                           "cudnn_benchmark": False}
@@ -118,21 +124,12 @@ def test_precision_settings_are_applied_and_recorded():
 def test_precision_settings_switch_back_off():
     """A deterministic cell then a non-deterministic one in the same process: the second runs
     and is recorded non-deterministic (the cuBLAS workspace setting stays, and says so)."""
-    code = (
-        "import json, os, torch\n"
-        "from bpttbench.hardware import apply_precision\n"
-        "os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)\n"
-        "apply_precision(False, True)\n"
-        "rec = apply_precision(True, False)\n"
-        "print(json.dumps({'rec': rec, 'det': torch.are_deterministic_algorithms_enabled(),\n"
-        "  'cudnn_det': torch.backends.cudnn.deterministic,\n"
-        "  'tf32': torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32}))\n"
-    )
-    out = json.loads(_run([sys.executable, "-c", code], REPO).stdout)
-    assert out["det"] is False and out["cudnn_det"] is False and out["tf32"] is True
-    assert out["rec"]["deterministic"] is False and out["rec"]["cudnn_deterministic"] is False
-    assert out["rec"]["allow_tf32"] is True and out["rec"]["cudnn_benchmark"] is False
-    assert out["rec"]["cublas_workspace_config"] == ":4096:8"
+    out = _precision_in_a_fresh_process((False, True), (True, False))
+    assert out["det"] is False and out["cudnn_det"] is False and out["bench"] is False
+    assert out["tf32"] == [True, True]
+    assert out["rec"] == {"allow_tf32": True, "deterministic": False,
+                          "cublas_workspace_config": ":4096:8", "cudnn_deterministic": False,
+                          "cudnn_benchmark": False}
 
 
 # --- regenerate a committed result set without recomputing ----------------------------------
