@@ -38,29 +38,56 @@ ROW_COLUMNS: tuple[str, ...] = (
     "comparison", "kind", "score", "claim", "condition", "n", "stderr", "unit", "source", "note",
 )
 
-#: What a row is. A prediction can fail when the theory or the seed text is wrong; an
-#: exactness check is an identity of the mathematics that only a bug (or round-off beyond
-#: its bound) can break; a method agreement compares two numerical methods for one quantity.
+#: What a row is. The rule: a row is a **prediction** when a correct implementation could
+#: fail it (the theory's assumptions or approximations could be wrong for this system); an
+#: **exactness** check when only a bug, round-off beyond its stated bound or a sampling
+#: accident could fail it (an identity, a theorem or a rigorous bound, also when it is
+#: checked by Monte Carlo); a **method agreement** compares two numerical methods for one
+#: quantity.
 KINDS: tuple[str, ...] = ("prediction", "exactness", "method agreement")
-#: claim ids (before the first '.') that are not predictions, and why
+#: Rows that are not predictions, and why. Keys are claim-id prefixes (the parts before a
+#: '.', e.g. "8c.overflow"); the longest one that matches decides (:func:`row_kind`).
 ROW_KINDS: dict[str, str] = {
     "1b": "method agreement",  # BPTT growth rate vs the chain's top exponent
+    # 2a stays a prediction: its finite-k bound takes the O(1) remainder's variance at the
+    # largest k for every k of the fit (an approximation that could be wrong)
+    "2b": "exactness",  # untied Gaussian: ln||P_k v|| is a sum of k i.i.d. terms, every k
+    "2c": "exactness",  # ... whose variance is exactly trigamma(n/2)/4 per step
+    "2d": "exactness",  # ... and whose mean is exactly Newman's lambda_1 per step
+    "2e": "exactness",  # QR of a Gaussian times a frame: Newman's spectrum, every k
+    "2f": "exactness",  # ln||W^k v||/k - ln rho(W) = r/k with |mean r| <= rms r (same draws)
+    "2g": "exactness",  # Var(k ln rho + r)/k^2 - Var ln rho bounded by Cauchy-Schwarz
     "3a": "exactness",  # W = sQ: the singular values of W^k are s^k
     "3b": "exactness",  # the same for BPTT norms
     "3c": "exactness",  # full frame: sum of the exponents = mean ln|det J| (QR vs LU)
     "4a": "exactness",  # ||prod J|| <= prod ||J|| (submultiplicativity)
     "4b": "exactness",  # the same bound through the sweep
+    "6a": "exactness",  # max_i |d_i| <= ||d|| and >= ||d||/sqrt(H): both ends are theorems
     "6b": "exactness",  # the log-scale engine does not overflow
     "6c": "exactness",
     "6d": "exactness",
     "7a": "exactness",  # W_hh = 0 gate chains are diagonal: sigmoid(b)^k
     "7b": "exactness",
+    # claim 8: the overflow intervals are theorems at both ends (element <= norm, largest
+    # element >= norm / sqrt(H), rate within the round-off bound); the underflow ones are
+    # not (their latest lag is a prediction), so 8a, 8c.underflow, 8d, 8g are predictions
+    "8b": "exactness",  # float16 first inf in [norm > 65504, norm > sqrt(H) 65520]
+    "8c.overflow": "exactness",  # difference of two such lags
+    "8e": "exactness",  # halvings between 'surely safe' and 'possibly safe'
+    "8f": "exactness",  # bfloat16 rate within u + H u_32 + ln cond(W), a bound (like 6b)
+    "8h": "exactness",  # autocast deltas are exact float16/bfloat16 numbers
+    "8i": "exactness",  # TF32 rate within 2 u_tf32 + FP32 round-off + ln cond(W)
 }
 
 
 def row_kind(claim_id: str) -> str:
-    """The kind of a row from its id (prediction unless ROW_KINDS says otherwise)."""
-    return ROW_KINDS.get(claim_id.split(".")[0], "prediction")
+    """The kind of a row from its id: the longest ROW_KINDS prefix, else prediction."""
+    parts = claim_id.split(".")
+    for i in range(len(parts), 0, -1):
+        kind = ROW_KINDS.get(".".join(parts[:i]))
+        if kind is not None:
+            return kind
+    return "prediction"
 
 
 def headline(table) -> str:
@@ -94,7 +121,12 @@ def verdict(measured: float, predicted: float, tolerance: float, comparison: str
 
 
 def score(measured: float, predicted: float, tolerance: float, comparison: str) -> float:
-    """Deviation in units of the tolerance, >= 0; a row passes exactly when score <= 1.
+    """How far a row is from failing, >= 0; a row passes exactly when score <= 1.
+
+    By comparison: ``|m-p|<=tol``: |m - p| / tol; ``m<=p+tol``: max(m - p, 0) / tol;
+    ``m>=p-tol``: max(p - m, 0) / tol; ``p<=m<=p+tol``: the distance of m from the centre
+    p + tol/2 of the interval in half-widths, |m - p - tol/2| / (tol/2) (so an interval
+    row at either end scores 1, not |m - p| / tol).
 
     With a zero tolerance (counts that must be zero) the score is 0 when the row passes
     and +inf when it fails. NaN for a measurement that could not be made.

@@ -129,8 +129,11 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
                          if kind == "underflow" else
                          f"interval from the element spread (0.5 ln H = "
                          f"{fmt(0.5 * math.log(hidden))} nats) and ")
-                      + f"round-off {fmt(err)} nats/step, from the measured lag-0 norms; "
-                      f"underflow_lag {whole}, first element exactly 0 at lag {first}."),
+                      + f"round-off {fmt(err)} nats/step, from the measured lag-0 norms"
+                      + (f"; underflow_lag {whole}, first element exactly 0 at lag {first}."
+                         if kind == "underflow" else
+                         "; both ends are theorems (largest element <= norm and >= norm / "
+                         "sqrt(H)).")),
             ))
             # loss scales: static ones and the dynamic rule
             for s_val in static + [pr.DYNAMIC]:
@@ -176,8 +179,6 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
     rows += _autocast(sec, ctx, seed, cond0)
     if ctx.device == "cuda":
         rows.append(_tf32(sec, ctx, seed, cond0))
-    for r in rows:  # the claims' kind column (where the table has it): 8h is exact
-        r["kind"] = "exactness" if r["claim_id"].startswith("8h") else "prediction"
     return ClaimResult(rows, curves)
 
 

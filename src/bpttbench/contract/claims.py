@@ -24,12 +24,16 @@ CLAIMS_DOCS = {
     "passed": "True when measured and predicted agree as the comparison column states",
     "comparison": "|m-p|<=tol (equal within tolerance), m<=p+tol (upper bound or count), "
     "m>=p-tol (lower bound) or p<=m<=p+tol (inside the predicted interval)",
-    "kind": "prediction (can fail if the theory or seed text is wrong), exactness (an "
-    "identity of the mathematics or the code: fails only by a bug) or method agreement "
-    "(two numerical methods for one quantity)",
-    "score": "deviation in units of the tolerance; the row passes exactly when score <= 1 "
-    "(inf: a count that should be zero is not)",
-    "claim": "the claim (experiment) the row belongs to: 1_depth ... 7_gating",
+    "kind": "prediction (a correct implementation could fail it: the theory's assumptions "
+    "or approximations could be wrong for this system), exactness (an identity, theorem or "
+    "rigorous bound, also one checked by Monte Carlo: only a bug, round-off beyond its "
+    "bound or a sampling accident can fail it) or method agreement (two numerical methods "
+    "for one quantity)",
+    "score": "how far the row is from failing; it passes exactly when score <= 1: "
+    "|m-p|/tol (|m-p|<=tol rows), max(m-p, 0)/tol (m<=p+tol), max(p-m, 0)/tol (m>=p-tol), "
+    "distance from the interval's centre in half-widths, |m-p-tol/2|/(tol/2) (p<=m<=p+tol); "
+    "inf: a count that should be zero is not",
+    "claim": "the claim (experiment) the row belongs to: 1_depth ... 8_precision (CLAIM_IDS)",
     "condition": "model, sizes and parameters of the row",
     "n": "number of independent samples or checks behind the measured value",
     "stderr": "standard error of the measured value (or of measured - predicted)",
