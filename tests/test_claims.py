@@ -96,6 +96,36 @@ def test_a_wrong_prediction_is_reported_as_failing():
         cm.row("x", "d", 0.0, 0.0, 1.0, "m==p")
 
 
+@pytest.mark.parametrize(
+    ("claim_id", "kind"),
+    [
+        ("1a.rnn_tanh.s0.5", "prediction"),
+        ("1b.lstm.s3", "method agreement"),
+        ("2a", "prediction"),  # its finite-k bound is an approximation
+        *((c, "exactness") for c in ("2b", "2c", "2d", "2e", "2f", "2g")),  # Gaussian theorems
+        ("5a.sw1.5", "prediction"),
+        ("6a.s1.5", "exactness"),  # element <= norm and >= norm / sqrt(H)
+        ("6e", "prediction"),
+        ("7c.lstm", "prediction"),
+        ("8a.s0.5", "prediction"),  # its latest lag is a prediction
+        ("8b.s1.5", "exactness"),
+        ("8c.underflow.s0.5.S1024", "prediction"),
+        ("8c.overflow.s1.5.S1024", "exactness"),
+        ("8d.underflow.s0.25.dynamic", "prediction"),
+        ("8e.s2", "exactness"),
+        ("8f.s0.9.seed1", "exactness"),  # a round-off bound, like 6b
+        ("8g.s0.5", "prediction"),
+        ("8h.bfloat16", "exactness"),
+        ("8i.s0.9", "exactness"),
+    ],
+)
+def test_row_kind_follows_the_rule(claim_id, kind):
+    # prediction: a correct implementation could fail it; exactness: only a bug, round-off
+    # beyond its bound or a sampling accident can; the longest id prefix decides
+    assert cm.row_kind(claim_id) == kind
+    assert cm.row(claim_id, "d", 0.0, 0.0, 1.0)["kind"] == kind
+
+
 def test_t_factor_and_bonferroni_z():
     from scipy import stats
 
@@ -325,6 +355,37 @@ def test_gating_exact_chains_and_the_forget_bias_sweep():
         gating.run(sec, ctx)
 
 
+def test_gating_rows_fail_when_the_stated_effect_is_absent(monkeypatch):
+    # every model and forget bias gets the same exponent (no effect at all): each of 7c-7f
+    # must count every scale / bias step as a miss and fail; a test of "no significant
+    # reversal" would pass this
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    per_seed = {s: -0.3 + 0.01 * rng.standard_normal() for s in SEEDS8}
+    monkeypatch.setattr(gating, "top_exponent",
+                        lambda model, scale, s, *a, **k: (per_seed[s], 0.01))
+    sec, ctx = setup("gating", hidden=4, input_size=2, seq_len=30, batch=2, warmup=3,
+                     weight_scale=[0.5, 1.0], gate_bias=[0.0], exact_steps=8,
+                     forget_bias=[0.0, 1.0, 2.0], forget_bias_seq_len=80,
+                     forget_bias_warmup=5)
+    rows = rows_by_id(gating.run(sec, ctx))
+    expect = {"7c.lstm": 2, "7c.gru": 2, "7f.lstm": 2, "7f.gru": 2, "7d": 2, "7e": 2}
+    for cid, misses in expect.items():
+        assert rows[cid]["measured"] == misses and rows[cid]["passed"] is False, rows[cid]
+    assert "not significantly closer" in rows["7c.lstm"]["note"]
+    assert "not significantly longer" in rows["7f.gru"]["note"]
+    assert "not significant" in rows["7d"]["note"] and "not significant" in rows["7e"]["note"]
+    # a clear effect passes: gated exponents at half the tanh RNN's, rising with b_f
+    monkeypatch.setattr(
+        gating, "top_exponent",
+        lambda model, scale, s, *a, forget_bias=0.0, **k: (
+            per_seed[s] * (1.0 if model == "rnn_tanh" else 0.5) / (1.0 + forget_bias), 0.01))
+    rows = rows_by_id(gating.run(sec, ctx))
+    for cid in expect:
+        assert rows[cid]["measured"] == 0 and rows[cid]["passed"], rows[cid]
+
+
 def test_a_wrong_theory_makes_the_row_fail(monkeypatch):
     # feed the GRU gate chain a prediction 1 % off: 7b must come out failing
     monkeypatch.setattr(th, "gru_update_chain_log",
@@ -408,6 +469,27 @@ def test_figures_have_labelled_axes():
     fig2 = overview_figure(table)
     title = fig2.axes[0].get_title()  # the headline by kind: 1a predicts, 1b compares methods
     assert "1 of 1 predictions hold" in title and "0 of 1 method agreements" in title
+    # the x axis names what is plotted for every comparison, intervals in half-widths
+    xlabel = fig2.axes[0].get_xlabel()
+    assert "|m-p|/tol" in xlabel and "half-widths" in xlabel and "max(m-p, 0)/tol" in xlabel
+
+
+def test_a_short_log_axis_gets_readable_ticks():
+    # claim 4's necessity panel: lambda_1 from 0.44 to 6.8 on a log axis (1.2 decades);
+    # with powers of ten alone only the tick 1 would show
+    lam1 = np.geomspace(0.44, 6.8, 6)
+    curves = pd.DataFrame({"claim": "4_pascanu", "panel": "necessity", "group": "tanh RNN",
+                           "kind": "points", "x": lam1, "y": 0.1 * np.log(lam1),
+                           "y_err": 0.01})
+    table = pd.DataFrame([cm.row("4b", "d", 0.0, 0.0, 0.0, "m<=p+tol")])
+    fig = claim_figure("4_pascanu", "t", table, curves)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)
+             if lo <= v <= hi and t.get_text()]
+    assert {"0.5", "1", "2", "5"} <= set(shown), shown
 
 
 # ----------------------------------------------------------------------------------------

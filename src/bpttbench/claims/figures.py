@@ -170,10 +170,10 @@ def _draw_panel(ax: plt.Axes, spec: Panel, cur: pd.DataFrame) -> None:
         ax.set_xscale(spec.xscale)
     if spec.yscale != "linear":
         ax.set_yscale(spec.yscale)
-    for axis, scale in ((ax.xaxis, spec.xscale), (ax.yaxis, spec.yscale)):
+    for axis, scale, lim in ((ax.xaxis, spec.xscale, ax.get_xlim()),
+                             (ax.yaxis, spec.yscale, ax.get_ylim())):
         if scale == "log":
-            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(ticker.NullFormatter())
+            _log_ticks(axis, lim)
     handles, labels = ax.get_legend_handles_labels()
     line_style = {"measured": "-", "predicted": "--", "bound": ":", "vline": "--"}
     shown = [(k, text) for k, text in spec.styles if k in kinds_seen]
@@ -184,6 +184,20 @@ def _draw_panel(ax: plt.Axes, spec: Panel, cur: pd.DataFrame) -> None:
         labels += [text for _, text in shown]
     if handles:
         ax.legend(handles, labels, fontsize=7, loc="best", framealpha=0.85)
+
+
+#: a log axis spanning fewer decades than this gets ticks at 1, 2 and 5 times the powers
+#: of ten (with powers alone, 0.44..6.8 shows the single tick 1)
+SHORT_LOG_DECADES = 2.0
+
+
+def _log_ticks(axis, lim: tuple[float, float]) -> None:
+    """Readable ticks on a log axis: 1-2-5 per decade when it spans under two decades."""
+    lo, hi = sorted(lim)
+    if lo > 0 and math.log10(hi / lo) < SHORT_LOG_DECADES:
+        axis.set_major_locator(ticker.LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _row_lines(rows: pd.DataFrame, width: int = 150) -> list[str]:
@@ -230,8 +244,15 @@ def claim_figure(claim: str, title: str, rows: pd.DataFrame, curves: pd.DataFram
     return fig
 
 
+#: what the overview plots (``common.score``), by comparison; m measured, p predicted
+SCORE_LABEL = ("score (passes when <= 1): |m-p|/tol for equality rows, max(m-p, 0)/tol or "
+               "max(p-m, 0)/tol for bounds and counts,\n"
+               "distance from the interval's centre in half-widths for p <= m <= p+tol rows "
+               "(> at the edge: beyond 10 or a failed count; x: not measurable)")
+
+
 def overview_figure(table: pd.DataFrame) -> plt.Figure:
-    """Scorecard: every row's deviation in units of its tolerance (passes when <= 1)."""
+    """Scorecard: every row's score (``common.score``; the row passes when it is <= 1)."""
     if len(table) == 0:
         return _empty_figure("no claims were run")
     n = len(table)
@@ -268,8 +289,7 @@ def overview_figure(table: pd.DataFrame) -> plt.Figure:
                 va="center", fontsize=8, color="0.35")
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel("|measured - predicted| / tolerance (passes when <= 1; > at the edge: "
-                  "beyond 10 or a failed count; x: not measurable)")
+    ax.set_xlabel(SCORE_LABEL)
     ax.set_title(f"bpttbench claims: {headline(table)}", fontsize=11)
     ax.grid(axis="y", visible=False)
     fig.tight_layout()
