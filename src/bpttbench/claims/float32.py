@@ -10,7 +10,9 @@ measurements:
   earliest an element can overflow, delta concentrated on one coordinate) and the same
   with ``hidden_size=H`` (delta spread evenly: the latest). Predicted: that interval.
   Where inside it depends on delta's direction and even on the float32 summation order
-  (a partial sum of a dot product can overflow one step before the result would).
+  (a partial sum of a dot product can overflow one step before the result would). Both
+  ends are theorems (no element exceeds ||delta||, the largest is at least
+  ||delta||/sqrt(H)), so the row is an exactness check, not a prediction.
 * ``6b`` the log-scale Jacobian engine (``analyse_chain`` in float32, rescaling every
   step, logs summed in float64) on the same network over ``chain_steps`` steps, far past
   the overflow: all H Lyapunov exponents against ln s; tolerance a float32 round-off

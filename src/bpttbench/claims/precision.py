@@ -5,7 +5,7 @@ bfloat16 and TF32 rates stay within a bound set by their mantissas.
 The cell is the orthogonal linear RNN W = sQ with zero inputs (h_t = 0, so the forward
 pass is exact in any precision), whose exact BPTT gradient is ||delta_{T-k}|| =
 s^k ||delta_T||: rate lambda = ln s. The float64 reference runs the same (rounded) weights
-upcast. Predictions (bpttbench.precision):
+upcast. The rows (bpttbench.precision):
 
 * ``8a`` float16 underflow: the first lag where some batch element's delta is exactly the
   zero vector, against [earliest, latest] from each element's measured lag-0 norm, lambda
@@ -16,7 +16,9 @@ upcast. Predictions (bpttbench.precision):
   fixed point sqrt(H) 2^-25 / (1 - s) takes to decay below 2^-25 (4 for s = 0.5, 2 for
   s = 0.25 at H = 32). Point estimate (ln||delta_T|| - ln 2^-24)/|lambda| in the note.
 * ``8b`` float16 overflow: the first inf lies in [norm reaches 65504, norm reaches
-  sqrt(H) 65504].
+  sqrt(H) 65504]. Both ends are theorems, so 8b, 8c.overflow and 8e (built from such
+  intervals) and 8f, 8i (round-off bounds) are exactness checks (``common.ROW_KINDS``);
+  8a, 8c.underflow, 8d and 8g, whose latest lag is a prediction, are predictions.
 * ``8c`` a static loss scale S moves the underflow lag by +ln S/|lambda| and the overflow
   lag by -ln S/lambda; tolerance: the widths of both intervals.
 * ``8d`` dynamic loss scaling (GradScaler: 2^16, halved on inf/NaN) on the vanishing
