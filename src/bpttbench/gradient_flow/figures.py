@@ -146,24 +146,52 @@ def gradient_norm_by_lag(gf: pd.DataFrame, summary: pd.DataFrame) -> plt.Figure:
 
 
 def growth_rate_by_scale(summary: pd.DataFrame) -> plt.Figure:
-    """Fitted growth rate of ln||delta|| per step against the weight scale, one line per model."""
+    """Fitted growth rate of ln||delta|| per step against the weight scale, one line per model,
+    a panel per sequence length T (a rate is fitted over the finite lags of one length)."""
     sel = summary[np.isfinite(summary["growth_rate"].astype(float))]
     if sel.empty:
         return empty_figure("no finite growth rates to plot")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=sel, x="weight_scale", y="growth_rate", hue="model", hue_order=_models(sel),
-                 style="init", markers=True, errorbar=("pi", 100), ax=ax)
+    seq_lens = sorted(summary["seq_len"].unique())
+    models = _models(sel)
+    fig, axes = plt.subplots(1, len(seq_lens), figsize=(5.2 * len(seq_lens), 4.5), sharey=True,
+                             squeeze=False)
     scales = np.geomspace(sel["weight_scale"].min(), sel["weight_scale"].max(), 50)
-    ax.plot(scales, np.log(scales), "k--", lw=1, label="ln s (linear RNN, orthogonal W)")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(sel["weight_scale"].unique()))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("recurrent weight scale s (log scale)")
-    ax.set_ylabel("growth rate of ln‖δ‖ (natural log per step)")
-    ax.set_title("Vanishing (< 0) or exploding (> 0) gradients, per step back in time")
-    ax.legend(fontsize="small", loc="best")
+    for ax, t in zip(axes.flat, seq_lens, strict=True):
+        at_t = sel[sel["seq_len"] == t]
+        if at_t.empty:
+            ax.text(0.5, 0.5, f"no finite growth rate at T = {t}", ha="center", va="center",
+                    transform=ax.transAxes)
+        else:
+            sns.lineplot(data=at_t, x="weight_scale", y="growth_rate", hue="model",
+                         hue_order=models, style="init", markers=True, errorbar=("pi", 100),
+                         ax=ax, legend=ax is axes.flat[0])
+        ax.plot(scales, np.log(scales), "k--", lw=1, label="ln s (linear RNN, orthogonal W)")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(sel["weight_scale"].unique()))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("recurrent weight scale s (log scale)")
+        ax.set_ylabel("growth rate of ln‖δ‖ (natural log per step)")
+        # cells with no finite rate at this T (inf or NaN from lag 0): said, not silently absent
+        absent = summary[(summary["seq_len"] == t)
+                         & ~np.isfinite(summary["growth_rate"].astype(float))]
+        if len(absent):
+            gone = absent.groupby("model")["weight_scale"].apply(
+                lambda v: ", ".join(f"{x:g}" for x in sorted(v.unique())))
+            ax.text(0.02, 0.98, "no finite rate (gradients non-finite):\n" + "\n".join(
+                f"{m}: s = {v}" for m, v in gone.items()), transform=ax.transAxes, fontsize=7,
+                va="top", ha="left", color="#a00000")
+        ax.set_title(f"T = {t}")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if axes.flat[0].get_legend() is not None:
+        axes.flat[0].get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    n_seeds = summary.groupby(["model", "init", "seq_len", "weight_scale"])["seed"].nunique()
+    band = "; band: range over seeds" if n_seeds.max() > 1 else ""
+    fig.suptitle("Vanishing (< 0) or exploding (> 0) gradients, per step back in time "
+                 f"(mean over seeds{band})")
+    fig.tight_layout()
     return fig
 
 
@@ -257,8 +285,23 @@ def lyapunov_spectrum(lyap: pd.DataFrame) -> plt.Figure:
         ax.axhline(0, color="grey", lw=0.8)
     g.set_axis_labels("exponent index i (1 = largest)", "λ_i (natural log per step)")
     g.legend.set_title("weight scale s")
+    _legend_off_panels(g)
     g.figure.suptitle(f"Lyapunov spectrum of the Jacobian chain ({where})", y=1.03)
     return g.figure
+
+
+def _legend_off_panels(g: sns.FacetGrid) -> None:
+    """Put a relplot's legend where it covers no data: in the empty slot of the panel grid
+    if there is one (relplot's own placement can overlap the last panel), else outside."""
+    axes = list(g.axes.flat)
+    ncol = g._col_wrap or len(axes)
+    if len(axes) % ncol:
+        top, last = axes[len(axes) % ncol].get_position(), axes[-1].get_position()
+        x = top.x0 + (top.x1 - top.x0) * 0.05
+        sns.move_legend(g, "center left", bbox_to_anchor=(x, (last.y0 + last.y1) / 2),
+                        bbox_transform=g.figure.transFigure, frameon=False)
+    else:
+        sns.move_legend(g, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
 
 
 def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
@@ -277,6 +320,7 @@ def chain_singular_values(spectrum: pd.DataFrame) -> plt.Figure:
     )
     g.set_axis_labels("lag k (steps)", "ln σ_i of J_T⋯J_{T−k+1}")
     g.legend.set_title("weight scale s / singular value")
+    _legend_off_panels(g)
     g.figure.suptitle(f"True singular values of the Jacobian product against lag ({where})",
                       y=1.03)
     return g.figure
