@@ -73,7 +73,7 @@ def test_every_figure_resolves_and_has_its_caption():
     # the stage registries are the contract's (same names, same inputs)
     from bpttbench.gradient_flow.figures import GRADIENT_FLOW_FIGURES
     from bpttbench.long_range.figures import LONG_RANGE_FIGURES
-    assert {n: (t,) for n, (t, _) in GRADIENT_FLOW_FIGURES.items()} == {
+    assert {n: t for n, (t, _) in GRADIENT_FLOW_FIGURES.items()} == {
         f.name: f.inputs for f in contract.figures("gradient_flow")}
     assert {n: t for n, (t, _) in LONG_RANGE_FIGURES.items()} == {
         f.name: f.inputs for f in contract.figures("long_range")}

@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="write the self-contained HTML report of a result set")
     p.add_argument("result_dir")
     add_out(p, "report.html (default: <result_dir>/report.html)", required=False)
-    p.add_argument("--captions", default="workflow/report")
+    p.add_argument("--captions", default=None,
+                   help="folder of the <figure>.rst captions (default: the repository's "
+                   "workflow/report, wherever the command runs from)")
     p.set_defaults(func=_cmd_report)
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import contract
 from .io import read_json, write_text
+from .report_facts import claims_rows_for, section_facts
 from .tables import read_table
 
 
@@ -35,15 +36,34 @@ SECTIONS: list[Section] = [
     for sec in contract.report_sections()
 ]
 
+#: The captions of a source checkout (src/bpttbench/report.py -> <repo>/workflow/report),
+#: wherever the command runs from.
+DEFAULT_CAPTIONS = Path(__file__).resolve().parents[2] / "workflow" / "report"
 
-def caption_text(captions_dir: Path | None, name: str) -> str:
-    """The caption of a figure from workflow/report/<name>.rst, with the RST markup removed."""
-    if captions_dir is None or not (captions_dir / f"{name}.rst").exists():
-        return ""
+#: claims.csv is shown split by section (``claims_rows_for``), every row of it.
+CLAIMS_FILE = contract.twin_file("claims")
+
+
+def caption_text(captions_dir: Path, name: str) -> str:
+    """The caption of a figure from <captions_dir>/<name>.rst, with the RST markup removed."""
     text = (captions_dir / f"{name}.rst").read_text()
     text = re.sub(r"``?([^`]+)``?", r"\1", text)
     text = re.sub(r":math:", "", text)
     return " ".join(text.split())
+
+
+def check_captions(captions_dir: Path, names: list[str]) -> None:
+    """A ValueError unless ``captions_dir`` is a folder holding <name>.rst for every figure
+    ``names``: a report whose figures silently lost their captions says less than it seems to
+    (every contract figure has one in the repository's workflow/report)."""
+    if not captions_dir.is_dir():
+        raise ValueError(f"captions folder {captions_dir} is not a directory; pass --captions "
+                         f"with the folder of the <figure>.rst captions (default "
+                         f"{DEFAULT_CAPTIONS})")
+    missing = [f"{n}.rst" for n in names if not (captions_dir / f"{n}.rst").is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} figure(s) of the result set have no caption in "
+                         f"{captions_dir}: {', '.join(missing)}")
 
 
 def _img(path: Path) -> str:
@@ -51,10 +71,13 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def _table_html(path: Path, max_rows: int = 60) -> str:
-    df = read_table(path)
-    note = ""
-    if len(df) > max_rows:
+def _table_html(path: Path, max_rows: int | None = 60, df: pd.DataFrame | None = None,
+                note: str = "") -> str:
+    """A table as HTML: ``df`` (default: the file's rows), the first ``max_rows`` of them
+    (None: all) with a note saying so."""
+    df = read_table(path) if df is None else df
+    note = f"<p class=note>{html.escape(note)}</p>" if note else ""
+    if max_rows is not None and len(df) > max_rows:
         note = f"<p class=note>First {max_rows} of {len(df)} rows; the full table is {path.name}.</p>"
         df = df.head(max_rows)
     fmt = {c: "{:.4g}".format for c in df.columns if pd.api.types.is_float_dtype(df[c])}
@@ -91,7 +114,9 @@ def build_report(result_dir: str | Path, out: str | Path, captions_dir: str | Pa
                  title: str | None = None) -> Path:
     """Write ``out`` (HTML, figures inlined) from ``result_dir``/{manifest.json,tables,figures}."""
     result_dir = Path(result_dir)
-    captions = Path(captions_dir) if captions_dir else None
+    captions = Path(captions_dir) if captions_dir else DEFAULT_CAPTIONS
+    check_captions(captions, [n for sec in SECTIONS for n in sec.figures
+                              if (result_dir / "figures" / f"{n}.png").exists()])
     manifest = read_json(result_dir / "manifest.json")
     tag = manifest.get("hardware_tag", result_dir.name)
     parts = [
@@ -108,11 +133,18 @@ def build_report(result_dir: str | Path, out: str | Path, captions_dir: str | Pa
         figs, tabs = [f for f in figs if f.exists()], [t for t in tabs if t.exists()]
         if not figs and not tabs:
             continue
-        parts.append(f"<h2>{html.escape(sec.title)}</h2><p>{html.escape(sec.intro)}</p>")
+        intro = " ".join([sec.intro, *section_facts(sec.title, result_dir / "tables")])
+        parts.append(f"<h2>{html.escape(sec.title)}</h2><p>{html.escape(intro)}</p>")
         for f in figs:
             cap = html.escape(caption_text(captions, f.stem))
             parts.append(f"<figure>{_img(f)}<figcaption>{cap}</figcaption></figure>")
-        parts.extend(_table_html(t) for t in tabs)
+        for t in tabs:
+            if t.name == CLAIMS_FILE:  # this section's claims, every row
+                rows = claims_rows_for(read_table(t), sec.title)
+                parts.append(_table_html(t, None, rows, f"{len(rows)} rows of {t.name} "
+                                         "(the claims of this section)"))
+            else:
+                parts.append(_table_html(t))
     parts.append("<h2>Manifest</h2>" + _manifest_html(manifest))
     page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>bpttbench {tag}"
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -191,12 +191,13 @@ TABLES = (*TABLES, LAUNCH_COUNTS)
 
 _FLOW, _CHAINS = "Gradient flow through time", "Jacobian products and Lyapunov spectra"
 FIGURES = tuple(
-    Figure(name, STAGE, (table,), f"bpttbench.gradient_flow.figures:{name}", category, section)
-    for name, table, category, section in (
-        ("gradient_norm_by_lag", "gradient_flow", "Gradient flow", _FLOW),
-        ("growth_rate_by_scale", "summary", "Gradient flow", _FLOW),
-        ("horizon_heatmap", "summary", "Gradient flow", _FLOW),
-        ("lyapunov_spectrum", "lyapunov", "Jacobian chains", _CHAINS),
-        ("chain_singular_values", "chain_spectrum", "Jacobian chains", _CHAINS),
+    Figure(name, STAGE, tables, f"bpttbench.gradient_flow.figures:{name}", category, section)
+    for name, tables, category, section in (
+        # summary: which cells went non-finite (status, first_nonfinite_lag) and grad_dtype
+        ("gradient_norm_by_lag", ("gradient_flow", "summary"), "Gradient flow", _FLOW),
+        ("growth_rate_by_scale", ("summary",), "Gradient flow", _FLOW),
+        ("horizon_heatmap", ("summary",), "Gradient flow", _FLOW),
+        ("lyapunov_spectrum", ("lyapunov",), "Jacobian chains", _CHAINS),
+        ("chain_singular_values", ("chain_spectrum",), "Jacobian chains", _CHAINS),
     )
 )

@@ -158,9 +158,13 @@ def _horizons(gf_summary: pd.DataFrame, init: str, weight_scale: float, hidden: 
               ) -> tuple[pd.DataFrame, str]:
     """Gradient horizon per model from summary.csv for this init and weight scale.
 
-    Median over seeds at the longest sequence length; a horizon never reached within T is
-    reported as T with ``censored`` set. Prefers rows of the same hidden size.
+    Median over seeds at the longest sequence length, a seed that never fell 1e6-fold within
+    T counting as longer than T (``gradient_flow.figures.median_horizon``); where that median
+    is censored (at least half the seeds never fell) the horizon is reported as T with
+    ``censored`` set. Prefers rows of the same hidden size.
     """
+    from ..gradient_flow.figures import median_horizon
+
     sel = gf_summary[(gf_summary["init"] == init)
                      & np.isclose(gf_summary["weight_scale"].astype(float), weight_scale)]
     if sel.empty:
@@ -171,9 +175,12 @@ def _horizons(gf_summary: pd.DataFrame, init: str, weight_scale: float, hidden: 
     rows = []
     for model, g in sel.groupby("model"):
         t = int(g["seq_len"].max())
-        h = g.loc[g["seq_len"] == t, "horizon"].astype("Float64").astype(float)
-        censored = bool(np.isnan(h).mean() > 0.5)
-        rows.append({"model": model, "horizon": float(t if censored else np.nanmedian(h)),
+        at_t = g[g["seq_len"] == t]
+        med, used = median_horizon(at_t["horizon"], at_t["status"])
+        if used == 0:  # every seed went non-finite: no horizon to show
+            continue
+        censored = bool(np.isinf(med))
+        rows.append({"model": model, "horizon": float(t if censored else med),
                      "censored": censored, "gf_seq_len": t})
     return pd.DataFrame(rows), note
 
