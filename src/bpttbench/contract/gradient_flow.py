@@ -36,7 +36,8 @@ SUMMARY_DOCS = {
     **CELL_DOCS,
     "growth_rate": "least-squares slope of mean ln||dL/dh_{T-k}|| against k, natural log per "
     "step (negative = vanishing, positive = exploding); finite lags only",
-    "growth_fit_r2": "R^2 of that linear fit (1 = exactly exponential in the lag)",
+    "growth_fit_r2": "R^2 of that linear fit (1 = exactly exponential in the lag: residuals "
+    "within the round-off of compute_dtype, RMS <= sqrt(n) eps max(1, max|ln||delta|||))",
     "growth_rate_steady": "the same slope fitted on lags warmup_align .. T - warmup_forward "
     "only (the transients at both ends left out; see the lyapunov table), natural log per "
     "step",
