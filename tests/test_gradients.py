@@ -196,6 +196,17 @@ def test_float32_explosion_is_recorded_not_raised() -> None:
     assert ok["status"] == "ok" and ok["growth_rate"] == pytest.approx(math.log(2), abs=1e-9)
 
 
+def test_flat_float32_cell_reports_r2_one(rng_seed: int) -> None:
+    """The summary's growth_fit_r2 of an exactly flat float32 cell (rnn_linear, s = 1) is 1,
+    as the column doc says; growth_rate is 0 to float32 round-off."""
+    cfg = validate({"dtype": "float32", "device": "cpu", "gradient_flow": {
+        "models": "rnn_linear", "seq_len": 50, "weight_scale": 1.0, "hidden": 16, "batch": 4,
+        "input_size": 4, "lyapunov_k": 4, "seeds": rng_seed % 10_000}})
+    s = run_cell(next(gradient_flow_cells(cfg)))["summary"]
+    assert s["status"] == "ok" and s["compute_dtype"] == "float32"
+    assert s["growth_rate"] == pytest.approx(0.0, abs=1e-6) and s["growth_fit_r2"] == 1.0
+
+
 def test_a_failing_cell_records_error_and_keeps_going() -> None:
     cfg = validate({"device": "cpu", "gradient_flow": {"models": "gru", "seq_len": 5,
                                                        "weight_scale": 1.0, "hidden": 4}})
