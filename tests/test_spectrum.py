@@ -222,3 +222,12 @@ def test_read_back_in_small_pieces_and_one_step_chunks_change_nothing(monkeypatc
     got = full_frame_chain(saved, bk, report_lags(30), chunk=1)
     for name in ("lags", "log_sv", "logdiag", "log_det"):
         assert np.array_equal(getattr(got, name), getattr(ref, name), equal_nan=True), name
+
+
+def test_the_log_sv_column_doc_states_the_code_s_resolution_limit():
+    """The chain_spectrum column doc quotes SPAN (nats and factor) as the code uses it."""
+    from bpttbench.contract.gradient_flow import CHAIN_SPECTRUM_DOCS
+
+    doc = CHAIN_SPECTRUM_DOCS["log_sv"]
+    assert f"{SPAN:g} nats" in doc and f"{math.exp(-SPAN):.1e}".replace("e-0", "e-") in doc
+    assert "any batch element" in doc  # chain.py: the batch mean is NaN if one element is

@@ -36,7 +36,8 @@ SUMMARY_DOCS = {
     **CELL_DOCS,
     "growth_rate": "least-squares slope of mean ln||dL/dh_{T-k}|| against k, natural log per "
     "step (negative = vanishing, positive = exploding); finite lags only",
-    "growth_fit_r2": "R^2 of that linear fit (1 = exactly exponential in the lag)",
+    "growth_fit_r2": "R^2 of that linear fit (1 = exactly exponential in the lag: residuals "
+    "within the round-off of compute_dtype, RMS <= sqrt(n) eps max(1, max|ln||delta|||))",
     "growth_rate_steady": "the same slope fitted on lags warmup_align .. T - warmup_forward "
     "only (the transients at both ends left out; see the lyapunov table), natural log per "
     "step",
@@ -125,7 +126,9 @@ CHAIN_SPECTRUM_DOCS = {
     "index": "1 = largest singular value",
     "log_sv": "ln sigma_index(P_{T,T-k}), the true singular value of the product (from the "
     "accumulated triangular factors of a full frame), batch mean (natural log); NaN where "
-    "float64 cannot resolve it (below 1e-11 sigma_1 within a block of close values)",
+    "any batch element's value is unresolved: more than 18 nats (a factor 1.5e-8) below the "
+    "largest value of its block of coupled values after the QR sweeps (the float64 SVD's "
+    "resolution), or its product has a non-finite entry",
     "frame_log_stretch": "log stretching of column index of the QR frame after k steps, "
     "batch mean: not a singular value (only its sum over a full frame is ln|det P|)",
 }

@@ -25,14 +25,16 @@ LONG_RANGE_DOCS = {
     "nats per step, natural log)",
     "baseline_loss": "loss of the best memoryless predictor: adding 1/6, copy 10 ln 8/(T+20)",
     "final_loss_ratio": "final_loss / baseline_loss (1 = no better than the baseline)",
-    "solved": "final_loss < solved_fraction (default 0.1) x baseline_loss",
+    "solved": "final_loss < solved_fraction x baseline_loss",
     "steps_to_solve": "first evaluation step with loss < solved_fraction x baseline; empty "
-    "if never",
+    "if never (a run can cross it and end unsolved)",
     "best_loss": "lowest evaluation loss seen during training (including step 0)",
     "n_updates": "training steps attempted",
     "n_clipped": "updates whose gradient was rescaled to the clip norm",
     "n_skipped": "updates skipped because the loss or gradient was inf or NaN",
-    "grad_norm_max": "largest global gradient norm before clipping over the run",
+    "grad_norm_max": "largest global gradient norm before clipping over the run: NaN if one "
+    "was NaN (a NaN gradient, or a non-finite loss whose gradient was not taken), else inf if "
+    "one was inf",
     "horizon_init": "gradient horizon of the network at init on task inputs (first lag where "
     "||dL/dh_{T-k}|| / ||dL/dh_T|| < 1e-6, as in summary.csv); empty if never within T",
     "growth_rate_init": "slope of mean ln||dL/dh_{T-k}|| against k at init, natural log per "
@@ -46,6 +48,8 @@ LONG_RANGE_DOCS = {
     "lr": "learning rate",
     "steps": "training budget: number of updates",
     "batch": "fresh training sequences per update",
+    "solved_fraction": "the solved threshold as a fraction of baseline_loss (config "
+    "long_range.solved_fraction, default 0.1); empty in tables written before it was recorded",
     "device": "cpu or cuda",
     "wall_s": "wall time of the run in seconds (training and evaluation)",
     "error": "error message when status is error",
@@ -74,10 +78,13 @@ TRACE_DOCS = {
     "train_loss": "mean training-batch loss over the window's updates",
     "log_grad_norm_mean": "mean over the window's updates of ln||g||_2, the global gradient "
     "norm before clipping (natural log; finite values only)",
-    "grad_norm_max": "largest ||g||_2 before clipping in the window (inf/NaN if one was)",
+    "grad_norm_max": "largest ||g||_2 before clipping in the window: NaN if one was NaN (or "
+    "a non-finite loss skipped its gradient), else inf if one was inf; NaN at step 0",
     "n_updates": "updates in the window",
     "n_clipped": "updates in the window that were clipped",
     "n_skipped": "updates in the window skipped for a non-finite loss or gradient",
+    "solved_fraction": "the run's solved threshold as a fraction of baseline_loss (the "
+    "'solved' line of the learning curves); empty in tables written before it was recorded",
 }
 
 SUMMARY_DOCS = {
@@ -92,13 +99,17 @@ SUMMARY_DOCS = {
     "n_seeds": "runs (seeds) in the group",
     "n_solved": "runs that solved the task",
     "solved_rate": "n_solved / n_seeds",
+    "solved_fraction": "solved: final loss < solved_fraction x baseline_loss (config "
+    "long_range.solved_fraction); empty in tables written before it was recorded",
     "baseline_loss": "loss of the best memoryless predictor",
     "final_loss_median": "median final evaluation loss over seeds",
     "final_loss_ratio_median": "median of final_loss / baseline_loss",
-    "steps_to_solve_median": "median steps to solve over the seeds that solved",
+    "steps_to_solve_median": "median steps to solve over the seeds that solved (empty if "
+    "none did)",
     "n_skipped_total": "updates skipped (non-finite) over all seeds",
     "n_clipped_total": "updates clipped over all seeds",
-    "grad_norm_max": "largest gradient norm before clipping over all seeds",
+    "grad_norm_max": "largest gradient norm before clipping over the seeds' finished runs "
+    "(status ok or diverged): NaN if one run's was NaN, else inf if one was inf",
     "growth_rate_init_median": "median growth rate of ln||dL/dh_{T-k}|| per step at init",
     "growth_rate_final_median": "median growth rate of ln||dL/dh_{T-k}|| per step after "
     "training",
@@ -130,18 +141,18 @@ TABLES = (
          "n_clipped": "int", "n_skipped": "int", "horizon_init": "int", "horizon_final": "int",
          "status": "str", "optimizer": "str", "steps": "int", "batch": "int", "device": "str",
          "error": "str", "precision": "str?", "loss_scale_final": "float?",
-         "loss_scale_backoffs": "int?", "fused": "bool?"},
+         "loss_scale_backoffs": "int?", "fused": "bool?", "solved_fraction": "float?"},
         {"wall_s": "timing"}, compare="rows"),
     make_table(
         "long_range_trace", STAGE, "long_range_trace.parquet", (*RUN_KEYS, "step"), TRACE_DOCS,
         {**_KEY_KINDS, "step": "int", "n_updates": "int", "n_clipped": "int",
-         "n_skipped": "int", "precision": "str?"}),
+         "n_skipped": "int", "precision": "str?", "solved_fraction": "float?"}),
     make_table(
         "long_range_summary", STAGE, "long_range_summary.csv",
         ("task", "model", "init", "seq_len", "clip"), SUMMARY_DOCS,
         {"task": "str", "model": "str", "init": "str", "seq_len": "int", "n_seeds": "int",
          "n_solved": "int", "n_skipped_total": "int", "n_clipped_total": "int",
-         "precision": "str?"},
+         "precision": "str?", "solved_fraction": "float?"},
         {"wall_s_total": "timing"}, compare="rows"),
     make_table(
         "long_range_precision", STAGE, "long_range_precision.csv",

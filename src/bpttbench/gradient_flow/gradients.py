@@ -160,12 +160,16 @@ def lag_statistics(log_norms: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
-def growth_rate_fit(mean_log_norm: np.ndarray) -> tuple[float, float]:
+def growth_rate_fit(mean_log_norm: np.ndarray, dtype: str | np.dtype | None = "float64"
+                    ) -> tuple[float, float]:
     """Least-squares slope (per step, natural log) of mean ln||delta_{T-k}|| against k, and R^2
     (the summary's growth_rate; ``jacobians.chain.growth_rate`` is the slope of one chain's
     log norms, without a fit quality).
 
     Only finite lags enter the fit. NaN when fewer than 2 finite lags remain.
+    ``dtype``: the dtype the chain's products ran in ("tf32" for TF32 matmuls). R^2 is 1
+    when the fit is exact to that dtype's round-off (see :func:`fit_round_off`): a flat
+    chain (rate 0) otherwise gets 1 - (rounding noise)/(rounding noise), an arbitrary value.
     """
     lags = np.arange(mean_log_norm.shape[0], dtype=np.float64)
     ok = np.isfinite(mean_log_norm)
@@ -175,9 +179,25 @@ def growth_rate_fit(mean_log_norm: np.ndarray) -> tuple[float, float]:
     slope, intercept = np.polyfit(k, y, 1)
     resid = y - (slope * k + intercept)
     ss_tot, ss_res = float(((y - y.mean()) ** 2).sum()), float((resid**2).sum())
-    # A flat line (slope ~0) fitted to rounding noise is still a perfect fit.
-    r2 = 1.0 if ss_res <= 1e-20 * y.size else 1.0 - ss_res / ss_tot
+    exact = math.sqrt(ss_res / y.size) <= fit_round_off(y, dtype)
+    r2 = 1.0 if exact else 1.0 - ss_res / ss_tot
     return float(slope), r2
+
+
+def fit_round_off(log_norms: np.ndarray, dtype: str | np.dtype | None = "float64") -> float:
+    """RMS residual below which a fit to ``log_norms`` is exact to the round-off of ``dtype``.
+
+    One ln||delta|| carries an absolute error of a few eps of the dtype the chain ran in,
+    and the fit's own float64 arithmetic about eps64 |ln||delta|||; both are within
+    eps max(1, max|ln||delta|||). Along a chain of n steps the per-step errors add up
+    like a random walk: sqrt(n) eps max(1, max|ln||delta|||). (Committed float32 flat cells,
+    T = 50 and 200: RMS residual <= 0.33 eps32; a curved cell's residuals are ~1e5 eps32.)
+    """
+    name = "float64" if dtype is None else str(dtype).removeprefix("torch.")
+    # TF32 matmuls keep a 10-bit mantissa (eps 2^-10)
+    eps = 2.0**-10 if name == "tf32" else float(torch.finfo(getattr(torch, name)).eps)
+    scale = max(1.0, float(np.max(np.abs(log_norms)))) if log_norms.size else 1.0
+    return math.sqrt(log_norms.size) * eps * scale
 
 
 def horizon(mean_log_norm: np.ndarray, ratio: float = HORIZON_RATIO) -> int | None:

@@ -25,6 +25,24 @@ from ..gradient_flow.gradients import HORIZON_RATIO
 from .spec import clip_label
 
 LOG_HORIZON = -math.log(HORIZON_RATIO)  # ln 1e6 = 13.8: the drop that defines the horizon
+#: long_range.solved_fraction's default: the threshold of tables from before it was recorded
+DEFAULT_SOLVED_FRACTION = 0.1
+
+
+def _solved_fractions(df: pd.DataFrame) -> tuple[list[float], bool]:
+    """(the solved thresholds of the table's runs as fractions of the baseline, recorded?).
+
+    A table written before the column existed gives the default, marked not recorded."""
+    if "solved_fraction" not in df or df["solved_fraction"].isna().all():
+        return [DEFAULT_SOLVED_FRACTION], False
+    return sorted(float(v) for v in df["solved_fraction"].dropna().unique()), True
+
+
+def _solved_title(df: pd.DataFrame) -> str:
+    """'final loss < 10% of the baseline' from the table's solved_fraction."""
+    fractions, recorded = _solved_fractions(df)
+    text = f"final loss < {' or '.join(f'{100 * f:g}%' for f in fractions)} of the baseline"
+    return text if recorded else f"{text}, the default: not recorded in this table"
 
 
 def _labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -104,7 +122,7 @@ def long_range_solved(summary: pd.DataFrame) -> plt.Figure:
                 ax.set_ylabel(f"solved rate (fraction of {n} seed{'s' * (n != 1)})")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, title="model", loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle("Solved (final loss < 10% of the baseline) against sequence length")
+    fig.suptitle(f"Solved ({_solved_title(summary)}) against sequence length")
     fig.tight_layout()
     return fig
 
@@ -139,9 +157,12 @@ def long_range_curves(trace: pd.DataFrame) -> plt.Figure:
     """Evaluation loss over the baseline loss against step, a panel per task and length."""
     if trace.empty:
         return empty_figure("no long-range runs in this result set")
+    fractions, recorded = _solved_fractions(trace)
+    solved = [(f, "solved" if len(fractions) == 1 and recorded else f"solved ({f:g}"
+               + ("" if recorded else ", default") + ")") for f in fractions]
     return _trace_grid(trace, "eval_loss_ratio", "eval loss / baseline (log)",
                        "Learning curves (median over seeds; band: range)",
-                       [(1.0, "baseline"), (0.1, "solved")])
+                       [(1.0, "baseline"), *solved])
 
 
 def long_range_grad_norm(trace: pd.DataFrame) -> plt.Figure:

@@ -18,7 +18,7 @@ import pandas as pd
 from ..precision import Precision
 
 RUN_KEYS = ["task", "model", "init", "hidden", "seq_len", "clip", "seed", "precision"]
-SPEC_COLUMNS = ["weight_scale", "optimizer", "lr", "steps", "batch"]
+SPEC_COLUMNS = ["weight_scale", "optimizer", "lr", "steps", "batch", "solved_fraction"]
 RUN_COLUMNS = RUN_KEYS + [
     "final_loss", "baseline_loss", "final_loss_ratio", "solved", "steps_to_solve", "best_loss",
     "n_updates", "n_clipped", "n_skipped", "grad_norm_max", "horizon_init", "growth_rate_init",
@@ -27,7 +27,7 @@ RUN_COLUMNS = RUN_KEYS + [
 ]
 TRACE_COLUMNS = RUN_KEYS + [
     "step", "eval_loss", "eval_loss_ratio", "train_loss", "log_grad_norm_mean", "grad_norm_max",
-    "n_updates", "n_clipped", "n_skipped",
+    "n_updates", "n_clipped", "n_skipped", "solved_fraction",
 ]
 GROUP_KEYS = ["task", "model", "init", "seq_len", "clip", "precision"]
 NULLABLE_INT = ("steps_to_solve", "horizon_init", "horizon_final", "n_updates", "n_clipped",
@@ -71,6 +71,7 @@ def trace_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             continue
         df = pd.DataFrame(rec["trace"])
         df["eval_loss_ratio"] = df["eval_loss"] / rec["summary"]["baseline_loss"]
+        df["solved_fraction"] = rec["spec"]["solved_fraction"]
         for key, value in reversed(list(_keys(rec).items())):
             df.insert(0, key, value)
         frames.append(df)
@@ -87,23 +88,44 @@ def _median(values: pd.Series) -> float:
     return float(v.median()) if len(v) else np.nan
 
 
+def max_norm(values: Iterable[float]) -> float:
+    """Largest gradient norm, NaN if any is NaN (else inf if any is inf); NaN if none.
+
+    Order-independent, unlike ``max`` (max([1, nan, 2]) is 2, max([nan, 1, 2]) is nan)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    return float(v.max()) if v.size else np.nan
+
+
+def _fraction(g: pd.DataFrame, where: str) -> float:
+    """The one solved_fraction of a group of runs (a mix has no single solved rate)."""
+    values = g["solved_fraction"].astype(float).unique()
+    if len(values) != 1:
+        raise ValueError(f"{where}: runs with different long_range.solved_fraction "
+                         f"({', '.join(f'{v:g}' for v in values)}) in one group; allowed: one "
+                         "value per result set")
+    return float(values[0])
+
+
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per task, model, init, seq_len and clip: solved rate and medians over seeds."""
     rows = []
     for keys, g in runs.groupby(GROUP_KEYS, dropna=False, sort=True):
         row = dict(zip(GROUP_KEYS, keys, strict=True))
         solved = g["solved"].fillna(False).astype(bool)
+        finished = g["status"].isin(["ok", "diverged"])  # an error run has no norms
         row.update(
             n_seeds=len(g),
             n_solved=int(solved.sum()),
             solved_rate=float(solved.mean()),
+            solved_fraction=_fraction(g, ", ".join(map(str, keys))),
             baseline_loss=float(g["baseline_loss"].iloc[0]),
             final_loss_median=_median(g["final_loss"]),
             final_loss_ratio_median=_median(g["final_loss_ratio"]),
-            steps_to_solve_median=_median(g["steps_to_solve"]),
+            # a seed can cross the threshold once and end above it: only solved seeds count
+            steps_to_solve_median=_median(g.loc[solved, "steps_to_solve"]),
             n_skipped_total=int(g["n_skipped"].fillna(0).sum()),
             n_clipped_total=int(g["n_clipped"].fillna(0).sum()),
-            grad_norm_max=float(g["grad_norm_max"].max()),
+            grad_norm_max=max_norm(g.loc[finished, "grad_norm_max"].astype(float)),
             growth_rate_init_median=_median(g["growth_rate_init"]),
             growth_rate_final_median=_median(g["growth_rate_final"]),
             wall_s_total=float(g["wall_s"].sum()),

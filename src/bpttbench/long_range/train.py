@@ -11,9 +11,10 @@ A non-finite loss or gradient skips the update (counted in ``n_skipped``): explo
 gradients are data, not crashes. With ``clip`` set, g is rescaled to norm ``clip`` when
 ||g|| > clip (clipping by global norm, Pascanu et al. 2013) before the optimizer sees it.
 
-Solved: the evaluation loss at the end of training is below ``solved_fraction`` (0.1) times
-the task's baseline loss (the best memoryless predictor). Steps to solve: the first
-evaluation step at which that held.
+Solved: the evaluation loss at the end of training is below ``solved_fraction`` (config
+``long_range.solved_fraction``, default 0.1) times the task's baseline loss (the best
+memoryless predictor). Steps to solve: the first evaluation step at which the loss was below
+that threshold (a run can cross it and end above it, unsolved).
 
 Random streams: weights and readout from ``seed``; training batches and the evaluation set
 from separate generators keyed by (seed, task, seq_len), so every model and clip setting of
@@ -55,6 +56,7 @@ from .spec import (
     runs_from_json,
     runs_to_json,
 )
+from .tables import max_norm
 from .tasks import Task, get_task
 
 __all__ = ["FLOW_BATCH", "LONG_RANGE_INITS", "OPTIMIZERS", "RunSpec", "clip_label",
@@ -214,7 +216,7 @@ def _window_row(step: int, eval_loss: float, losses: list[float], norms: list[fl
         "eval_loss": eval_loss,
         "train_loss": float(np.mean(finite_losses)) if finite_losses else math.nan,
         "log_grad_norm_mean": float(np.log(finite).mean()) if finite.size else math.nan,
-        "grad_norm_max": float(max(norms)) if norms else math.nan,
+        "grad_norm_max": max_norm(norms),
         "n_updates": len(losses),
         "n_clipped": n_clipped,
         "n_skipped": n_skipped,
@@ -286,7 +288,6 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
         params_finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
         summary["horizon_final"], summary["growth_rate_final"] = gradient_horizon(
             net, x_flow, spec.seed, ac)
-        all_norms = [r for r in trace[1:] if math.isfinite(r["grad_norm_max"])]
         summary.update(
             status="ok" if params_finite and math.isfinite(final) else "diverged",
             final_loss=final,
@@ -297,7 +298,7 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
             n_updates=spec.steps,
             n_clipped=n_clipped,
             n_skipped=n_skipped,
-            grad_norm_max=max((r["grad_norm_max"] for r in all_norms), default=math.nan),
+            grad_norm_max=max_norm(r["grad_norm_max"] for r in trace[1:]),
             loss_scale_final=scaler.scale if scaler else 1.0,
             loss_scale_backoffs=scaler.backoffs if scaler else 0,
         )
