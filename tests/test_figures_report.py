@@ -247,3 +247,28 @@ def test_report_captions_folder_is_checked(tmp_path: Path, rng: np.random.Genera
     assert main(["report", "build", str(res), "--out", str(out)]) == 0
     caption = " ".join((REPO / "workflow/report/horizon_heatmap.rst").read_text().split())
     assert caption[:60] in out.read_text()
+
+
+@pytest.mark.parametrize("n_seeds", [1, 3])
+def test_long_range_trace_titles_say_what_the_band_is(rng: np.random.Generator,
+                                                      n_seeds: int) -> None:
+    """One seed per configuration: the title says there is no band; several: median and range
+    over that many seeds (random traces)."""
+    from bpttbench.long_range.figures import long_range_curves, long_range_grad_norm
+
+    rows = [{"task": "adding", "model": model, "init": "orthogonal", "hidden": 16, "seq_len": t,
+             "clip": clip, "seed": seed, "precision": "float32", "step": step,
+             "eval_loss_ratio": float(rng.uniform(0.01, 2.0)),
+             "grad_norm_max": float(rng.lognormal(0.0, 2.0)), "solved_fraction": 0.1}
+            for model in ("lstm", "rnn_tanh") for t in (10, 20) for clip in (None, 1.0)
+            for seed in range(n_seeds) for step in (0, 50, 100)]
+    trace = pd.DataFrame(rows)
+    for draw in (long_range_curves, long_range_grad_norm):
+        fig = draw(trace)
+        title = fig._suptitle.get_text()
+        plt.close(fig)
+        print(title)
+        if n_seeds == 1:
+            assert "one seed per configuration: no band" in title and "median" not in title
+        else:
+            assert f"median over up to {n_seeds} seeds; band: their range" in title

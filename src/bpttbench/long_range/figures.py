@@ -149,8 +149,18 @@ def _trace_grid(trace: pd.DataFrame, y: str, ylabel: str, title: str,
                         color="grey", xytext=(2, 2), textcoords="offset points")
     g.set_axis_labels("training step (updates)", ylabel)
     g.set_titles(row_template="{row_name}", col_template="T = {col_name}")
-    g.figure.suptitle(title, y=1.02)
+    g.figure.suptitle(f"{title} ({_seed_summary(trace)})", y=1.02)
     return g.figure
+
+
+def _seed_summary(trace: pd.DataFrame) -> str:
+    """What a line and its band are: the median and range over seeds, or one seed's run."""
+    keys = [c for c in ("task", "model", "init", "hidden", "seq_len", "clip", "precision")
+            if c in trace]
+    most = int(trace.groupby(keys, dropna=False)["seed"].nunique().max()) if len(trace) else 0
+    if most <= 1:
+        return "one seed per configuration: no band"
+    return f"median over up to {most} seeds; band: their range"
 
 
 def long_range_curves(trace: pd.DataFrame) -> plt.Figure:
@@ -161,7 +171,7 @@ def long_range_curves(trace: pd.DataFrame) -> plt.Figure:
     solved = [(f, "solved" if len(fractions) == 1 and recorded else f"solved ({f:g}"
                + ("" if recorded else ", default") + ")") for f in fractions]
     return _trace_grid(trace, "eval_loss_ratio", "eval loss / baseline (log)",
-                       "Learning curves (median over seeds; band: range)",
+                       "Learning curves",
                        [(1.0, "baseline"), *solved])
 
 
