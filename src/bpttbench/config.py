@@ -263,6 +263,71 @@ def _check_cell_memory(cfg: Mapping[str, Any]) -> None:
 
 
 DEFAULT_CONFIG = "config/config.yaml"
+#: What a config is, for the errors about files that are not one.
+WHAT_A_CONFIG_IS = ("a config is a YAML mapping of keys (dtype, device, gradient_flow: ...; "
+                    "see config/config.yaml and workflow/schemas/config.schema.yaml)")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last
+    silently: a second ``gradient_flow:`` section would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may legitimately be overridden by explicit keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base class names it
+            line = key_node.start_mark.line
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping (line "
+                    f"{first + 1} and line {line + 1}); each key may be given once",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The YAML ``text`` of ``where`` (a file name), read with duplicate keys refused;
+    ConfigError names ``where``, the line and column, and the problem."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        if "appears twice" in what:
+            raise ConfigError(f"{where}: {at}{what}") from None
+        raise ConfigError(f"{where} is not valid YAML: {at}{what}; {WHAT_A_CONFIG_IS}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}; {WHAT_A_CONFIG_IS}") from None
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The parsed content of a config file (not validated): ConfigError, naming the file,
+    when it is missing, a folder, unreadable, not UTF-8 text or not valid YAML."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found; {WHAT_A_CONFIG_IS}")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a file; {WHAT_A_CONFIG_IS}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not a text file: byte 0x{data[exc.start]:02x} (line {line}) "
+            f"is not UTF-8; {WHAT_A_CONFIG_IS}") from None
+    return parse_yaml(text, f"config file {path}")
 
 
 def load(path: str | Path | None = None, *, json_text: str | None = None,
@@ -271,17 +336,21 @@ def load(path: str | Path | None = None, *, json_text: str | None = None,
     JSON text a pipeline job is given, with ``overrides`` (top-level keys, or a section's
     keys under the section name) applied, validated with every default filled in."""
     if json_text is not None:
-        raw = json.loads(json_text)
         where = "--config-json"
+        try:
+            raw = json.loads(json_text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: line {exc.lineno}, column "
+                              f"{exc.colno}: {exc.msg}; it takes the config as one JSON "
+                              "object") from None
     else:
         path = Path(path or DEFAULT_CONFIG)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} not found; pass --config PATH")
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
-        where = str(path)
+        raw = read_config_file(path)
+        raw = {} if raw is None else raw
+        where = f"config file {path}"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a config must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{where} holds a {type(raw).__name__}, not a mapping of keys; "
+                          f"{WHAT_A_CONFIG_IS}")
     raw = dict(raw)
     for key, value in (overrides or {}).items():
         if isinstance(value, Mapping):
