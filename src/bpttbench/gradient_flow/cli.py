@@ -136,13 +136,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("block", help="measure a block of cells (one pipeline job)")
     p.add_argument("--spec", required=True, help="the cells as a JSON list (the pipeline passes it)")
     add_hw_tag(p)
-    add_out(p, "a folder for the block's Parquet tables, or a .json file of its records")
+    add_out(p, "a folder for the block's Parquet tables, or a .json file of its records",
+            kind="any")
     p.add_argument("--lags", choices=("log", "full"), default="full",
                    help="lags kept in the per-lag tables (the pipeline passes gradient_flow.lags)")
     p.set_defaults(func=_cmd_block)
 
     p = sub.add_parser("collect", help="gather blocks (or cell records) into the contract tables")
-    add_out(p, "the tables folder")
+    add_out(p, "the tables folder", kind="folder")
     p.add_argument("cells", nargs="+", help="block folders, or cell/block record JSON files")
     p.set_defaults(func=_cmd_collect)
 
