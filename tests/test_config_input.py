@@ -27,7 +27,7 @@ def _cli_error(capsys, argv: list[str]) -> str:
     ("dtype: float32: x\n", "is not valid YAML: line 1, column 15: mapping values are not"),
     ("a: 1\n  b: 2\n", "is not valid YAML: line 2"),
     (b"dtype: float32\n\x80\x81\n", "is not a text file: byte 0x80 (line 2) is not UTF-8"),
-    ("- 1\n- 2\n", "holds a list, not a mapping of keys"),
+    ("- 1\n- 2\n", "a config must be a mapping of keys, not a list"),
 ])
 def test_a_file_that_is_not_a_config_is_named_with_the_problem(tmp_path, capsys, content,
                                                                expect):
@@ -49,7 +49,8 @@ def test_a_folder_or_a_missing_file_is_named(tmp_path, capsys):
 def test_bad_config_json_names_the_option(capsys):
     err = _cli_error(capsys, ["gradient-flow", "list", "--config-json", '{"dtype": '])
     assert "--config-json is not valid JSON: line 1, column 11" in err
-    with pytest.raises(ConfigError, match="--config-json holds a list"):
+    with pytest.raises(ConfigError, match="--config-json: a config must be a mapping of keys, "
+                       "not a list"):
         load(json_text="[1]")
 
 
@@ -88,3 +89,25 @@ def test_snakemake_refuses_a_repeated_key_in_its_configfile(tmp_path, snakemake_
     assert run.returncode != 0
     assert "the key 'hidden' appears twice in one mapping (line 15 and line 16)" in (
         run.stdout + run.stderr)
+
+
+@pytest.mark.parametrize("cfg, expect", [
+    ({"claims": {"seeds": []}}, "config key claims.seeds: [] needs at least 1 item(s); "
+     "allowed: a list of at least 1 item(s), each value once, each integer >= 0"),
+    ({"gradient_flow": {"models": []}}, "config key gradient_flow.models: [] needs at least 1"),
+    ({"gradient_flow": {"seeds": [0, 3, 0]}}, "config key gradient_flow.seeds: [0, 3, 0] must "
+     "list each value once (0 is repeated)"),
+    ({"gradient_flow": {"weight_scale": [2, 1.0, 1]}}, "(1 is repeated)"),  # 1 == 1.0 in JSON
+    ({"long_range": {"clip": [None, 1.0, None]}}, "(None is repeated)"),
+    ({"compare": ["results/a", "results/a"]}, "('results/a' is repeated); allowed: a list, each "
+     "value once"),
+])
+def test_a_short_or_repeating_list_is_named_as_such(cfg, expect):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert expect in str(err.value), err.value
+
+
+def test_a_bad_item_is_still_named_before_a_repeat():
+    with pytest.raises(ConfigError, match=r"gradient_flow.seeds\[1\]: -1 is not allowed"):
+        validate({"gradient_flow": {"seeds": [0, -1, 0]}})

@@ -149,12 +149,15 @@ def _allowed(node: dict[str, Any]) -> str:
             if alt.get("type") == "array":
                 item = _allowed(_deref(root, alt["items"]))
                 same = item in parts or item == " or ".join(parts)
-                parts.append("a non-empty list of such values" if same
-                             else f"a non-empty list of ({item})")
+                once = ", each once" if alt.get("uniqueItems") else ""
+                parts.append(f"a non-empty list of such values{once}" if same
+                             else f"a non-empty list of ({item}){once}")
             else:
                 parts.append(_allowed(alt))
         return " or ".join(parts)
     desc = node.get("type", "value")
+    if desc == "array":
+        return _list_text(node)
     if desc == "object":
         keys = sorted(node.get("properties", {}))
         return "a mapping" + (f" of the keys {', '.join(keys)}" if keys else "")
@@ -173,6 +176,44 @@ def _allowed(node: dict[str, Any]) -> str:
     if LIMIT_KEYWORD in node and desc.startswith(("number", "integer")):
         desc += ", " + _limit_text(node[LIMIT_KEYWORD])
     return desc
+
+
+def _list_text(node: dict[str, Any]) -> str:
+    """What a list key takes: its length, uniqueness and items."""
+    desc = "a list"
+    if node.get("minItems"):
+        desc += f" of at least {node['minItems']} item(s)"
+    if node.get("uniqueItems"):
+        desc += ", each value once"
+    items = node.get("items")
+    if isinstance(items, dict) and items:
+        desc += f", each {_allowed(_deref(schema(), items))}"
+    return desc
+
+
+def _repeated(values: list[Any]) -> Any:
+    """The first value of ``values`` that an earlier one equals (JSON equality: 1 == 1.0,
+    but True is not 1)."""
+    for i, v in enumerate(values):
+        for w in values[:i]:
+            if v == w and isinstance(v, bool) == isinstance(w, bool):
+                return v
+    return None
+
+
+def _list_message(error: jsonschema.ValidationError) -> str | None:
+    """A list that is too short or repeats a value (in any branch of a oneOf): say so."""
+    path = list(error.absolute_path)
+    for e in _leaves(error):
+        if list(e.absolute_path) != path or not isinstance(e.instance, list):
+            continue
+        if e.validator == "minItems":
+            return (f"config key {_dotted(path)}: {e.instance!r} needs at least "
+                    f"{e.validator_value} item(s)")
+        if e.validator == "uniqueItems":
+            return (f"config key {_dotted(path)}: {e.instance!r} must list each value once "
+                    f"({_repeated(e.instance)!r} is repeated)")
+    return None
 
 
 def _leaves(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
@@ -204,6 +245,10 @@ def _message(error: jsonschema.ValidationError) -> str:
     if deepest is not None and len(deepest.absolute_path) > len(error.absolute_path):
         offending = deepest.instance
         key = _dotted(deepest.absolute_path)
+    else:
+        listed = _list_message(error)
+        if listed is not None:
+            return f"{listed}; allowed: {allowed}"
     if isinstance(offending, float) and not math.isfinite(offending):
         allowed += " (NaN and infinity are never allowed)"
     return f"config key {key}: {offending!r} is not allowed; allowed: {allowed}"
@@ -349,8 +394,8 @@ def load(path: str | Path | None = None, *, json_text: str | None = None,
         raw = {} if raw is None else raw
         where = f"config file {path}"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} holds a {type(raw).__name__}, not a mapping of keys; "
-                          f"{WHAT_A_CONFIG_IS}")
+        raise ConfigError(f"{where}: a config must be a mapping of keys, not a "
+                          f"{type(raw).__name__}; {WHAT_A_CONFIG_IS}")
     raw = dict(raw)
     for key, value in (overrides or {}).items():
         if isinstance(value, Mapping):
