@@ -19,7 +19,8 @@ DEFAULT = (REPO / "config" / "config.yaml").read_text()
 def _cli_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
+    # one error (a config error lists each bad key on its own line), never a traceback
+    assert "Traceback" not in err and err.startswith("bpttbench ") and " error: " in err, err
     return err
 
 
@@ -111,3 +112,121 @@ def test_a_short_or_repeating_list_is_named_as_such(cfg, expect):
 def test_a_bad_item_is_still_named_before_a_repeat():
     with pytest.raises(ConfigError, match=r"gradient_flow.seeds\[1\]: -1 is not allowed"):
         validate({"gradient_flow": {"seeds": [0, -1, 0]}})
+
+
+# --- the claims' checks across keys: refused by validate, before any job ---------------
+
+@pytest.mark.parametrize("claims, expect", [
+    ({"depth": {"warmup": 80, "seq_len": 150}},
+     "claims.depth.warmup=80 leaves fewer than 4 lags of seq_len=150"),
+    ({"gating": {"warmup": 60, "seq_len": 120}}, "claims.gating.warmup=60 leaves fewer"),
+    ({"gating": {"forget_bias_seq_len": 1000}}, "leaves 400 lags, fewer than 4 memory times"),
+    ({"mean_field": {"warmup": 99, "seq_len": 200}}, "claims.mean_field.warmup=99"),
+    ({"mean_field": {"calibration_seeds": [7, 100]}}, "must not overlap claims.seeds"),
+    ({"mean_field": {"calibration_hidden": [64, 40]}}, "must not overlap"),
+    ({"mean_field": {"calibration_hidden": [40]}}, "needs two or more sizes"),
+    ({"tied_untied": {"fit_from": 301, "steps": 600}},
+     "claims.tied_untied.fit_from=301 must be at most half of steps=600"),
+    ({"pascanu": {"warmup": 100, "seq_len": 100}}, "claims.pascanu.warmup=100 must be below"),
+])
+def test_claim_settings_across_keys_are_refused_by_validate(claims, expect):
+    cfg = parse_yaml(DEFAULT, "t")
+    for section, keys in claims.items():
+        cfg["claims"][section].update(keys)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert f"config key {expect}" in str(err.value) or expect in str(err.value), err.value
+    # a claim that is not run never uses its sub-section: not checked
+    cfg["claims"]["run"] = [c for c in cfg["claims"]["run"]
+                            if c.split("_", 1)[1] not in claims]
+    validate(cfg)
+
+
+def test_plan_validate_refuses_a_claim_setting_across_keys(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(DEFAULT.replace("    fit_from: 60 ", "    fit_from: 400 ", 1))
+    err = _cli_error(capsys, ["plan", "validate", str(path)])
+    assert "claims.tied_untied.fit_from=400 must be at most half of steps=600" in err
+
+
+def test_the_default_configs_pass_the_claim_checks():
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        load(path)
+
+
+# --- job inputs given by hand: every key checked before any work ----------------------
+
+def _block_spec() -> list[dict]:
+    import json
+
+    from bpttbench.config import block_to_json, blocks_by_id
+
+    cells = next(iter(blocks_by_id(load(REPO / "config" / "config.yaml")).values()))
+    return json.loads(block_to_json(cells[:2]))
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("model", "transformer", "one of rnn_tanh, rnn_relu, rnn_linear, lstm, gru"),
+    ("dtype", "float8", "one of float32, float64, float16, bfloat16"),
+    ("seq_len", 0, "integer >= 1"),
+    ("hidden", [32], "integer >= 1"),  # one cell has one size
+    ("weight_scale", -1.0, "number > 0"),
+    ("precision", "float8", "one of none, float16, bfloat16"),
+])
+def test_a_bad_cell_spec_names_the_key_and_the_allowed_values(tmp_path, capsys, key, value,
+                                                              allowed):
+    import json
+
+    spec = _block_spec()
+    spec[1][key] = value
+    out = tmp_path / "cells.json"
+    err = _cli_error(capsys, ["gradient-flow", "block", "--spec", json.dumps(spec),
+                              "--out", str(out)])
+    assert f"--spec cell 1: key {key}: {value!r} is not allowed; allowed: {allowed}" in err, err
+    assert not out.exists()
+
+
+def test_a_cell_spec_with_missing_or_unknown_keys_is_named(capsys):
+    err = _cli_error(capsys, ["gradient-flow", "block", "--spec", '[{"model": "lstm", "x": 1}]',
+                              "--out", "never.json"])
+    assert "--spec cell 0: unknown key(s) x; missing key(s) init, hidden" in err
+    err = _cli_error(capsys, ["gradient-flow", "block", "--spec", '{"model": "lstm"}',
+                              "--out", "never.json"])
+    assert "--spec: a block is a JSON list of cell specs, got dict" in err
+    spec = _block_spec()
+    spec[0].update(precision="float16", dtype="float64")
+    from bpttbench.config import block_from_json
+
+    with pytest.raises(ConfigError, match="autocast .float16. runs a float32 model"):
+        block_from_json(__import__("json").dumps(spec))
+
+
+def test_a_bad_run_spec_names_the_run_and_the_key(capsys):
+    import json
+
+    from bpttbench.long_range.spec import runs_to_json
+    from bpttbench.planning.jobs import Plan
+
+    runs = next(iter(Plan(load(REPO / "config" / "config.yaml")).long_range.values()))
+    spec = json.loads(runs_to_json(runs))
+    spec[0]["model"] = "transformer"
+    err = _cli_error(capsys, ["long-range", "run", "--spec", json.dumps(spec), "--out",
+                              "never.json"])
+    assert "--spec run 0: key model: 'transformer' is not allowed; allowed: one of" in err
+
+
+def test_report_manifest_takes_only_a_complete_config_and_a_tag_name(tmp_path, capsys):
+    from bpttbench.planning.jobs import config_json
+
+    summary = tmp_path / "summary.csv"
+    summary.write_text("status\nok\n")
+    full = config_json(load(REPO / "config" / "config.yaml"))
+    base = ["report", "manifest", "--summary", str(summary), "--out", str(tmp_path / "m.json")]
+    err = _cli_error(capsys, [*base, "--config-json", "{}", "--hw-tag", "cpu-x"])
+    assert "--config-json lacks the key(s) hardware_tag, device" in err
+    err = _cli_error(capsys, [*base, "--config-json", '{"dtype": "f"}', "--hw-tag", "cpu-x"])
+    assert "--config-json: invalid bpttbench config:" in err.replace("\n", "")
+    for tag in ("../../x", "auto", ""):
+        err = _cli_error(capsys, [*base, "--config-json", full, "--hw-tag", tag])
+        assert f"--hw-tag {tag!r} is not a result set's tag" in err
+    assert not (tmp_path / "m.json").exists()

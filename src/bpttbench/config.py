@@ -284,8 +284,21 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = _with_defaults(cfg)
     if not allow_large:
         _check_cell_memory(out)
+    _check_claims(out)
     precision_fields(out)  # autocast needs a float32 model: fail before any job runs
     return out
+
+
+def _check_claims(cfg: Mapping[str, Any]) -> None:
+    """The claims' checks across keys (warm-up against length, calibration against test
+    data; bpttbench.claims.checks), here so that they fail before any job runs."""
+    from .claims.checks import config_problems
+    from .claims.settings import fill_claims
+
+    problems = config_problems(fill_claims(cfg.get("claims")))
+    if problems:
+        raise ConfigError("invalid bpttbench config:\n  " + "\n  ".join(
+            f"config key {p}" for p in problems))
 
 
 def cell_memory_gib(cfg: Mapping[str, Any]) -> float:

@@ -42,10 +42,15 @@ def _fill(node: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
+def fill_claims(claims: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A claims section (not validated here) with every nested default filled in."""
+    return _fill(schema()["properties"]["claims"], claims)
+
+
 def claims_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The claims section of a config (validated, every default filled in)."""
     cfg = validate_config(cfg)
-    return _fill(schema()["properties"]["claims"], cfg.get("claims"))
+    return fill_claims(cfg.get("claims"))
 
 
 @dataclass(frozen=True)
