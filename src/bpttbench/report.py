@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from . import contract
-from .io import read_json, write_text
+from .io import read_json_object, write_text
 from .tables import read_table
 
 
@@ -92,7 +92,7 @@ def build_report(result_dir: str | Path, out: str | Path, captions_dir: str | Pa
     """Write ``out`` (HTML, figures inlined) from ``result_dir``/{manifest.json,tables,figures}."""
     result_dir = Path(result_dir)
     captions = Path(captions_dir) if captions_dir else None
-    manifest = read_json(result_dir / "manifest.json")
+    manifest = read_json_object(result_dir / "manifest.json")
     tag = manifest.get("hardware_tag", result_dir.name)
     parts = [
         f"<h1>{html.escape(title or 'bpttbench: gradient flow through time')}</h1>",
