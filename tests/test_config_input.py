@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bpttbench.cli import main
-from bpttbench.config import ConfigError, load, parse_yaml, validate
+from bpttbench.config import ConfigError, load, validate
+from bpttbench.config_files import parse_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = (REPO / "config" / "config.yaml").read_text()
@@ -195,7 +196,7 @@ def test_a_cell_spec_with_missing_or_unknown_keys_is_named(capsys):
     assert "--spec: a block is a JSON list of cell specs, got dict" in err
     spec = _block_spec()
     spec[0].update(precision="float16", dtype="float64")
-    from bpttbench.config import block_from_json
+    from bpttbench.jobspec import block_from_json
 
     with pytest.raises(ConfigError, match="autocast .float16. runs a float32 model"):
         block_from_json(__import__("json").dumps(spec))
@@ -230,3 +231,10 @@ def test_report_manifest_takes_only_a_complete_config_and_a_tag_name(tmp_path, c
         err = _cli_error(capsys, [*base, "--config-json", full, "--hw-tag", tag])
         assert f"--hw-tag {tag!r} is not a result set's tag" in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_the_checks_find_each_claims_section_as_the_registry_does():
+    from bpttbench.claims import CLAIMS
+    from bpttbench.claims.checks import claim_section
+
+    assert {c: claim_section(c) for c in CLAIMS} == {c: s.section for c, s in CLAIMS.items()}

@@ -18,7 +18,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -27,13 +27,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .config_files import WHAT_A_CONFIG_IS, ConfigError
+from .config_files import read_config_file as read_config_file  # re-exported
 from .planning.precision import DTYPE_BYTES
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A config key has a value the schema does not allow."""
 
 
 LIMIT_KEYWORD = "x-limit"
@@ -293,9 +291,8 @@ def _check_claims(cfg: Mapping[str, Any]) -> None:
     """The claims' checks across keys (warm-up against length, calibration against test
     data; bpttbench.claims.checks), here so that they fail before any job runs."""
     from .claims.checks import config_problems
-    from .claims.settings import fill_claims
 
-    problems = config_problems(fill_claims(cfg.get("claims")))
+    problems = config_problems(cfg.get("claims"), schema())
     if problems:
         raise ConfigError("invalid bpttbench config:\n  " + "\n  ".join(
             f"config key {p}" for p in problems))
@@ -321,71 +318,6 @@ def _check_cell_memory(cfg: Mapping[str, Any]) -> None:
 
 
 DEFAULT_CONFIG = "config/config.yaml"
-#: What a config is, for the errors about files that are not one.
-WHAT_A_CONFIG_IS = ("a config is a YAML mapping of keys (dtype, device, gradient_flow: ...; "
-                    "see config/config.yaml and workflow/schemas/config.schema.yaml)")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last
-    silently: a second ``gradient_flow:`` section would replace the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` may legitimately be overridden by explicit keys
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:
-                continue  # an unhashable key: the base class names it
-            line = key_node.start_mark.line
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} appears twice in one mapping (line "
-                    f"{first + 1} and line {line + 1}); each key may be given once",
-                    key_node.start_mark)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """The YAML ``text`` of ``where`` (a file name), read with duplicate keys refused;
-    ConfigError names ``where``, the line and column, and the problem."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        if "appears twice" in what:
-            raise ConfigError(f"{where}: {at}{what}") from None
-        raise ConfigError(f"{where} is not valid YAML: {at}{what}; {WHAT_A_CONFIG_IS}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML: {exc}; {WHAT_A_CONFIG_IS}") from None
-
-
-def read_config_file(path: str | Path) -> Any:
-    """The parsed content of a config file (not validated): ConfigError, naming the file,
-    when it is missing, a folder, unreadable, not UTF-8 text or not valid YAML."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} not found; {WHAT_A_CONFIG_IS}")
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a folder, not a file; {WHAT_A_CONFIG_IS}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"config file {path} is not a text file: byte 0x{data[exc.start]:02x} (line {line}) "
-            f"is not UTF-8; {WHAT_A_CONFIG_IS}") from None
-    return parse_yaml(text, f"config file {path}")
 
 
 def load(path: str | Path | None = None, *, json_text: str | None = None,
@@ -415,12 +347,12 @@ def load(path: str | Path | None = None, *, json_text: str | None = None,
             raw[key] = {**(raw.get(key) or {}), **value}
         else:
             raw[key] = value
-    if json_text is None:
-        return validate(raw)
     try:
         return validate(raw)
-    except ConfigError as exc:  # name the option: a job's config is not a file
-        raise ConfigError(f"--config-json: {exc}") from None
+    except ConfigError as exc:
+        if json_text is None:
+            raise
+        raise ConfigError(f"--config-json: {exc}") from None  # name the option
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -477,9 +409,6 @@ class CellSpec:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> CellSpec:
-        return cell_spec_from_dict(json.loads(text), "cell spec")
 
 
 def gradient_flow_cells(cfg: Mapping[str, Any]) -> Iterator[CellSpec]:
@@ -552,74 +481,3 @@ def blocks_by_id(cfg: Mapping[str, Any]) -> dict[str, list[CellSpec]]:
 
 def block_to_json(cells: list[CellSpec]) -> str:
     return json.dumps([asdict(c) for c in cells], sort_keys=True)
-
-
-#: CellSpec field -> the config key whose schema it follows (a sweep key: its scalar form).
-CELL_FIELD_KEYS: dict[str, tuple[str, ...]] = {
-    "model": ("gradient_flow", "models"), "seed": ("gradient_flow", "seeds"),
-    **{k: ("gradient_flow", k) for k in (
-        "init", "hidden", "seq_len", "weight_scale", "input_size", "input_scale", "bias_scale",
-        "batch", "lyapunov_k", "qr_every", "warmup_forward", "warmup_align", "bptt_method",
-        "autograd_reference_every")},
-    **{k: (k,) for k in ("device", "dtype", "allow_tf32", "deterministic", "jacobian_backend",
-                         "loss_scale")},
-    "precision": ("precision", "dtype"),  # the autocast dtype, or "none"
-}
-
-
-def _scalar_node(path: tuple[str, ...]) -> dict[str, Any]:
-    """The schema of one value of config key ``path`` (a sweep list's items, not the list)."""
-    node = _subschema(list(path))
-    alts = [_deref(schema(), a) for a in node.get("oneOf", [])]
-    if alts:
-        scalars = [a for a in alts if a.get("type") != "array"]
-        node = scalars[0] if len(scalars) == 1 else {"oneOf": scalars}
-    return node
-
-
-def check_value(value: Any, path: tuple[str, ...], name: str) -> None:
-    """Raise ConfigError naming ``name`` and the allowed values when ``value`` is not one
-    value of config key ``path`` (soft upper bounds lifted, as under allow_large)."""
-    node = _scalar_node(path)
-    if path == ("precision", "dtype"):
-        node = {"enum": ["none", *node["enum"]]}
-    if not _validator(True).evolve(schema=node).is_valid(value):
-        raise ConfigError(f"{name}: {value!r} is not allowed; allowed: {_allowed(node)}")
-
-
-def cell_spec_from_dict(data: Any, where: str) -> CellSpec:
-    """A CellSpec from the JSON object a job is given, every field checked against the
-    schema of its config key: ConfigError names ``where``, the key and the allowed values."""
-    names = [f.name for f in fields(CellSpec)]
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a cell spec is a JSON object of the keys "
-                          f"{', '.join(names)}; got {type(data).__name__}")
-    unknown = sorted(set(data) - set(names))
-    missing = [f.name for f in fields(CellSpec) if f.name not in data
-               and f.default is MISSING and f.default_factory is MISSING]
-    if unknown or missing:
-        raise ConfigError(
-            f"{where}: " + "; ".join(
-                ([f"unknown key(s) {', '.join(map(str, unknown))}"] if unknown else [])
-                + ([f"missing key(s) {', '.join(missing)}"] if missing else []))
-            + f"; a cell spec has the keys {', '.join(names)}")
-    for key, value in data.items():
-        check_value(value, CELL_FIELD_KEYS[key], f"{where}: key {key}")
-    if data.get("precision", "none") != "none" and data["dtype"] != "float32":
-        raise ConfigError(f"{where}: key precision: autocast ({data['precision']}) runs a "
-                          f"float32 model, but dtype is {data['dtype']!r}; allowed: dtype "
-                          "float32 with an autocast precision, or precision none")
-    return CellSpec(**data)
-
-
-def block_from_json(text: str, where: str = "--spec") -> list[CellSpec]:
-    """The cells of a block job from its JSON list of cell specs, each checked."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where} is not valid JSON: line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg}; it takes a JSON list of cell specs") from None
-    if not isinstance(data, list):
-        raise ConfigError(f"{where}: a block is a JSON list of cell specs, got "
-                          f"{type(data).__name__}")
-    return [cell_spec_from_dict(d, f"{where} cell {i}") for i, d in enumerate(data)]

@@ -51,8 +51,8 @@ def _cmd_cell(args: argparse.Namespace) -> int:
 
 def _cmd_block(args: argparse.Namespace) -> int:
     from ..blockrun import run_block_job
-    from ..config import block_from_json
     from ..io import write_json
+    from ..jobspec import block_from_json
     from .cells import run_block
 
     def write(records: list, out: Path) -> None:

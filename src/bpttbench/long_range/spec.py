@@ -131,7 +131,7 @@ RUN_FIELD_KEYS: dict[str, tuple[str, ...]] = {
 def runs_from_json(text: str, where: str = "--spec") -> list[RunSpec]:
     """The runs of a block job from its JSON list of run specs, each checked before any
     run starts (ValueError naming ``where``, the run and the key)."""
-    from ..config import check_value
+    from ..jobspec import check_value
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
