@@ -326,3 +326,68 @@ def test_damaged_result_sets_are_refused_or_named_never_silent(small_set, tmp_pa
     print(f"result-set fuzz (seed {SEED}): {total} damages: {dict(counts)}")
     assert not failures, f"seed {SEED}:\n" + "\n".join(failures[:20])
     assert total == RESULT_SET_DAMAGES and counts["traceback"] == 0
+
+
+def _must_refuse(f: Path, kind: str, column: str | None) -> bool:
+    """Must reading damaged table ``f`` fail? A declared, required column gone or of the
+    wrong kind, an empty file, a truncated Parquet file or a CSV cut inside a line."""
+    from bpttbench import contract
+
+    spec = contract.TABLES.get(f.stem)
+    declared = spec.column(column) if spec is not None and column else None
+    if kind in ("missing column", "renamed column"):
+        return declared is not None and not declared.optional
+    if kind == "wrong dtype":  # text where numbers belong, or fractions in (-1, 1) elsewhere
+        from bpttbench.tablecheck import read_table as read_raw
+
+        values = read_raw(f)[column].dropna() if declared is not None else pd.Series([])
+        if not len(values):
+            return False  # an empty table or column: nothing was changed
+        text = bool(values.map(lambda v: isinstance(v, str)).all())
+        return declared.kind in (("float", "int", "bool") if text else ("str", "int", "bool"))
+    if kind == "empty file":
+        return True
+    if kind == "truncated file":  # a CSV cut just after a newline is a shorter table
+        return f.suffix == ".parquet" or not f.read_bytes().endswith(b"\n")
+    return False
+
+
+def test_damaged_tables_are_named_by_the_figure_and_report_reader(small_set, tmp_path):
+    """bpttbench.tables.read_table (figures, the report, the manifest) on a damaged table:
+    refused naming the file where the damage breaks the contract, never silent."""
+    from bpttbench.tablecheck import TableReadError
+
+    print(f"fuzz seed={SEED}")
+    rng = random.Random(SEED + 2)
+    failures: list[str] = []
+    counts: Counter[str] = Counter()
+    for i in range(RESULT_SET_DAMAGES):
+        b = shutil.copytree(small_set, tmp_path / f"cpu-r{i}")
+        kind, target, column = _damage(b, rng)
+        f = b / "tables" / target
+        if not (f.is_file() and f.suffix in (".csv", ".parquet")) or kind == "unknown table":
+            counts["not a table of the set"] += 1
+            continue
+        case = f"#{i} {kind}: {target}" + (f" column {column}" if column else "")
+        try:
+            read_table(f)
+            outcome = "read"
+        except (TableReadError, OSError) as err:
+            outcome = "refused"
+            if str(f) not in str(err):
+                failures.append(f"{case}: refused without naming the file: {err}")
+        except Exception:
+            failures.append(f"{case}: traceback\n{traceback.format_exc()}")
+            continue
+        if _must_refuse(f, kind, column) and outcome == "read":
+            failures.append(f"{case}: read silently")
+        counts[outcome] += 1
+        print(f"  {case} -> {outcome}")
+        if i < CLI_DAMAGES:  # and the report: built, or one error line naming the file
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                rc = main(["report", "build", str(b), "--out", str(tmp_path / f"r{i}.html")])
+            if rc not in (0, 2) or "Traceback" in err.getvalue():
+                failures.append(f"{case}: report build exit {rc}: {err.getvalue()[-500:]}")
+    print(f"table-reader fuzz (seed {SEED}): {dict(counts)}")
+    assert not failures, f"seed {SEED}:\n" + "\n".join(failures[:20])

@@ -107,13 +107,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):  # a stage named without a verb
         build_parser(argv).parse_args([args.command, "--help"])
         return 2
+    from .cli_options import check_out
+
     try:
+        # A result that cannot be written is refused before the work, not after it.
+        check_out(getattr(args, "out", None), getattr(args, "out_kind", "any"))
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        # Bad input: one clear line, no traceback.
+    except (ValueError, OSError) as exc:
+        # Bad input, or a file that cannot be read or written: one clear line, no traceback.
         where = " ".join(w for w in (args.command, getattr(args, "verb", None)) if w)
-        print(f"bpttbench {where}: error: {exc}", file=sys.stderr)
+        print(f"bpttbench {where}: error: {_describe(exc)}", file=sys.stderr)
         return 2
+
+
+def _describe(exc: BaseException) -> str:
+    """An OSError's reason and file(s) (its str is "[Errno 17] File exists: 'x'")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{files}: {exc.strerror}" if files else exc.strerror
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,16 @@ where the output goes, which result set a job computes into, and torch's thread 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+#: What ``--out`` names: a file, a folder, or either (a block's tables folder or .json file).
+OUT_KINDS = ("file", "folder", "any")
+#: The most torch threads ``--threads`` takes (the schema's threads limit: more than the
+#: machine's cores only adds contention).
+MAX_THREADS = 1024
 
 
 def add_stage(subparsers: argparse._SubParsersAction, name: str, help: str,
@@ -44,14 +52,46 @@ def add_config(p: argparse.ArgumentParser, json: bool = True, required: bool = F
     g.add_argument("--config-json", help="the config as JSON (the pipeline passes it)")
 
 
-def add_out(p: argparse.ArgumentParser, what: str, required: bool = True) -> None:
+def add_out(p: argparse.ArgumentParser, what: str, required: bool = True,
+            kind: str = "file") -> None:
+    """``--out``: a ``kind`` of OUT_KINDS; ``check_out`` (cli.main, before the command
+    runs) refuses a path the result could not be written to, so no work is lost."""
+    assert kind in OUT_KINDS, kind
     p.add_argument("--out", required=required, help=what)
+    p.set_defaults(out_kind=kind)
+
+
+class OutPathError(ValueError):
+    """``--out`` names a path the command's result cannot be written to."""
+
+
+def check_out(path: str | Path | None, kind: str = "file") -> None:
+    """Raise OutPathError, before any work, when the result cannot be written to ``path``:
+    a file path that is a folder, a folder path that is a file, a folder that cannot be
+    made (a file in its way) or that is not writable. Nothing is created here: the atomic
+    writes make the folders."""
+    if path is None:
+        return
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise OutPathError(f"--out {p} is a folder; it takes the path of a file to write")
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise OutPathError(f"--out {p} is a file; it takes the path of a folder to write into")
+    folder = p if kind == "folder" or p.is_dir() else p.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutPathError(f"--out {p}: cannot make the folder {folder}, because {existing} "
+                           "is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutPathError(f"--out {p}: the folder {existing} is not writable")
 
 
 def add_figures(p: argparse.ArgumentParser, tables: str) -> None:
     """A figures verb: ``--tables`` (what it reads), ``--out`` (the figures folder), names."""
     p.add_argument("--tables", required=True, help=tables)
-    add_out(p, "the figures folder")
+    add_out(p, "the figures folder", kind="folder")
     p.add_argument("names", nargs="*", help="figure names (default: all)")
 
 
@@ -61,8 +101,21 @@ def add_hw_tag(p: argparse.ArgumentParser) -> None:
                    help="the tag was set in the config, so it need not match the machine")
 
 
+def threads_count(text: str) -> int:
+    """argparse type of ``--threads``: an integer 0..MAX_THREADS (0: torch's default)."""
+    allowed = f"allowed: an integer from 0 (torch's default) to {MAX_THREADS}"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; {allowed}") from None
+    if not 0 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{n} is out of range; {allowed}")
+    return n
+
+
 def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
-    p.add_argument("--threads", type=int, default=default, help="torch CPU threads")
+    p.add_argument("--threads", type=threads_count, default=default,
+                   help=f"torch CPU threads, 0..{MAX_THREADS} (0: torch's default)")
 
 
 def load_config(args: argparse.Namespace, overrides: Mapping[str, Any] | None = None

@@ -27,13 +27,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .config_files import WHAT_A_CONFIG_IS, ConfigError
+from .config_files import read_config_file as read_config_file  # re-exported
 from .planning.precision import DTYPE_BYTES
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A config key has a value the schema does not allow."""
 
 
 LIMIT_KEYWORD = "x-limit"
@@ -149,12 +147,15 @@ def _allowed(node: dict[str, Any]) -> str:
             if alt.get("type") == "array":
                 item = _allowed(_deref(root, alt["items"]))
                 same = item in parts or item == " or ".join(parts)
-                parts.append("a non-empty list of such values" if same
-                             else f"a non-empty list of ({item})")
+                once = ", each once" if alt.get("uniqueItems") else ""
+                parts.append(f"a non-empty list of such values{once}" if same
+                             else f"a non-empty list of ({item}){once}")
             else:
                 parts.append(_allowed(alt))
         return " or ".join(parts)
     desc = node.get("type", "value")
+    if desc == "array":
+        return _list_text(node)
     if desc == "object":
         keys = sorted(node.get("properties", {}))
         return "a mapping" + (f" of the keys {', '.join(keys)}" if keys else "")
@@ -173,6 +174,44 @@ def _allowed(node: dict[str, Any]) -> str:
     if LIMIT_KEYWORD in node and desc.startswith(("number", "integer")):
         desc += ", " + _limit_text(node[LIMIT_KEYWORD])
     return desc
+
+
+def _list_text(node: dict[str, Any]) -> str:
+    """What a list key takes: its length, uniqueness and items."""
+    desc = "a list"
+    if node.get("minItems"):
+        desc += f" of at least {node['minItems']} item(s)"
+    if node.get("uniqueItems"):
+        desc += ", each value once"
+    items = node.get("items")
+    if isinstance(items, dict) and items:
+        desc += f", each {_allowed(_deref(schema(), items))}"
+    return desc
+
+
+def _repeated(values: list[Any]) -> Any:
+    """The first value of ``values`` that an earlier one equals (JSON equality: 1 == 1.0,
+    but True is not 1)."""
+    for i, v in enumerate(values):
+        for w in values[:i]:
+            if v == w and isinstance(v, bool) == isinstance(w, bool):
+                return v
+    return None
+
+
+def _list_message(error: jsonschema.ValidationError) -> str | None:
+    """A list that is too short or repeats a value (in any branch of a oneOf): say so."""
+    path = list(error.absolute_path)
+    for e in _leaves(error):
+        if list(e.absolute_path) != path or not isinstance(e.instance, list):
+            continue
+        if e.validator == "minItems":
+            return (f"config key {_dotted(path)}: {e.instance!r} needs at least "
+                    f"{e.validator_value} item(s)")
+        if e.validator == "uniqueItems":
+            return (f"config key {_dotted(path)}: {e.instance!r} must list each value once "
+                    f"({_repeated(e.instance)!r} is repeated)")
+    return None
 
 
 def _leaves(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
@@ -204,6 +243,10 @@ def _message(error: jsonschema.ValidationError) -> str:
     if deepest is not None and len(deepest.absolute_path) > len(error.absolute_path):
         offending = deepest.instance
         key = _dotted(deepest.absolute_path)
+    else:
+        listed = _list_message(error)
+        if listed is not None:
+            return f"{listed}; allowed: {allowed}"
     if isinstance(offending, float) and not math.isfinite(offending):
         allowed += " (NaN and infinity are never allowed)"
     return f"config key {key}: {offending!r} is not allowed; allowed: {allowed}"
@@ -239,8 +282,20 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = _with_defaults(cfg)
     if not allow_large:
         _check_cell_memory(out)
+    _check_claims(out)
     precision_fields(out)  # autocast needs a float32 model: fail before any job runs
     return out
+
+
+def _check_claims(cfg: Mapping[str, Any]) -> None:
+    """The claims' checks across keys (warm-up against length, calibration against test
+    data; bpttbench.claims.checks), here so that they fail before any job runs."""
+    from .claims.checks import config_problems
+
+    problems = config_problems(cfg.get("claims"), schema())
+    if problems:
+        raise ConfigError("invalid bpttbench config:\n  " + "\n  ".join(
+            f"config key {p}" for p in problems))
 
 
 def cell_memory_gib(cfg: Mapping[str, Any]) -> float:
@@ -271,24 +326,33 @@ def load(path: str | Path | None = None, *, json_text: str | None = None,
     JSON text a pipeline job is given, with ``overrides`` (top-level keys, or a section's
     keys under the section name) applied, validated with every default filled in."""
     if json_text is not None:
-        raw = json.loads(json_text)
         where = "--config-json"
+        try:
+            raw = json.loads(json_text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: line {exc.lineno}, column "
+                              f"{exc.colno}: {exc.msg}; it takes the config as one JSON "
+                              "object") from None
     else:
         path = Path(path or DEFAULT_CONFIG)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} not found; pass --config PATH")
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
-        where = str(path)
+        raw = read_config_file(path)
+        raw = {} if raw is None else raw
+        where = f"config file {path}"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a config must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: a config must be a mapping of keys, not a "
+                          f"{type(raw).__name__}; {WHAT_A_CONFIG_IS}")
     raw = dict(raw)
     for key, value in (overrides or {}).items():
         if isinstance(value, Mapping):
             raw[key] = {**(raw.get(key) or {}), **value}
         else:
             raw[key] = value
-    return validate(raw)
+    try:
+        return validate(raw)
+    except ConfigError as exc:
+        if json_text is None:
+            raise
+        raise ConfigError(f"--config-json: {exc}") from None  # name the option
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -345,9 +409,6 @@ class CellSpec:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> CellSpec:
-        return cls(**json.loads(text))
 
 
 def gradient_flow_cells(cfg: Mapping[str, Any]) -> Iterator[CellSpec]:
@@ -420,7 +481,3 @@ def blocks_by_id(cfg: Mapping[str, Any]) -> dict[str, list[CellSpec]]:
 
 def block_to_json(cells: list[CellSpec]) -> str:
     return json.dumps([asdict(c) for c in cells], sort_keys=True)
-
-
-def block_from_json(text: str) -> list[CellSpec]:
-    return [CellSpec(**d) for d in json.loads(text)]

@@ -96,7 +96,24 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON content of ``path``; ValueError naming the file (and the line and column)
+    when it is not UTF-8 JSON (truncated, damaged)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: byte {exc.start} is not UTF-8") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """``read_json`` of a file that must hold one JSON object (a manifest, a record)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    return data
 
 
 # --- unreadable intermediates: move aside, warn, recompute ---------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .config import as_list, config_hash, precision_fields
+from .config import ConfigError, as_list, config_hash, load, precision_fields, schema
 from .hardware import apply_precision, device_facts, git_commit, resolve_device, software_versions
 from .tables import read_table
 
@@ -48,6 +49,36 @@ def build_manifest(cfg: Mapping[str, Any], hw_tag: str, summary: pd.DataFrame,
     }
 
 
+def manifest_config(config_json: str) -> dict[str, Any]:
+    """The config a manifest records, from ``--config-json``: valid, and complete (every key
+    and every section key a default would fill in present, as the pipeline passes it), so
+    that the manifest says exactly what the set was computed with; ``compare`` may be left
+    out (planning.jobs.config_json leaves it out)."""
+    cfg = load(json_text=config_json)  # ConfigError names --config-json and the bad key
+    raw = json.loads(config_json)
+    missing = [k for k in cfg if k not in raw and k != "compare"]
+    missing += [f"{k}.{sub}" for k, section in cfg.items() if k in raw
+                and isinstance(section, dict) and isinstance(raw[k], dict)
+                for sub in section if sub not in raw[k]]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)"
+                                          if len(missing) > 8 else "")
+        raise ConfigError(f"--config-json lacks the key(s) {shown}: a manifest records the "
+                          "full config the set was computed with, every default filled in "
+                          "(the pipeline passes it: planning.jobs.config_json)")
+    return {k: v for k, v in raw.items()}
+
+
+def check_hw_tag_name(hw_tag: str) -> str:
+    """``--hw-tag``: a result set's folder name (the schema's hardware_tag pattern, not auto)."""
+    pattern = schema()["properties"]["hardware_tag"]["pattern"]
+    if hw_tag == "auto" or not re.fullmatch(pattern, hw_tag):
+        raise ConfigError(f"--hw-tag {hw_tag!r} is not a result set's tag; allowed: a folder "
+                          f"name matching {pattern} (results/<tag>/), not auto")
+    return hw_tag
+
+
 def write_manifest_from(config_json: str, hw_tag: str, summary_csv: str | Path,
                         repo: str | Path = ".") -> dict[str, Any]:
-    return build_manifest(json.loads(config_json), hw_tag, read_table(summary_csv), repo)
+    return build_manifest(manifest_config(config_json), check_hw_tag_name(hw_tag),
+                          read_table(summary_csv), repo)

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from . import contract
-from .io import read_json, write_text
+from .io import read_json_object, write_text
 from .report_facts import claims_rows_for, section_facts
 from .tables import read_table
 
@@ -117,7 +117,7 @@ def build_report(result_dir: str | Path, out: str | Path, captions_dir: str | Pa
     captions = Path(captions_dir) if captions_dir else DEFAULT_CAPTIONS
     check_captions(captions, [n for sec in SECTIONS for n in sec.figures
                               if (result_dir / "figures" / f"{n}.png").exists()])
-    manifest = read_json(result_dir / "manifest.json")
+    manifest = read_json_object(result_dir / "manifest.json")
     tag = manifest.get("hardware_tag", result_dir.name)
     parts = [
         f"<h1>{html.escape(title or 'bpttbench: gradient flow through time')}</h1>",

@@ -7,6 +7,7 @@ schema metadata (and, through :func:`write_columns_doc`, into ``tables/COLUMNS.m
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ import pyarrow.parquet as pq
 from . import contract
 from .contract.gradient_flow import CELL_KEYS as _CELL_KEYS
 from .io import is_record, read_intermediates, write_text, write_with
-from .tablecheck import check_frame
-from .tablecheck import read_table as read_table  # re-exported: readers import it from here
+from .tablecheck import UNKNOWN, TableReadError, check_frame
+from .tablecheck import read_table as read_raw_table
 
 CELL_KEYS = list(_CELL_KEYS)
 CSV_TWIN_MAX_ROWS = contract.CSV_TWIN_MAX_ROWS
@@ -35,6 +36,56 @@ COLUMN_KINDS: dict[str, dict[str, str]] = {
              if c.kind != "float" or c.optional}
     for t in contract.tables()}
 KINDS = contract.KINDS
+
+
+def _csv_damage(path: Path) -> str | None:
+    """What shows a CSV table was cut short or damaged: a row whose field count is not the
+    header's, or a last line without its newline (pandas reads both silently, filling
+    missing fields with NaN). Tables are written whole, each line ending in a newline."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, None)
+        if header is None:
+            return None
+        for row in rows:
+            if row and len(row) != len(header):
+                return (f"line {rows.line_num} has {len(row)} fields, the header "
+                        f"{len(header)}")
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        if fh.read(1) != b"\n":
+            return "the last line has no newline"
+    return None
+
+
+def read_table(path: str | Path, name: str | None = None) -> pd.DataFrame:
+    """Read a table of a result set (figures, the report, the manifest read through here).
+
+    Every error names the file: one that cannot be read (empty, truncated, not Parquet/CSV),
+    a CSV cut short (see _csv_damage), and, for a table of the contract (``name``, default
+    the file's stem), a declared column missing or of the wrong kind (TableReadError; a
+    column the contract does not know is left to the reader). In CSVs only empty fields are
+    missing (status "nan" stays a string).
+    """
+    path = Path(path)
+    kind = path.suffix[1:] or "table"
+    try:
+        df = read_raw_table(path)
+        damage = _csv_damage(path) if path.suffix == ".csv" else None
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # named by their OSError
+    except (OSError, ValueError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise TableReadError(f"{path}: cannot be read as a {kind} table: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if damage:
+        raise TableReadError(f"{path}: damaged or cut short ({damage}); rebuild it (snakemake "
+                             "reruns the step that writes it)")
+    table = name or path.stem.split(".")[0]
+    problems = [p for p in check_frame(table, df) if p.what != UNKNOWN]
+    if problems:
+        raise TableReadError(f"{path}: does not match the contract of table {table} "
+                             "(tables/COLUMNS.md): " + "; ".join(map(str, problems)))
+    return df
 
 
 def column_kind(table: str, column: str) -> str:

@@ -13,8 +13,18 @@ from bpttbench.planning.workflow import (
     global_resources,
     hardware_tag,
     local_gpus,
+    read_config_file,
     validate_config,
 )
+
+# Snakemake's YAML loader keeps the last of two equal keys (a second gradient_flow: section
+# would silently replace the first): read each config file again with ours, which refuses a
+# repeated key and names it with both lines.
+for _configfile in workflow.configfiles:
+    try:
+        read_config_file(_configfile)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 # Our validator first: it names the bad key and the allowed values. Then Snakemake's,
 # the standard one, against the same schema.

@@ -204,19 +204,20 @@ def register(subparsers: Any) -> None:
     s = sub.add_parser("collect", help="op parts + peaks -> bench.parquet/csv, bench_targets.csv")
     s.add_argument("--peak", required=True)
     s.add_argument("--targets", default=DEFAULT_TARGETS)
-    add_out(s, "the tables folder")
+    add_out(s, "the tables folder", kind="folder")
     s.add_argument("parts", nargs="+")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("figures", help="bench_speedup.png and bench_roofline.png")
     s.add_argument("--tables", required=True)
-    add_out(s, "the figures folder")
+    add_out(s, "the figures folder", kind="folder")
     s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("run", help="peak, every op, collect and figures in one go")
     _add_config_args(s)
     add_hw_tag(s)
-    add_out(s, "result folder (default results/<hardware tag>)", required=False)
+    add_out(s, "result folder (default results/<hardware tag>)", required=False,
+            kind="folder")
     s.add_argument("--targets", default=DEFAULT_TARGETS)
     s.set_defaults(func=cmd_run)
 

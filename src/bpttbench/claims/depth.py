@@ -36,6 +36,7 @@ import torch
 from ..config import as_list
 from ..gradient_flow.gradients import measure_gradient_flow, readout_problem
 from ..jacobians import analyse_chain
+from .checks import check_section
 from .common import (
     ClaimResult,
     Curves,
@@ -80,9 +81,7 @@ def measure_cell(model: str, init: str, scale: float, seed: int, sec: dict, ctx:
 def run(sec: dict, ctx: Context) -> ClaimResult:
     rows, curves = [], Curves()
     warm, steps, batch = sec["warmup"], sec["seq_len"], sec["batch"]
-    if 2 * warm + 4 > steps:
-        raise ValueError(f"claims.depth.warmup={warm} leaves fewer than 4 lags of "
-                         f"seq_len={steps} (warm-up at both ends); lower warmup or raise seq_len")
+    check_section("depth", sec, ctx.seeds)
     lags = np.arange(steps + 1)
     roundoff = 100.0 * float(torch.finfo(ctx.dtype).eps)
     last = steps - warm

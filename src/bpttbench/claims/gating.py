@@ -43,6 +43,7 @@ from ..config import as_list
 from ..gradient_flow.gradients import HORIZON_RATIO
 from ..jacobians import analyse_chain
 from ..models import unroll
+from .checks import check_section, memory_time
 from .common import (
     ClaimResult,
     Curves,
@@ -113,18 +114,10 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
     rows, curves = [], Curves()
     seed = ctx.seeds[0]
     steps = sec["exact_steps"]
-    if 2 * sec["warmup"] + 4 > sec["seq_len"]:
-        raise ValueError(f"claims.gating.warmup={sec['warmup']} leaves fewer than 4 lags of "
-                         f"seq_len={sec['seq_len']} (warm-up at both ends)")
+    check_section("gating", sec, ctx.seeds)
     fbs = [float(b) for b in sec["forget_bias"]]
     f_steps, f_warm = int(sec["forget_bias_seq_len"]), int(sec["forget_bias_warmup"])
-    memory = 1.0 / (1.0 - 1.0 / (1.0 + math.exp(-max(fbs))))
-    if f_steps - 2 * f_warm < 4 * memory:
-        raise ValueError(
-            f"claims.gating.forget_bias_seq_len={f_steps} with forget_bias_warmup={f_warm} "
-            f"leaves {f_steps - 2 * f_warm} lags, fewer than 4 memory times (4 x {memory:.0f}) "
-            f"of the largest forget bias {max(fbs):g}: the exponent would be a finite-length "
-            "artefact; raise forget_bias_seq_len")
+    memory = memory_time(max(fbs))
     eps = float(torch.finfo(ctx.dtype).eps)
     tol = ROUNDOFF_C * steps * eps
     lags = np.arange(steps + 1)

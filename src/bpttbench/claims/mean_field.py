@@ -35,6 +35,7 @@ import torch
 from .. import theory as th
 from ..config import as_list
 from ..gradient_flow.gradients import measure_gradient_flow, readout_problem
+from .checks import check_section
 from .common import (
     ClaimResult,
     Curves,
@@ -102,21 +103,11 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
     hiddens = sorted(int(h) for h in as_list(sec["hidden"]))
     sigmas = sorted(float(s) for s in as_list(sec["sigma_w"]))
     su, sb = float(sec["sigma_u"]), float(sec["sigma_b"])
-    if 2 * sec["warmup"] + 4 > sec["seq_len"]:
-        raise ValueError(f"claims.mean_field.warmup={sec['warmup']} leaves fewer than 4 lags "
-                         f"of seq_len={sec['seq_len']} (warm-up at both ends)")
+    check_section("mean_field", sec, ctx.seeds)
     rows, curves = [], Curves()
     n_seeds = len(ctx.seeds)
     cal_h = sorted(int(h) for h in as_list(sec["calibration_hidden"]))
     cal_seeds = [int(s) for s in as_list(sec["calibration_seeds"])]
-    if set(cal_seeds) & set(ctx.seeds) or set(cal_h) & set(hiddens):
-        raise ValueError("claims.mean_field.calibration_seeds and calibration_hidden must not "
-                         f"overlap claims.seeds {list(ctx.seeds)} and hidden {hiddens}: the "
-                         "finite-size correction is calibrated on other data than it is "
-                         "tested on")
-    if len(cal_h) == 1:
-        raise ValueError("claims.mean_field.calibration_hidden needs two or more sizes (a "
-                         "line in 1/H), or [] for the linear Gaussian correction -1/(2H)")
     r_inf, r_se, q_inf, q_se = [], [], [], []
     dof = n_seeds - 1 if n_seeds >= 2 else sec["batch"] - 1
     if cal_h:

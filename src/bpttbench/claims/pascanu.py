@@ -25,6 +25,7 @@ from .. import theory as th
 from ..config import as_list
 from ..jacobians import analyse_chain, exponents_after_warmup, jacobians
 from ..models import RecurrentCell
+from .checks import check_section
 from .common import ClaimResult, Curves, detached, gaussian_inputs, generator, row
 from .settings import Context
 
@@ -102,6 +103,7 @@ def run(sec: dict, ctx: Context) -> ClaimResult:
 
     # 4b: necessity, over a sweep on both sides of 1
     warm = sec["warmup"]
+    check_section("pascanu", sec, ctx.seeds)
     sweep = [float(s) for s in as_list(sec["sweep_spectral_norm"])]
     bad, explode_above, vanish_above, n_above = 0, 0, 0, 0
     for lam in sweep:

@@ -7,13 +7,13 @@ and fills the first level, this module fills the per-claim sub-sections.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import schema
 from ..config import validate as validate_config
+from .checks import fill_defaults
 
 if TYPE_CHECKING:  # the section is read by the planning layer, which never imports torch
     import torch
@@ -23,29 +23,15 @@ if TYPE_CHECKING:  # the section is read by the planning layer, which never impo
 CLAIM_DTYPES: tuple[str, ...] = ("float32", "float64")
 
 
-def _fill(node: Mapping[str, Any], value: Any) -> Any:
-    """``value`` with the defaults of schema ``node`` filled in, recursively for objects."""
-    root = schema()
-    if value is None and "default" in node:  # a default next to a $ref wins over the target's
-        value = copy.deepcopy(node["default"])
-    while "$ref" in node:
-        node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-    if value is None and "default" in node:
-        value = copy.deepcopy(node["default"])
-    if isinstance(value, dict) and "properties" in node:
-        out = dict(value)
-        for key, sub in node["properties"].items():
-            filled = _fill(sub, out.get(key))
-            if filled is not None:
-                out[key] = filled
-        return out
-    return value
+def fill_claims(claims: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A claims section (not validated here) with every nested default filled in."""
+    return fill_defaults(schema()["properties"]["claims"], claims, schema())
 
 
 def claims_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The claims section of a config (validated, every default filled in)."""
     cfg = validate_config(cfg)
-    return _fill(schema()["properties"]["claims"], cfg.get("claims"))
+    return fill_claims(cfg.get("claims"))
 
 
 @dataclass(frozen=True)

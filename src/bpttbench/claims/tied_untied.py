@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import theory as th
+from .checks import check_section
 from .common import ClaimResult, Curves, bootstrap, fmt, mean_se, row, z_family
 from .settings import Context
 
@@ -97,9 +98,7 @@ def tied_slope_bias_bound(k: float, var_log_rho: float, var_r: float) -> float:
 def run(sec: dict, ctx: Context) -> ClaimResult:
     n, sigma, draws, steps = sec["n"], float(sec["sigma"]), sec["draws"], sec["steps"]
     fit_from, n_boot, z = sec["fit_from"], sec["bootstrap"], ctx.z
-    if fit_from * 2 > steps:
-        raise ValueError(f"claims.tied_untied.fit_from={fit_from} must be at most half of "
-                         f"steps={steps} so that the log-log fit spans a factor of 2 in k")
+    check_section("tied_untied", sec, ctx.seeds)
     seed = ctx.seeds[0]
     ks = record_steps(steps, fit_from)
     sim = simulate(n, sigma, draws, steps, ks, seed, ctx.device)

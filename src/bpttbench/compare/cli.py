@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..cli_options import add_out
 from .pairs import OUTPUT_FILES, default_out
 
 
@@ -37,7 +38,8 @@ def register(subparsers: Any) -> None:
         "--out (default results/compare/<A>__vs__<B>).")
     p.add_argument("set_a", help="result-set folder A (results/<hw_tag>)")
     p.add_argument("set_b", help="result-set folder B")
-    p.add_argument("--out", help="output folder (default: results/compare/<A>__vs__<B>)")
+    add_out(p, "output folder (default: results/compare/<A>__vs__<B>)", required=False,
+            kind="folder")
     p.add_argument("--fail-outside", action="store_true",
                    help="exit with status 1 when a value is outside tolerance (for CI)")
     p.set_defaults(func=_cmd_sets)

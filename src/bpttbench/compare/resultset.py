@@ -82,8 +82,8 @@ def load_result_set(path: str | Path) -> ResultSet:
         raise ResultSetError(f"{p}: not a result set: missing {' and '.join(missing)} ({what})")
     try:
         manifest = read_json(p / "manifest.json")
-    except ValueError as exc:
-        raise ResultSetError(f"{p / 'manifest.json'}: not valid JSON: {exc}") from None
+    except ValueError as exc:  # the message names the file
+        raise ResultSetError(str(exc)) from None
     if not isinstance(manifest, dict):
         raise ResultSetError(f"{p / 'manifest.json'}: expected a JSON object")
     tables: dict[str, Path] = {}

@@ -62,7 +62,13 @@ def draw(registry: Mapping[str, tuple[str | Sequence[str], Callable[..., plt.Fig
                 if not Path(table_files[t]).exists():
                     raise FileNotFoundError(f"figure {name} needs {table_files[t]}, which is "
                                             "missing")
-                cache[t] = read_table(table_files[t])
+                cache[t] = read_table(table_files[t], t)  # checked: errors name the file
         print(f"figure {name}", flush=True)
-        written.append(save(plot(*(cache[t] for t in needs)), Path(out_dir) / f"{name}.png"))
+        try:
+            fig = plot(*(cache[t] for t in needs))
+        except (KeyError, ValueError) as exc:  # e.g. an optional column a figure needs
+            files = ", ".join(str(table_files[t]) for t in needs)
+            raise ValueError(f"figure {name} cannot be drawn from {files}: "
+                             f"{type(exc).__name__}: {exc}") from None
+        written.append(save(fig, Path(out_dir) / f"{name}.png"))
     return written

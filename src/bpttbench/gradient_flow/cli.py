@@ -51,8 +51,8 @@ def _cmd_cell(args: argparse.Namespace) -> int:
 
 def _cmd_block(args: argparse.Namespace) -> int:
     from ..blockrun import run_block_job
-    from ..config import block_from_json
     from ..io import write_json
+    from ..jobspec import block_from_json
     from .cells import run_block
 
     def write(records: list, out: Path) -> None:
@@ -136,13 +136,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("block", help="measure a block of cells (one pipeline job)")
     p.add_argument("--spec", required=True, help="the cells as a JSON list (the pipeline passes it)")
     add_hw_tag(p)
-    add_out(p, "a folder for the block's Parquet tables, or a .json file of its records")
+    add_out(p, "a folder for the block's Parquet tables, or a .json file of its records",
+            kind="any")
     p.add_argument("--lags", choices=("log", "full"), default="full",
                    help="lags kept in the per-lag tables (the pipeline passes gradient_flow.lags)")
     p.set_defaults(func=_cmd_block)
 
     p = sub.add_parser("collect", help="gather blocks (or cell records) into the contract tables")
-    add_out(p, "the tables folder")
+    add_out(p, "the tables folder", kind="folder")
     p.add_argument("cells", nargs="+", help="block folders, or cell/block record JSON files")
     p.set_defaults(func=_cmd_collect)
 

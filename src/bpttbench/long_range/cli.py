@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("collect", help="gather long-range run records into the stage's tables")
-    add_out(p, "the tables folder")
+    add_out(p, "the tables folder", kind="folder")
     p.add_argument("records", nargs="+")
     p.set_defaults(func=_cmd_collect)
 

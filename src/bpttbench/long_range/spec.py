@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from ..planning.precision import Precision
@@ -120,5 +120,44 @@ def runs_to_json(runs: list[RunSpec]) -> str:
     return json.dumps([asdict(r) for r in runs], sort_keys=True)
 
 
-def runs_from_json(text: str) -> list[RunSpec]:
-    return [RunSpec(**d) for d in json.loads(text)]
+#: RunSpec field -> the config key whose schema it follows (default: long_range.<field>).
+RUN_FIELD_KEYS: dict[str, tuple[str, ...]] = {
+    "task": ("long_range", "tasks"), "model": ("long_range", "models"),
+    "seed": ("long_range", "seeds"), "autocast": ("precision", "dtype"),
+    **{k: (k,) for k in ("device", "dtype", "allow_tf32", "deterministic", "loss_scale")},
+}
+
+
+def runs_from_json(text: str, where: str = "--spec") -> list[RunSpec]:
+    """The runs of a block job from its JSON list of run specs, each checked before any
+    run starts (ValueError naming ``where``, the run and the key)."""
+    from ..jobspec import check_value
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg}; it takes a JSON list of run specs") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{where}: a block is a JSON list of run specs, got "
+                         f"{type(data).__name__}")
+    names = [f.name for f in fields(RunSpec)]
+    runs = []
+    for i, d in enumerate(data):
+        if not isinstance(d, dict) or set(d) - set(names) or any(
+                f.name not in d for f in fields(RunSpec)
+                if f.default is MISSING and f.default_factory is MISSING):
+            raise ValueError(f"{where} run {i}: a run spec is a JSON object of the keys "
+                             f"{', '.join(names)} (those without a default required); got "
+                             f"{d!r:.200}")
+        for key, value in d.items():
+            if key == "autocast" and value is None:
+                continue  # no autocast
+            path = RUN_FIELD_KEYS.get(key, ("long_range", key))
+            check_value(value, path, f"{where} run {i}: key {key}")
+        run = RunSpec(**d)
+        try:
+            run.check()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where} run {i}: {exc}") from None
+        runs.append(run)
+    return runs

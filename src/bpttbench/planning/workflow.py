@@ -8,7 +8,7 @@ peaks from the plan. No torch is imported (``tests/test_torch_free.py``).
 from __future__ import annotations
 
 from ..claims import CLAIM_IDS, CURVES, OVERVIEW, TABLE, job_config
-from ..config import ConfigError
+from ..config import ConfigError, read_config_file
 from ..config import validate as validate_config
 from ..gpus import global_resources, local_gpus
 from ..io import hold_result_lock
@@ -19,4 +19,4 @@ from .resources import RuleResources
 __all__ = ["CLAIM_IDS", "CURVES", "OVERVIEW", "TABLE", "ConfigError", "Plan", "RuleResources",
            "bench_config_json", "block_record_files", "config_json", "global_resources",
            "hardware_tag", "hold_result_lock", "job_config", "local_gpus", "part_ops",
-           "uses_gpu", "validate_config"]
+           "read_config_file", "uses_gpu", "validate_config"]

@@ -32,11 +32,11 @@ def run_validation(out: str, seed: int = 0) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """The ``validation`` stage and its verb ``kernels``."""
-    from bpttbench.cli_options import add_stage
+    from bpttbench.cli_options import add_out, add_stage
 
     verbs = add_stage(sub, "validation", "check the custom CUDA kernels (GPU only)")
     p = verbs.add_parser("kernels",
                          help="check every CUDA kernel against the float64 reference (GPU only)")
-    p.add_argument("--out", required=True, help="validation.csv to write")
+    add_out(p, "validation.csv to write")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_validation(a.out, a.seed))
