@@ -69,14 +69,21 @@ def cell_spec_from_dict(data: Any, where: str) -> CellSpec:
     return CellSpec(**data)
 
 
-def block_from_json(text: str, where: str = "--spec") -> list[CellSpec]:
-    """The cells of a block job from its JSON list of cell specs, each checked."""
+def json_list(text: str, where: str, items: str) -> list[Any]:
+    """The JSON list a block job is given (ConfigError naming ``where`` and what it takes,
+    a list of ``items``, when it is not valid JSON or not a list)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where} is not valid JSON: line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg}; it takes a JSON list of cell specs") from None
+                          f"{exc.msg}; it takes a JSON list of {items}") from None
     if not isinstance(data, list):
-        raise ConfigError(f"{where}: a block is a JSON list of cell specs, got "
+        raise ConfigError(f"{where}: a block is a JSON list of {items}, got "
                           f"{type(data).__name__}")
-    return [cell_spec_from_dict(d, f"{where} cell {i}") for i, d in enumerate(data)]
+    return data
+
+
+def block_from_json(text: str, where: str = "--spec") -> list[CellSpec]:
+    """The cells of a block job from its JSON list of cell specs, each checked."""
+    return [cell_spec_from_dict(d, f"{where} cell {i}")
+            for i, d in enumerate(json_list(text, where, "cell specs"))]

@@ -131,15 +131,9 @@ RUN_FIELD_KEYS: dict[str, tuple[str, ...]] = {
 def runs_from_json(text: str, where: str = "--spec") -> list[RunSpec]:
     """The runs of a block job from its JSON list of run specs, each checked before any
     run starts (ValueError naming ``where``, the run and the key)."""
-    from ..jobspec import check_value
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where} is not valid JSON: line {exc.lineno}, column {exc.colno}: "
-                         f"{exc.msg}; it takes a JSON list of run specs") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{where}: a block is a JSON list of run specs, got "
-                         f"{type(data).__name__}")
+    from ..jobspec import check_value, json_list
+
+    data = json_list(text, where, "run specs")
     names = [f.name for f in fields(RunSpec)]
     runs = []
     for i, d in enumerate(data):
