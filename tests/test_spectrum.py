@@ -75,6 +75,12 @@ def test_singular_values_match_svd_of_explicit_product(model):
 
 
 def test_singular_values_match_high_precision_over_a_graded_spectrum():
+    """ln sigma of a 60-step tanh chain spanning hundreds of nats against 200-digit SVDs of the
+    same float64 Jacobians' product. Tolerance per batch element: 10 H eps times the larger of
+    e^SPAN (the resolution the full frame keeps within a block) and sum_t kappa_2(J_t) (each
+    step's QR is exact for J_t + dJ_t with |dJ_t| ~ eps |J_t|, which moves ln sigma_i of the
+    product by up to ~ kappa_2(J_t) eps: a saturated unit makes J_t nearly singular; one CI
+    seed had kappa 1.2e12 and an error of 1.4e-5 in the smallest ln sigma, at -458 nats)."""
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 200
     seed = int(np.random.default_rng().integers(1 << 31))
@@ -83,9 +89,11 @@ def test_singular_values_match_high_precision_over_a_graded_spectrum():
     saved = forward_saved("rnn_tanh", params, x, None, bk)
     ff = full_frame_chain(saved, bk)
     jac = step_jacobians(saved, bk)
-    worst, spread = 0.0, 0.0
+    spread = 0.0
     for b in range(2):
-        p = mpmath.eye(6)
+        conditioning = sum(np.linalg.cond(jac[t, b]) for t in range(60))
+        tol = 10 * 6 * np.finfo(float).eps * max(math.exp(SPAN), conditioning)
+        p, worst = mpmath.eye(6), 0.0
         for lag in range(1, 61):
             p = p * mpmath.matrix(jac[60 - lag, b].tolist())
             if lag % 15:
@@ -96,8 +104,11 @@ def test_singular_values_match_high_precision_over_a_graded_spectrum():
             assert np.isfinite(got).all()
             worst = max(worst, float(np.abs(got - np.array(ref)).max()))
             spread = max(spread, ref[0] - ref[-1])
-    print(f"spread {spread:.1f} nats, largest |ln sigma error| vs 200 digits: {worst:.2e}")
-    assert spread > 50 and worst < 10 * 6 * np.finfo(float).eps * math.exp(SPAN)
+        print(f"element {b}: sum kappa(J_t) {conditioning:.2e}, largest |ln sigma error| vs "
+              f"200 digits {worst:.2e} (tolerance {tol:.2e})")
+        assert worst < tol
+    print(f"spread {spread:.1f} nats")
+    assert spread > 50
 
 
 def test_frame_stretching_is_not_the_singular_values_but_sums_to_them():
