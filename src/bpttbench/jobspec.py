@@ -6,6 +6,7 @@ long-range job's run specs with :func:`check_value` too)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -44,24 +45,34 @@ def check_value(value: Any, path: tuple[str, ...], name: str) -> None:
         raise ConfigError(f"{name}: {value!r} is not allowed; allowed: {_allowed(node)}")
 
 
-def cell_spec_from_dict(data: Any, where: str) -> CellSpec:
-    """A CellSpec from the JSON object a job is given, every field checked against the
-    schema of its config key: ConfigError names ``where``, the key and the allowed values."""
-    names = [f.name for f in fields(CellSpec)]
+def check_spec_keys(data: Any, spec_type: type, key_of: Callable[[str], tuple[str, ...]],
+                    where: str, what: str, unset: Collection[str] = ()) -> None:
+    """Check the JSON object a job is given for one ``spec_type`` (a dataclass): an object,
+    no unknown and no missing key, every value one of its config key's (``key_of(field)``;
+    None in a field of ``unset`` means "not set" and is not checked). ConfigError names
+    ``where``, the key and the allowed values."""
+    names = [f.name for f in fields(spec_type)]
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a cell spec is a JSON object of the keys "
+        raise ConfigError(f"{where}: a {what} is a JSON object of the keys "
                           f"{', '.join(names)}; got {type(data).__name__}")
     unknown = sorted(set(data) - set(names))
-    missing = [f.name for f in fields(CellSpec) if f.name not in data
+    missing = [f.name for f in fields(spec_type) if f.name not in data
                and f.default is MISSING and f.default_factory is MISSING]
     if unknown or missing:
         raise ConfigError(
             f"{where}: " + "; ".join(
                 ([f"unknown key(s) {', '.join(map(str, unknown))}"] if unknown else [])
                 + ([f"missing key(s) {', '.join(missing)}"] if missing else []))
-            + f"; a cell spec has the keys {', '.join(names)}")
+            + f"; a {what} has the keys {', '.join(names)}")
     for key, value in data.items():
-        check_value(value, CELL_FIELD_KEYS[key], f"{where}: key {key}")
+        if not (value is None and key in unset):
+            check_value(value, key_of(key), f"{where}: key {key}")
+
+
+def cell_spec_from_dict(data: Any, where: str) -> CellSpec:
+    """A CellSpec from the JSON object a job is given, every field checked against the
+    schema of its config key: ConfigError names ``where``, the key and the allowed values."""
+    check_spec_keys(data, CellSpec, CELL_FIELD_KEYS.__getitem__, where, "cell spec")
     if data.get("precision", "none") != "none" and data["dtype"] != "float32":
         raise ConfigError(f"{where}: key precision: autocast ({data['precision']}) runs a "
                           f"float32 model, but dtype is {data['dtype']!r}; allowed: dtype "

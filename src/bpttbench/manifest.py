@@ -66,7 +66,7 @@ def manifest_config(config_json: str) -> dict[str, Any]:
         raise ConfigError(f"--config-json lacks the key(s) {shown}: a manifest records the "
                           "full config the set was computed with, every default filled in "
                           "(the pipeline passes it: planning.jobs.config_json)")
-    return {k: v for k, v in raw.items()}
+    return raw
 
 
 def check_hw_tag_name(hw_tag: str) -> str:

@@ -26,6 +26,8 @@ __all__ = ["GRADIENT_FLOW_FIGURES", "save"]
 # gradient can have (summary.grad_dtype): ln||delta|| cannot go below the first without
 # underflowing to 0, nor above the second without overflowing to inf. numpy has no bfloat16:
 # 8 exponent bits like float32, 7 stored mantissa bits (tests check these against torch.finfo).
+# The same values as bpttbench.precision.limits, written without torch so that drawing the
+# figures never imports it.
 LOG_DTYPE_LIMITS: dict[str, tuple[float, float]] = {
     **{name: (math.log(float(np.finfo(name).smallest_subnormal)),
               math.log(float(np.finfo(name).max)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..planning.precision import Precision
@@ -131,23 +131,12 @@ RUN_FIELD_KEYS: dict[str, tuple[str, ...]] = {
 def runs_from_json(text: str, where: str = "--spec") -> list[RunSpec]:
     """The runs of a block job from its JSON list of run specs, each checked before any
     run starts (ValueError naming ``where``, the run and the key)."""
-    from ..jobspec import check_value, json_list
+    from ..jobspec import check_spec_keys, json_list
 
-    data = json_list(text, where, "run specs")
-    names = [f.name for f in fields(RunSpec)]
     runs = []
-    for i, d in enumerate(data):
-        if not isinstance(d, dict) or set(d) - set(names) or any(
-                f.name not in d for f in fields(RunSpec)
-                if f.default is MISSING and f.default_factory is MISSING):
-            raise ValueError(f"{where} run {i}: a run spec is a JSON object of the keys "
-                             f"{', '.join(names)} (those without a default required); got "
-                             f"{d!r:.200}")
-        for key, value in d.items():
-            if key == "autocast" and value is None:
-                continue  # no autocast
-            path = RUN_FIELD_KEYS.get(key, ("long_range", key))
-            check_value(value, path, f"{where} run {i}: key {key}")
+    for i, d in enumerate(json_list(text, where, "run specs")):
+        check_spec_keys(d, RunSpec, lambda key: RUN_FIELD_KEYS.get(key, ("long_range", key)),
+                        f"{where} run {i}", "run spec", unset=("autocast",))
         run = RunSpec(**d)
         try:
             run.check()
